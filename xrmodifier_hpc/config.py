@@ -1,0 +1,674 @@
+"""Typed, validated configuration: one TOML file drives every stage.
+
+The schema is a tree of frozen dataclasses. ``load_config`` reads the TOML, checks every key
+against the schema (unknown keys get the closest valid key suggested), coerces and checks
+types, resolves paths relative to the config file's folder and runs the per-section checks.
+Every problem raises :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+#: the sections whose content determines what ``grid.h5`` holds; resume compares only these
+SIMULATION_SECTIONS = ("instruments", "source", "modifier", "temperatures", "simulation")
+
+
+# --------------------------------------------------------------------------------------------
+# grid axes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: its values and how they were specified.
+
+    TOML forms: ``{linspace = [start, stop, n]}``, ``{logspace = [start, stop, n]}`` (start and
+    stop are the end values, not exponents), ``{values = [...]}``, a bare list, or a number.
+    """
+
+    values: tuple[float, ...]
+    kind: str = "values"
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float64)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (min(self.values), max(self.values))
+
+
+def parse_axis(raw: Any, where: str) -> Axis:
+    """Turn one of the TOML axis forms into an :class:`Axis`; ``where`` names the key."""
+    if isinstance(raw, bool):
+        raise ConfigError("expected a number, a list or a {linspace|logspace|values} table", where)
+    if isinstance(raw, (int, float)):
+        return Axis((float(raw),), "values")
+    if isinstance(raw, list):
+        raw = {"values": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a number, a list or a {linspace|logspace|values} table", where)
+    if len(raw) != 1:
+        raise ConfigError(
+            f"give exactly one of linspace, logspace, values (got {sorted(raw)})", where
+        )
+    (kind, spec), = raw.items()
+    if kind not in ("linspace", "logspace", "values"):
+        hint = _suggest(kind, ["linspace", "logspace", "values"])
+        raise ConfigError(f"unknown axis form {kind!r}{hint}", where)
+    if not isinstance(spec, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec
+    ):
+        raise ConfigError(f"{kind} takes a list of numbers", f"{where}.{kind}")
+    if kind == "values":
+        if not spec:
+            raise ConfigError("the grid is empty: give at least one value", f"{where}.values")
+        values = [float(v) for v in spec]
+    else:
+        if len(spec) != 3:
+            raise ConfigError(f"{kind} takes [start, stop, n]", f"{where}.{kind}")
+        start, stop, n = spec
+        if float(n) != int(n) or int(n) < 1:
+            raise ConfigError(
+                f"the number of points must be a positive integer (got {n})", f"{where}.{kind}"
+            )
+        n = int(n)
+        if kind == "logspace":
+            if start <= 0 or stop <= 0:
+                raise ConfigError("logspace needs positive start and stop", f"{where}.{kind}")
+            values = list(np.geomspace(float(start), float(stop), n))
+        else:
+            values = list(np.linspace(float(start), float(stop), n))
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError("values must be finite", where)
+    if len(set(values)) != len(values):
+        raise ConfigError("values must be distinct", where)
+    return Axis(tuple(sorted(values)), kind)
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    """One telescope: its ARF and RMF (paths relative to the config) and exposure (s)."""
+
+    rmf: Path
+    arf: Path | None = None
+    exposure: float = 50_000.0
+
+    def _check(self, where: str) -> None:
+        if self.exposure <= 0:
+            raise ConfigError("exposure must be positive (seconds)", f"{where}.exposure")
+
+
+@dataclass(frozen=True)
+class InstrumentsConfig:
+    """``reference`` is the trusted telescope 0; ``target`` is telescope 1, whose ARF is fixed."""
+
+    reference: InstrumentConfig
+    target: InstrumentConfig
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Source model expression (e.g. ``wabs*bremss``) and its frozen parameters.
+
+    ``temperature`` names the parameter on the temperature axis; the normalisation is free.
+    """
+
+    model: str = "wabs*bremss"
+    params: dict[str, float] = field(default_factory=lambda: {"nH": 0.05})
+    temperature: str = "kT"
+
+
+@dataclass(frozen=True)
+class ModifierConfig:
+    """ARF modifier family, its options (e.g. ``n_components``, ``knots``) and its grid."""
+
+    family: str = "gaussian"
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Axis] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TemperaturesConfig:
+    """True temperatures (keV) at which telescope 1 is simulated."""
+
+    t_true: Axis = Axis(tuple(np.geomspace(1.0, 12.0, 16)), "logspace")
+
+    def _check(self, where: str) -> None:
+        if self.t_true.bounds[0] <= 0:
+            raise ConfigError("temperatures must be positive (keV)", f"{where}.t_true")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How each grid point is simulated and fitted.
+
+    ``counts``: expected counts in ``band`` through the original target response (the
+    normalisation is set per T_true to give it); or ``norm``: a fixed model normalisation.
+    """
+
+    backend: str = "native"
+    mode: str = "poisson"
+    realisations: int = 4
+    seed: int = 20261124
+    counts: float | None = 20_000.0
+    norm: float | None = None
+    band: tuple[float, float] = (0.5, 7.0)
+    fit_tgrid: Axis = Axis(tuple(np.geomspace(0.2, 50.0, 128)), "logspace")
+    curves: bool = True
+    min_counts: float = 50.0
+    chunk_size: int = 256
+    engine: str = "numpy"
+    device: str = "auto"
+    abund: str = "angr"
+    xsect: str = "vern"
+
+    def _check(self, where: str) -> None:
+        _one_of(self.backend, ("native", "xspec"), f"{where}.backend")
+        _one_of(self.mode, ("poisson", "asimov"), f"{where}.mode")
+        _one_of(self.engine, ("numpy", "torch"), f"{where}.engine")
+        _one_of(self.device, ("auto", "cpu", "cuda"), f"{where}.device")
+        if self.realisations < 1:
+            raise ConfigError("realisations must be at least 1", f"{where}.realisations")
+        if (self.counts is None) == (self.norm is None):
+            raise ConfigError("give exactly one of counts and norm", f"{where}.counts")
+        for key in ("counts", "norm"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be positive", f"{where}.{key}")
+        lo, hi = self.band
+        if not (0 < lo < hi):
+            raise ConfigError("band must be [low, high] keV with 0 < low < high", f"{where}.band")
+        if self.fit_tgrid.bounds[0] <= 0 or len(self.fit_tgrid) < 8:
+            raise ConfigError(
+                "fit_tgrid needs at least 8 positive temperatures (keV)", f"{where}.fit_tgrid"
+            )
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size must be at least 1", f"{where}.chunk_size")
+        if self.seed < 0:
+            raise ConfigError("seed must be a non-negative integer", f"{where}.seed")
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """MLP architecture and training settings."""
+
+    hidden: tuple[int, ...] = (128, 128, 128)
+    activation: str = "gelu"
+    epochs: int = 300
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-6
+    val_fraction: float = 0.1
+    patience: int = 40
+    seed: int = 1
+    checkpoint_every: int = 10
+    offgrid_points: int = 500
+    predict_scatter: bool = True
+
+    def _check(self, where: str) -> None:
+        _one_of(self.activation, ("gelu", "relu", "silu", "tanh"), f"{where}.activation")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError("hidden must list positive layer widths", f"{where}.hidden")
+        for key in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1", f"{where}.{key}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError("val_fraction must be in (0, 0.5)", f"{where}.val_fraction")
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate must be positive", f"{where}.learning_rate")
+        if self.offgrid_points < 0:
+            raise ConfigError("offgrid_points must be >= 0", f"{where}.offgrid_points")
+
+
+@dataclass(frozen=True)
+class McmcConfig:
+    """emcee ensemble settings for the theta posterior."""
+
+    walkers: int = 32
+    steps: int = 3000
+    burn: int = 1000
+    thin: int = 1
+
+    def _check(self, where: str) -> None:
+        if self.walkers < 4 or self.walkers % 2:
+            raise ConfigError("walkers must be an even number >= 4", f"{where}.walkers")
+        if self.steps < 1 or not 0 <= self.burn < self.steps:
+            raise ConfigError("need steps >= 1 and 0 <= burn < steps", f"{where}.burn")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Objective, multi-start design and posterior sampling for the theta inversion.
+
+    ``s_emu``: emulator error added in quadrature to telescope 1's errors, as a fraction of
+    T1; ``"auto"`` takes the emulator's own off-grid RMS relative error.
+    """
+
+    objective: str = "likelihood"
+    n_starts: int = 64
+    start_design: str = "sobol"
+    seed: int = 7
+    s_emu: float | str = "auto"
+    mcmc: McmcConfig = McmcConfig()
+
+    def _check(self, where: str) -> None:
+        _one_of(
+            self.objective,
+            ("likelihood", "seed_loss", "gaussian_kl", "wasserstein"),
+            f"{where}.objective",
+        )
+        _one_of(self.start_design, ("sobol", "lhs"), f"{where}.start_design")
+        if self.n_starts < 1:
+            raise ConfigError("n_starts must be at least 1", f"{where}.n_starts")
+        if isinstance(self.s_emu, str) and self.s_emu != "auto":
+            raise ConfigError('s_emu is a number (fraction of T1) or "auto"', f"{where}.s_emu")
+        if not isinstance(self.s_emu, str) and self.s_emu < 0:
+            raise ConfigError("s_emu must be >= 0", f"{where}.s_emu")
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """Synthetic observations for demos and injection tests (``xrmodifier mock``)."""
+
+    n_sources: int = 40
+    theta: dict[str, float] = field(default_factory=dict)
+    t_range: tuple[float, float] = (1.5, 10.0)
+    counts: tuple[float, float] = (8_000.0, 30_000.0)
+    seed: int = 99
+
+    def _check(self, where: str) -> None:
+        if self.n_sources < 2:
+            raise ConfigError("n_sources must be at least 2", f"{where}.n_sources")
+        if not 0 < self.t_range[0] < self.t_range[1]:
+            raise ConfigError("t_range must be [low, high] keV, 0 < low < high", f"{where}.t_range")
+        if not 0 < self.counts[0] <= self.counts[1]:
+            raise ConfigError("counts must be [low, high] with 0 < low <= high", f"{where}.counts")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Resources for Slurm jobs submitted with submitit (``train --executor slurm``)."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 32.0
+    time_minutes: int = 60
+    setup: tuple[str, ...] = ()
+    container: str = ""
+    additional: dict[str, Any] = field(default_factory=dict)
+    logs: Path = Path("slurm_logs")
+
+    def _check(self, where: str) -> None:
+        for key in ("nodes", "cpus_per_task", "time_minutes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1", f"{where}.{key}")
+        if self.gpus_per_node < 0:
+            raise ConfigError("gpus_per_node must be >= 0", f"{where}.gpus_per_node")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where artefacts go: ``workdir`` (relative to the config file) holds grid.h5 etc."""
+
+    workdir: Path = Path("run")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``path`` is the file it came from; ``text`` its content."""
+
+    instruments: InstrumentsConfig
+    source: SourceConfig = SourceConfig()
+    modifier: ModifierConfig = ModifierConfig()
+    temperatures: TemperaturesConfig = TemperaturesConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    emulator: EmulatorConfig = EmulatorConfig()
+    inversion: InversionConfig = InversionConfig()
+    mock: MockConfig = MockConfig()
+    slurm: SlurmConfig = SlurmConfig()
+    paths: PathsConfig = PathsConfig()
+    path: Path = Path("config.toml")
+    text: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    # artefact locations -------------------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        return self.paths.workdir
+
+    @property
+    def grid_path(self) -> Path:
+        return self.workdir / "grid.h5"
+
+    @property
+    def emulator_path(self) -> Path:
+        return self.workdir / "emulator.pt"
+
+    @property
+    def result_path(self) -> Path:
+        return self.workdir / "result.json"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.workdir / "figures"
+
+    def simulation_fingerprint(self) -> str:
+        """Digest of everything that determines ``grid.h5``'s content (sections and files).
+
+        Response files enter by content, so moving a file does not invalidate a grid but
+        changing one does.
+        """
+        resolved = _resolved_sections(self, SIMULATION_SECTIONS)
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
+    def simulation_summary(self) -> str:
+        """The sections that determine ``grid.h5``, as canonical JSON (stored in its /meta)."""
+        return json.dumps(_resolved_sections(self, SIMULATION_SECTIONS), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file. Raises :class:`ConfigError` on any problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", where) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file ({exc.__class__.__name__}: {exc})", where)
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str | Path = "config.toml") -> Config:
+    """Validate TOML ``text`` as if read from ``path`` (relative paths resolve beside it)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", str(path)) from None
+    base = path.resolve().parent
+    loader = _Loader(str(path), base)
+    values = loader.build(Config, raw, "", skip={"path", "text", "raw"})
+    cfg = Config(**values, path=path.resolve(), text=text, raw=raw)
+    _check_all(cfg, str(path))
+    return cfg
+
+
+class _Loader:
+    def __init__(self, file: str, base: Path) -> None:
+        self.file = file
+        self.base = base
+
+    def where(self, key: str) -> str:
+        return f"{self.file} [{key}]" if key else self.file
+
+    def build(self, cls: type, raw: Any, key: str, skip: frozenset | set = frozenset()) -> dict:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"expected a table, got {_tname(raw)}", self.where(key))
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+        for name in raw:
+            if name not in fields:
+                hint = _suggest(name, list(fields))
+                raise ConfigError(f"unknown key {name!r}{hint}", self.where(_join(key, name)))
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for name, f in fields.items():
+            sub = _join(key, name)
+            if name in raw:
+                out[name] = self.convert(hints[name], raw[name], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError("required key is missing", self.where(sub))
+            elif dataclasses.is_dataclass(hints[name]) and hints[name] is not Axis:
+                # build absent sections from {} so their relative default paths resolve too
+                out[name] = self.convert(hints[name], {}, sub)
+            elif hints[name] is Path or hints[name] == (Path | None):
+                default = f.default if f.default is not dataclasses.MISSING else None
+                out[name] = self.base / default if isinstance(default, Path) else default
+        return out
+
+    def convert(self, tp: Any, value: Any, key: str) -> Any:
+        where = self.where(key)
+        origin = typing.get_origin(tp)
+        if tp is Axis:
+            return parse_axis(value, where)
+        if dataclasses.is_dataclass(tp):
+            return tp(**self.build(tp, value, key))
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            errors = []
+            for arg in args:
+                if arg is type(None):
+                    continue
+                try:
+                    return self.convert(arg, value, key)
+                except ConfigError as exc:
+                    errors.append(exc)
+            raise errors[0]
+        if tp is Path:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"expected a path string, got {_tname(value)}", where)
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else self.base / p
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"expected true or false, got {_tname(value)}", where)
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"expected an integer, got {_tname(value)}", where)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"expected a number, got {_tname(value)}", where)
+            if not math.isfinite(value):
+                raise ConfigError("expected a finite number", where)
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"expected a string, got {_tname(value)}", where)
+            return value
+        if tp is Any:
+            return value
+        if origin is tuple:
+            args = typing.get_args(tp)
+            if not isinstance(value, list):
+                raise ConfigError(f"expected a list, got {_tname(value)}", where)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(self.convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+            if len(value) != len(args):
+                raise ConfigError(f"expected a list of {len(args)} values", where)
+            return tuple(self.convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        if origin is dict:
+            ktype, vtype = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise ConfigError(f"expected a table, got {_tname(value)}", where)
+            return {k: self.convert(vtype, v, _join(key, k)) for k, v in value.items()}
+        raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _check_all(cfg: Config, file: str) -> None:
+    """Per-section checks, then the cross-section ones (modifier grid against its family)."""
+
+    def visit(obj: Any, key: str) -> None:
+        check = getattr(obj, "_check", None)
+        if check is not None:
+            check(f"{file} [{key}]" if key else file)
+        if dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                child = getattr(obj, f.name)
+                if dataclasses.is_dataclass(child):
+                    visit(child, _join(key, f.name))
+
+    visit(cfg, "")
+    for name in ("reference", "target"):
+        inst = getattr(cfg.instruments, name)
+        inst._check(f"{file} [instruments.{name}]")
+        for kind in ("arf", "rmf"):
+            p = getattr(inst, kind)
+            if p is not None and not p.is_file():
+                raise ConfigError(
+                    f"{kind.upper()} file {p} does not exist", f"{file} [instruments.{name}.{kind}]"
+                )
+    if cfg.instruments.target.arf is None:
+        raise ConfigError(
+            "the target instrument needs an ARF: it is what the modifier corrects",
+            f"{file} [instruments.target.arf]",
+        )
+    _check_modifier(cfg, file)
+    _check_source(cfg, file)
+    lo, hi = cfg.mock.t_range
+    if cfg.mock.theta:
+        from .modifiers import get_modifier
+
+        fam = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        for name in cfg.mock.theta:
+            if name not in fam.param_names:
+                hint = _suggest(name, list(fam.param_names))
+                raise ConfigError(f"unknown parameter {name!r}{hint}", f"{file} [mock.theta.{name}]")
+
+
+def _check_modifier(cfg: Config, file: str) -> None:
+    from .modifiers import ModifierError, get_modifier
+
+    where = f"{file} [modifier]"
+    try:
+        family = get_modifier(cfg.modifier.family, cfg.modifier.options)
+    except ModifierError as exc:
+        raise ConfigError(exc.message, f"{file} [modifier.{exc.where or 'family'}]") from None
+    grid = cfg.modifier.grid
+    for name in grid:
+        if name not in family.param_names:
+            hint = _suggest(name, list(family.param_names))
+            raise ConfigError(
+                f"unknown parameter {name!r} for family {family.name!r}{hint}",
+                f"{file} [modifier.grid.{name}]",
+            )
+    missing = [n for n in family.param_names if n not in grid]
+    if missing:
+        raise ConfigError(
+            f"no grid for parameter(s) {', '.join(missing)} of family {family.name!r}",
+            f"{where.rstrip(']')}.grid]",
+        )
+    for name in family.param_names:
+        try:
+            family.check_values(name, grid[name].array)
+        except ModifierError as exc:
+            raise ConfigError(exc.message, f"{file} [modifier.grid.{name}]") from None
+    try:
+        family.check_grid({name: axis.array for name, axis in grid.items()})
+    except ModifierError as exc:
+        raise ConfigError(exc.message, f"{file} [modifier.grid]") from None
+
+
+def _check_source(cfg: Config, file: str) -> None:
+    from .spectra import ModelError, parse_model
+
+    try:
+        model = parse_model(cfg.source.model, base=cfg.path.parent)
+    except ModelError as exc:
+        raise ConfigError(exc.message, f"{file} [source.model]") from None
+    temp = cfg.source.temperature
+    if temp not in model.param_names:
+        hint = _suggest(temp, list(model.param_names))
+        raise ConfigError(
+            f"model {cfg.source.model!r} has no parameter {temp!r}{hint}",
+            f"{file} [source.temperature]",
+        )
+    for name in cfg.source.params:
+        if name not in model.param_names:
+            hint = _suggest(name, list(model.param_names))
+            raise ConfigError(
+                f"model {cfg.source.model!r} has no parameter {name!r}{hint}",
+                f"{file} [source.params.{name}]",
+            )
+    frozen = [n for n in model.param_names if n != temp and n not in cfg.source.params]
+    if frozen:
+        raise ConfigError(
+            f"give values for the model's frozen parameter(s): {', '.join(frozen)}",
+            f"{file} [source.params]",
+        )
+    try:
+        model.check_params(dict(cfg.source.params))
+    except ModelError as exc:
+        raise ConfigError(exc.message, f"{file} [source.params]") from None
+
+
+def _resolved_sections(cfg: Config, sections: tuple[str, ...]) -> dict:
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, Path):
+            if obj.is_file():
+                return {"sha256": hashlib.sha256(obj.read_bytes()).hexdigest()}
+            return str(obj)
+        if isinstance(obj, Axis):
+            return [float(v) for v in obj.values]
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, dict):
+            return {str(k): plain(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        return obj
+
+    return {name: plain(getattr(cfg, name)) for name in sections}
+
+
+def _one_of(value: str, allowed: tuple[str, ...], where: str) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{value!r} is not one of {', '.join(allowed)}{_suggest(value, list(allowed))}", where
+        )
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _tname(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )

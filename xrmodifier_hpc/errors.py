@@ -1,0 +1,25 @@
+"""User-facing errors: anything that should end a command with exit code 2 and one line."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input the user can fix (config, file, option). The CLI prints it on one line, exit 2.
+
+    ``where`` names the file, key or HDU at fault; the message says what is wrong and what to do.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(UserError):
+    """A problem with the TOML config: ``where`` is ``FILE [section.key]``."""
+
+
+class ResponseError(UserError):
+    """A problem with an OGIP file (ARF, RMF, PHA, table model)."""

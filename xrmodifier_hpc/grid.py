@@ -1,0 +1,92 @@
+"""The Cartesian (theta, T_true) grid: its axes, point indexing and per-point random streams.
+
+Points are numbered in C order over (theta_1, ..., theta_d, T_true): T_true varies fastest,
+so a contiguous block of points shares theta and a backend can reuse per-theta work.
+Point ``k`` always draws from the stream seeded by ``(seed, k)``, whatever the rank layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Config
+
+#: stream domains: grid points and mock observations never share a random stream
+GRID_STREAM = 0
+MOCK_STREAM = 1
+OFFGRID_STREAM = 2
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Modifier parameter axes (in family order) times the true-temperature axis (keV)."""
+
+    param_names: tuple[str, ...]
+    param_units: tuple[str, ...]
+    param_axes: tuple[np.ndarray, ...]
+    t_true_axis: np.ndarray
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Grid:
+        from .modifiers import get_modifier
+
+        family = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        axes = tuple(cfg.modifier.grid[name].array for name in family.param_names)
+        return cls(family.param_names, family.param_units, axes, cfg.temperatures.t_true.array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(n_1, ..., n_d, n_T): the grid as an array of points."""
+        return tuple(a.size for a in self.param_axes) + (self.t_true_axis.size,)
+
+    @property
+    def n_points(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def n_theta(self) -> int:
+        """Number of distinct theta (points per T_true)."""
+        return int(np.prod(self.shape[:-1]))
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(d + 1, 2) lower/upper bounds of each parameter, then of T_true (keV)."""
+        return np.array([[a.min(), a.max()] for a in (*self.param_axes, self.t_true_axis)])
+
+    def points(self, index: np.ndarray | Sequence[int] | slice) -> tuple[np.ndarray, np.ndarray]:
+        """theta (n, d) and t_true (n,) of the points ``index``."""
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(self.n_points))
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.n_points):
+            raise IndexError("grid point index out of range")
+        multi = np.unravel_index(index, self.shape)
+        theta = np.stack([ax[i] for ax, i in zip(self.param_axes, multi[:-1])], axis=-1)
+        return theta.reshape(index.size, self.n_params), self.t_true_axis[multi[-1]]
+
+    def all_points(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.points(slice(None))
+
+
+def point_rng(seed: int, index: int, stream: int = GRID_STREAM) -> np.random.Generator:
+    """The random stream of point ``index`` (a fresh PCG64 seeded by (seed, stream, index))."""
+    return np.random.default_rng([int(seed), int(stream), int(index)])
+
+
+def chunk_ranges(n_points: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) chunks covering 0..n_points."""
+    return [(s, min(s + chunk_size, n_points)) for s in range(0, n_points, chunk_size)]
+
+
+def rank_chunks(
+    n_points: int, chunk_size: int, rank: int, size: int
+) -> list[tuple[int, int]]:
+    """The chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin."""
+    return chunk_ranges(n_points, chunk_size)[rank::size]

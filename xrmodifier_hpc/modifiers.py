@@ -1,0 +1,240 @@
+"""Multiplicative ARF modifier families: ``ARF1'(E) = ARF1(E) * m(E; theta)``.
+
+Each family is a small class with its parameter names, units, domain checks and a vectorised
+``evaluate(energy, theta)`` over a batch of theta. Families register themselves by name;
+``get_modifier(name, options)`` builds one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+from .errors import UserError
+
+
+class ModifierError(UserError):
+    """A modifier family, option or parameter value is invalid."""
+
+
+_REGISTRY: dict[str, type[Modifier]] = {}
+
+
+def register(cls: type[Modifier]) -> type[Modifier]:
+    """Class decorator: make a family available to ``get_modifier`` under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def families() -> list[str]:
+    """Names of the registered modifier families."""
+    return sorted(_REGISTRY)
+
+
+def get_modifier(name: str, options: Mapping[str, Any] | None = None) -> Modifier:
+    """Build the family ``name`` with its ``options`` (family-specific, e.g. ``knots``)."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ModifierError(
+            f"unknown modifier family {name!r}{hint}; known: {', '.join(families())}", "family"
+        )
+    return _REGISTRY[name](**dict(options or {}))
+
+
+class Modifier(ABC):
+    """One family of multiplicative ARF corrections ``m(E; theta)``.
+
+    ``theta`` is always ordered as ``param_names``. ``evaluate`` takes energies in keV and a
+    batch of theta of shape ``(n, d)`` (or one theta of shape ``(d,)``) and returns
+    ``(n, n_E)`` (or ``(n_E,)``) dimensionless multipliers.
+    """
+
+    name: ClassVar[str]
+    param_names: tuple[str, ...]
+    param_units: tuple[str, ...]
+
+    def options(self) -> dict[str, Any]:
+        """The options that rebuild this family with ``get_modifier`` (stored in artefacts)."""
+        return {}
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    @abstractmethod
+    def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """``energy`` (n_E,), ``theta`` (n, d) -> (n, n_E)."""
+
+    @abstractmethod
+    def check_values(self, name: str, values: np.ndarray) -> None:
+        """Raise :class:`ModifierError` if any value of parameter ``name`` is out of domain."""
+
+    @abstractmethod
+    def identity(self) -> np.ndarray:
+        """A theta for which ``m(E) = 1`` everywhere."""
+
+    def evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Multiplier m(E; theta) at ``energy`` (keV); see the class docstring for shapes."""
+        energy = np.asarray(energy, dtype=np.float64)
+        theta = np.asarray(theta, dtype=np.float64)
+        single = theta.ndim == 1
+        batch = np.atleast_2d(theta)
+        if batch.shape[-1] != self.n_params:
+            raise ModifierError(
+                f"{self.name} takes {self.n_params} parameters {self.param_names}, "
+                f"got {batch.shape[-1]}"
+            )
+        m = self._evaluate(energy, batch)
+        return m[0] if single else m
+
+    def check_theta(self, theta: np.ndarray) -> None:
+        """Check a batch of theta (n, d) against every parameter's domain."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+        for j, name in enumerate(self.param_names):
+            self.check_values(name, theta[:, j])
+
+    def apply(self, energy: np.ndarray, area: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Modified effective area ``area * m(E; theta)`` (cm^2); refuses a negative result."""
+        m = self.evaluate(energy, theta)
+        bad_rows = ~np.all(np.atleast_2d(m) >= 0, axis=1)
+        if np.any(bad_rows):
+            first = np.atleast_2d(theta)[np.argmax(bad_rows)]
+            raise ModifierError(
+                f"{self.name} modifier with {self.describe(first)} makes the ARF negative; "
+                "restrict the parameter grid"
+            )
+        return area * m
+
+    def check_grid(self, axes: Mapping[str, np.ndarray]) -> None:
+        """Check every parameter's grid values; families add checks across parameters."""
+        for name in self.param_names:
+            self.check_values(name, np.asarray(axes[name], dtype=np.float64))
+
+    def describe(self, theta: np.ndarray) -> dict[str, float]:
+        """theta as a name -> value mapping."""
+        return {n: float(v) for n, v in zip(self.param_names, np.asarray(theta, dtype=float))}
+
+
+def _check_amplitude(name: str, values: np.ndarray) -> None:
+    if np.any(values <= -1):
+        raise ModifierError(
+            f"amplitude {name} must be > -1 everywhere on the grid (got min {values.min():g}): "
+            "A <= -1 makes the ARF negative"
+        )
+
+
+def _check_positive(name: str, values: np.ndarray, unit: str = "keV") -> None:
+    if np.any(values <= 0):
+        raise ModifierError(f"{name} must be > 0 {unit} (got min {values.min():g})")
+
+
+@register
+class Gaussian(Modifier):
+    """``m(E) = 1 + A exp(-(E - mu)^2 / (2 sigma^2))``; mu, sigma in keV, A > -1."""
+
+    name = "gaussian"
+    param_names = ("mu", "sigma", "A")
+    param_units = ("keV", "keV", "")
+
+    def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        mu, sigma, amp = (theta[:, j : j + 1] for j in range(3))
+        return 1.0 + amp * np.exp(-0.5 * ((energy[None, :] - mu) / sigma) ** 2)
+
+    def check_values(self, name: str, values: np.ndarray) -> None:
+        if name == "A":
+            _check_amplitude(name, values)
+        elif name in ("mu", "sigma"):
+            _check_positive(name, values)
+
+    def identity(self) -> np.ndarray:
+        return np.array([1.0, 1.0, 0.0])
+
+
+@register
+class MultiGaussian(Modifier):
+    """``m(E) = 1 + sum_k A_k exp(-(E - mu_k)^2 / (2 sigma_k^2))`` with K bumps.
+
+    Parameters ``mu1, sigma1, A1, mu2, ...``. Each A_k > -1, and the sum of the most negative
+    amplitudes must stay above -1 so no overlap of dips can make the ARF negative.
+    """
+
+    name = "multi_gaussian"
+    param_units: tuple[str, ...]
+
+    def __init__(self, n_components: int = 2) -> None:
+        if not isinstance(n_components, int) or isinstance(n_components, bool) or n_components < 1:
+            raise ModifierError("n_components must be a positive integer", "options.n_components")
+        self.n_components = n_components
+        self.param_names = tuple(
+            f"{p}{k + 1}" for k in range(n_components) for p in ("mu", "sigma", "A")
+        )
+        self.param_units = ("keV", "keV", "") * n_components
+
+    def options(self) -> dict[str, Any]:
+        return {"n_components": self.n_components}
+
+    def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        m = np.ones((theta.shape[0], energy.size))
+        for k in range(self.n_components):
+            mu, sigma, amp = (theta[:, 3 * k + j : 3 * k + j + 1] for j in range(3))
+            m += amp * np.exp(-0.5 * ((energy[None, :] - mu) / sigma) ** 2)
+        return m
+
+    def check_values(self, name: str, values: np.ndarray) -> None:
+        if name.startswith("A"):
+            _check_amplitude(name, values)
+        else:
+            _check_positive(name, values)
+
+    def check_grid(self, axes: Mapping[str, np.ndarray]) -> None:
+        super().check_grid(axes)
+        worst = sum(min(float(np.min(axes[f"A{k + 1}"])), 0.0) for k in range(self.n_components))
+        if worst <= -1:
+            raise ModifierError(
+                f"the most negative amplitudes sum to {worst:g} <= -1: overlapping dips "
+                "could make the ARF negative"
+            )
+
+    def identity(self) -> np.ndarray:
+        return np.array([1.0, 1.0, 0.0] * self.n_components)
+
+
+@register
+class Spline(Modifier):
+    """``m(E) = 1 + d(E)`` with ``d`` given at fixed ``knots`` (keV), interpolated in log E.
+
+    The interpolation is monotone piecewise-cubic (PCHIP), so it never overshoots the knot
+    values and m stays positive when every ``d_k > -1``. Outside the knots d is held constant.
+    """
+
+    name = "spline"
+
+    def __init__(self, knots: list[float] | tuple[float, ...] = (0.3, 0.6, 1.2, 2.4, 4.8, 9.6)):
+        knots = np.asarray(knots, dtype=np.float64)
+        if knots.ndim != 1 or knots.size < 2 or np.any(knots <= 0) or np.any(np.diff(knots) <= 0):
+            raise ModifierError(
+                "knots must be at least two increasing positive energies (keV)", "options.knots"
+            )
+        self.knots = knots
+        self.param_names = tuple(f"d{k + 1}" for k in range(knots.size))
+        self.param_units = ("",) * knots.size
+
+    def options(self) -> dict[str, Any]:
+        return {"knots": [float(k) for k in self.knots]}
+
+    def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        log_e = np.log(np.clip(energy, self.knots[0], self.knots[-1]))
+        interp = PchipInterpolator(np.log(self.knots), theta, axis=1)
+        return 1.0 + interp(log_e)
+
+    def check_values(self, name: str, values: np.ndarray) -> None:
+        _check_amplitude(name, values)
+
+    def identity(self) -> np.ndarray:
+        return np.zeros(self.knots.size)
