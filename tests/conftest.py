@@ -53,7 +53,7 @@ def edit_config(text: str, section: str, key: str, value: str) -> str:
     )
     if pattern.search(text):
         return pattern.sub(lambda m: f"{m.group(1)}{key} = {value}", text, count=1)
-    header = re.compile(rf"^\[{re.escape(section)}\]\s*$", re.M)
+    header = re.compile(rf"^\[{re.escape(section)}\][^\n]*$", re.M)
     if not header.search(text):
         return text + f"\n[{section}]\n{key} = {value}\n"
     return header.sub(lambda m: f"{m.group(0)}\n{key} = {value}", text, count=1)
@@ -84,9 +84,11 @@ def small_config(demo_config: Path) -> Path:
     return demo_config
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the installed ``xrmodifier`` command; returns the completed process (no check)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([XRMODIFIER, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [XRMODIFIER, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

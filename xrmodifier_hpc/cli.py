@@ -54,10 +54,15 @@ def _run_check(args: argparse.Namespace) -> int:
     summary = {
         "config": str(cfg.path),
         "modifier": cfg.modifier.family,
-        "parameters": {n: [float(a.min()), float(a.max()), int(a.size)]
-                       for n, a in zip(grid.param_names, grid.param_axes)},
-        "t_true": [float(grid.t_true_axis.min()), float(grid.t_true_axis.max()),
-                   int(grid.t_true_axis.size)],
+        "parameters": {
+            n: [float(a.min()), float(a.max()), int(a.size)]
+            for n, a in zip(grid.param_names, grid.param_axes)
+        },
+        "t_true": [
+            float(grid.t_true_axis.min()),
+            float(grid.t_true_axis.max()),
+            int(grid.t_true_axis.size),
+        ],
         "grid_points": grid.n_points,
         "realisations": cfg.simulation.realisations,
         "backend": cfg.simulation.backend,

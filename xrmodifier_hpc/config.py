@@ -16,6 +16,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,13 @@ class Axis:
         return (min(self.values), max(self.values))
 
 
-def parse_axis(raw: Any, where: str) -> Axis:
-    """Turn one of the TOML axis forms into an :class:`Axis`; ``where`` names the key."""
+def parse_axis(raw: Any, key: str, file: str = "") -> Axis:
+    """Turn one of the TOML axis forms into an :class:`Axis`; ``key`` names it in ``file``."""
+
+    def at(suffix: str = "") -> str:
+        return f"{file} [{key}{suffix}]" if file else f"{key}{suffix}"
+
+    where = at()
     if isinstance(raw, bool):
         raise ConfigError("expected a number, a list or a {linspace|logspace|values} table", where)
     if isinstance(raw, (int, float)):
@@ -75,30 +81,30 @@ def parse_axis(raw: Any, where: str) -> Axis:
         raise ConfigError(
             f"give exactly one of linspace, logspace, values (got {sorted(raw)})", where
         )
-    (kind, spec), = raw.items()
+    ((kind, spec),) = raw.items()
     if kind not in ("linspace", "logspace", "values"):
         hint = _suggest(kind, ["linspace", "logspace", "values"])
         raise ConfigError(f"unknown axis form {kind!r}{hint}", where)
     if not isinstance(spec, list) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec
     ):
-        raise ConfigError(f"{kind} takes a list of numbers", f"{where}.{kind}")
+        raise ConfigError(f"{kind} takes a list of numbers", at(f".{kind}"))
     if kind == "values":
         if not spec:
-            raise ConfigError("the grid is empty: give at least one value", f"{where}.values")
+            raise ConfigError("the grid is empty: give at least one value", at(".values"))
         values = [float(v) for v in spec]
     else:
         if len(spec) != 3:
-            raise ConfigError(f"{kind} takes [start, stop, n]", f"{where}.{kind}")
+            raise ConfigError(f"{kind} takes [start, stop, n]", at(f".{kind}"))
         start, stop, n = spec
         if float(n) != int(n) or int(n) < 1:
             raise ConfigError(
-                f"the number of points must be a positive integer (got {n})", f"{where}.{kind}"
+                f"the number of points must be a positive integer (got {n})", at(f".{kind}")
             )
         n = int(n)
         if kind == "logspace":
             if start <= 0 or stop <= 0:
-                raise ConfigError("logspace needs positive start and stop", f"{where}.{kind}")
+                raise ConfigError("logspace needs positive start and stop", at(f".{kind}"))
             values = list(np.geomspace(float(start), float(stop), n))
         else:
             values = list(np.linspace(float(start), float(stop), n))
@@ -122,9 +128,9 @@ class InstrumentConfig:
     arf: Path | None = None
     exposure: float = 50_000.0
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         if self.exposure <= 0:
-            raise ConfigError("exposure must be positive (seconds)", f"{where}.exposure")
+            raise ConfigError("exposure must be positive (seconds)", at("exposure"))
 
 
 @dataclass(frozen=True)
@@ -162,9 +168,9 @@ class TemperaturesConfig:
 
     t_true: Axis = Axis(tuple(np.geomspace(1.0, 12.0, 16)), "logspace")
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         if self.t_true.bounds[0] <= 0:
-            raise ConfigError("temperatures must be positive (keV)", f"{where}.t_true")
+            raise ConfigError("temperatures must be positive (keV)", at("t_true"))
 
 
 @dataclass(frozen=True)
@@ -191,30 +197,30 @@ class SimulationConfig:
     abund: str = "angr"
     xsect: str = "vern"
 
-    def _check(self, where: str) -> None:
-        _one_of(self.backend, ("native", "xspec"), f"{where}.backend")
-        _one_of(self.mode, ("poisson", "asimov"), f"{where}.mode")
-        _one_of(self.engine, ("numpy", "torch"), f"{where}.engine")
-        _one_of(self.device, ("auto", "cpu", "cuda"), f"{where}.device")
+    def _check(self, at: Callable[[str], str]) -> None:
+        _one_of(self.backend, ("native", "xspec"), at("backend"))
+        _one_of(self.mode, ("poisson", "asimov"), at("mode"))
+        _one_of(self.engine, ("numpy", "torch"), at("engine"))
+        _one_of(self.device, ("auto", "cpu", "cuda"), at("device"))
         if self.realisations < 1:
-            raise ConfigError("realisations must be at least 1", f"{where}.realisations")
+            raise ConfigError("realisations must be at least 1", at("realisations"))
         if (self.counts is None) == (self.norm is None):
-            raise ConfigError("give exactly one of counts and norm", f"{where}.counts")
+            raise ConfigError("give exactly one of counts and norm", at("counts"))
         for key in ("counts", "norm"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive", f"{where}.{key}")
+                raise ConfigError(f"{key} must be positive", at(key))
         lo, hi = self.band
         if not (0 < lo < hi):
-            raise ConfigError("band must be [low, high] keV with 0 < low < high", f"{where}.band")
+            raise ConfigError("band must be [low, high] keV with 0 < low < high", at("band"))
         if self.fit_tgrid.bounds[0] <= 0 or len(self.fit_tgrid) < 8:
             raise ConfigError(
-                "fit_tgrid needs at least 8 positive temperatures (keV)", f"{where}.fit_tgrid"
+                "fit_tgrid needs at least 8 positive temperatures (keV)", at("fit_tgrid")
             )
         if self.chunk_size < 1:
-            raise ConfigError("chunk_size must be at least 1", f"{where}.chunk_size")
+            raise ConfigError("chunk_size must be at least 1", at("chunk_size"))
         if self.seed < 0:
-            raise ConfigError("seed must be a non-negative integer", f"{where}.seed")
+            raise ConfigError("seed must be a non-negative integer", at("seed"))
 
 
 @dataclass(frozen=True)
@@ -234,19 +240,19 @@ class EmulatorConfig:
     offgrid_points: int = 500
     predict_scatter: bool = True
 
-    def _check(self, where: str) -> None:
-        _one_of(self.activation, ("gelu", "relu", "silu", "tanh"), f"{where}.activation")
+    def _check(self, at: Callable[[str], str]) -> None:
+        _one_of(self.activation, ("gelu", "relu", "silu", "tanh"), at("activation"))
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError("hidden must list positive layer widths", f"{where}.hidden")
+            raise ConfigError("hidden must list positive layer widths", at("hidden"))
         for key in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1", f"{where}.{key}")
+                raise ConfigError(f"{key} must be at least 1", at(key))
         if not 0 < self.val_fraction < 0.5:
-            raise ConfigError("val_fraction must be in (0, 0.5)", f"{where}.val_fraction")
+            raise ConfigError("val_fraction must be in (0, 0.5)", at("val_fraction"))
         if self.learning_rate <= 0:
-            raise ConfigError("learning_rate must be positive", f"{where}.learning_rate")
+            raise ConfigError("learning_rate must be positive", at("learning_rate"))
         if self.offgrid_points < 0:
-            raise ConfigError("offgrid_points must be >= 0", f"{where}.offgrid_points")
+            raise ConfigError("offgrid_points must be >= 0", at("offgrid_points"))
 
 
 @dataclass(frozen=True)
@@ -258,11 +264,11 @@ class McmcConfig:
     burn: int = 1000
     thin: int = 1
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         if self.walkers < 4 or self.walkers % 2:
-            raise ConfigError("walkers must be an even number >= 4", f"{where}.walkers")
+            raise ConfigError("walkers must be an even number >= 4", at("walkers"))
         if self.steps < 1 or not 0 <= self.burn < self.steps:
-            raise ConfigError("need steps >= 1 and 0 <= burn < steps", f"{where}.burn")
+            raise ConfigError("need steps >= 1 and 0 <= burn < steps", at("burn"))
 
 
 @dataclass(frozen=True)
@@ -280,19 +286,19 @@ class InversionConfig:
     s_emu: float | str = "auto"
     mcmc: McmcConfig = McmcConfig()
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         _one_of(
             self.objective,
             ("likelihood", "seed_loss", "gaussian_kl", "wasserstein"),
-            f"{where}.objective",
+            at("objective"),
         )
-        _one_of(self.start_design, ("sobol", "lhs"), f"{where}.start_design")
+        _one_of(self.start_design, ("sobol", "lhs"), at("start_design"))
         if self.n_starts < 1:
-            raise ConfigError("n_starts must be at least 1", f"{where}.n_starts")
+            raise ConfigError("n_starts must be at least 1", at("n_starts"))
         if isinstance(self.s_emu, str) and self.s_emu != "auto":
-            raise ConfigError('s_emu is a number (fraction of T1) or "auto"', f"{where}.s_emu")
+            raise ConfigError('s_emu is a number (fraction of T1) or "auto"', at("s_emu"))
         if not isinstance(self.s_emu, str) and self.s_emu < 0:
-            raise ConfigError("s_emu must be >= 0", f"{where}.s_emu")
+            raise ConfigError("s_emu must be >= 0", at("s_emu"))
 
 
 @dataclass(frozen=True)
@@ -305,13 +311,13 @@ class MockConfig:
     counts: tuple[float, float] = (8_000.0, 30_000.0)
     seed: int = 99
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         if self.n_sources < 2:
-            raise ConfigError("n_sources must be at least 2", f"{where}.n_sources")
+            raise ConfigError("n_sources must be at least 2", at("n_sources"))
         if not 0 < self.t_range[0] < self.t_range[1]:
-            raise ConfigError("t_range must be [low, high] keV, 0 < low < high", f"{where}.t_range")
+            raise ConfigError("t_range must be [low, high] keV, 0 < low < high", at("t_range"))
         if not 0 < self.counts[0] <= self.counts[1]:
-            raise ConfigError("counts must be [low, high] with 0 < low <= high", f"{where}.counts")
+            raise ConfigError("counts must be [low, high] with 0 < low <= high", at("counts"))
 
 
 @dataclass(frozen=True)
@@ -331,12 +337,12 @@ class SlurmConfig:
     additional: dict[str, Any] = field(default_factory=dict)
     logs: Path = Path("slurm_logs")
 
-    def _check(self, where: str) -> None:
+    def _check(self, at: Callable[[str], str]) -> None:
         for key in ("nodes", "cpus_per_task", "time_minutes"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1", f"{where}.{key}")
+                raise ConfigError(f"{key} must be at least 1", at(key))
         if self.gpus_per_node < 0:
-            raise ConfigError("gpus_per_node must be >= 0", f"{where}.gpus_per_node")
+            raise ConfigError("gpus_per_node must be >= 0", at("gpus_per_node"))
 
 
 @dataclass(frozen=True)
@@ -413,7 +419,9 @@ def load_config(path: str | Path) -> Config:
     except FileNotFoundError:
         raise ConfigError("config file not found", where) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file ({exc.__class__.__name__}: {exc})", where)
+        raise ConfigError(
+            f"cannot read config file ({exc.__class__.__name__}: {exc})", where
+        ) from None
     return parse_config(text, path)
 
 
@@ -468,7 +476,7 @@ class _Loader:
         where = self.where(key)
         origin = typing.get_origin(tp)
         if tp is Axis:
-            return parse_axis(value, where)
+            return parse_axis(value, key, self.file)
         if dataclasses.is_dataclass(tp):
             return tp(**self.build(tp, value, key))
         if origin in (typing.Union, types.UnionType):
@@ -517,7 +525,9 @@ class _Loader:
                 return tuple(self.convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
             if len(value) != len(args):
                 raise ConfigError(f"expected a list of {len(args)} values", where)
-            return tuple(self.convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                self.convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            )
         if origin is dict:
             ktype, vtype = typing.get_args(tp)
             if not isinstance(value, dict):
@@ -532,7 +542,7 @@ def _check_all(cfg: Config, file: str) -> None:
     def visit(obj: Any, key: str) -> None:
         check = getattr(obj, "_check", None)
         if check is not None:
-            check(f"{file} [{key}]" if key else file)
+            check(lambda name, key=key: f"{file} [{_join(key, name)}]")
         if dataclasses.is_dataclass(obj):
             for f in dataclasses.fields(obj):
                 child = getattr(obj, f.name)
@@ -542,7 +552,7 @@ def _check_all(cfg: Config, file: str) -> None:
     visit(cfg, "")
     for name in ("reference", "target"):
         inst = getattr(cfg.instruments, name)
-        inst._check(f"{file} [instruments.{name}]")
+        inst._check(lambda key, name=name: f"{file} [instruments.{name}.{key}]")
         for kind in ("arf", "rmf"):
             p = getattr(inst, kind)
             if p is not None and not p.is_file():
@@ -564,13 +574,14 @@ def _check_all(cfg: Config, file: str) -> None:
         for name in cfg.mock.theta:
             if name not in fam.param_names:
                 hint = _suggest(name, list(fam.param_names))
-                raise ConfigError(f"unknown parameter {name!r}{hint}", f"{file} [mock.theta.{name}]")
+                raise ConfigError(
+                    f"unknown parameter {name!r}{hint}", f"{file} [mock.theta.{name}]"
+                )
 
 
 def _check_modifier(cfg: Config, file: str) -> None:
     from .modifiers import ModifierError, get_modifier
 
-    where = f"{file} [modifier]"
     try:
         family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     except ModifierError as exc:
@@ -587,7 +598,7 @@ def _check_modifier(cfg: Config, file: str) -> None:
     if missing:
         raise ConfigError(
             f"no grid for parameter(s) {', '.join(missing)} of family {family.name!r}",
-            f"{where.rstrip(']')}.grid]",
+            f"{file} [modifier.grid]",
         )
     for name in family.param_names:
         try:

@@ -85,8 +85,6 @@ def chunk_ranges(n_points: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_size, n_points)) for s in range(0, n_points, chunk_size)]
 
 
-def rank_chunks(
-    n_points: int, chunk_size: int, rank: int, size: int
-) -> list[tuple[int, int]]:
+def rank_chunks(n_points: int, chunk_size: int, rank: int, size: int) -> list[tuple[int, int]]:
     """The chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin."""
     return chunk_ranges(n_points, chunk_size)[rank::size]

@@ -213,13 +213,12 @@ def _find_hdu(hdul: fits.HDUList, names: Sequence[str], path: Path, what: str) -
         extname = str(hdu.header.get("EXTNAME", "")).strip().upper()
         if extname in names and isinstance(hdu, fits.BinTableHDU):
             return hdu
+    # an unusual EXTNAME still counts when the OGIP class says it is a response matrix
     for hdu in hdul[1:]:
-        if what == "matrix" and isinstance(hdu, fits.BinTableHDU):
-            if str(hdu.header.get("HDUCLAS2", "")).strip().upper() == "RSP_MATRIX":
-                return hdu
-    raise ResponseError(
-        f"no {what} extension (looked for EXTNAME {' / '.join(names)})", str(path)
-    )
+        hduclas2 = str(hdu.header.get("HDUCLAS2", "")).strip().upper()
+        if what == "matrix" and isinstance(hdu, fits.BinTableHDU) and hduclas2 == "RSP_MATRIX":
+            return hdu
+    raise ResponseError(f"no {what} extension (looked for EXTNAME {' / '.join(names)})", str(path))
 
 
 def _column(hdu: fits.BinTableHDU, name: str, path: Path) -> Any:
@@ -309,8 +308,10 @@ def read_rmf(path: str | Path) -> Rmf:
     else:
         rows_a = cols_a = np.zeros(0, dtype=np.int64)
         data_a = np.zeros(0)
-    if not np.all(np.isfinite(data_a)) or np.any(data_a < 0):
-        raise ResponseError("MATRIX has negative or non-finite values", where)
+    # small negative elements are real (the XMM EPIC-pn RMFs have ~5e4 of them, down to -1e-3,
+    # from their calibration fits); XSPEC keeps them, so only non-finite values are refused
+    if not np.all(np.isfinite(data_a)):
+        raise ResponseError("MATRIX has non-finite values", where)
     matrix = sp.csr_matrix((data_a, (rows_a, cols_a)), shape=(lo.size, n_channels))
     matrix.sum_duplicates()
     channel = first + np.arange(n_channels)
@@ -385,7 +386,9 @@ def read_pha(path: str | Path) -> Pha:
         else:
             raise ResponseError("no COUNTS or RATE column", where)
         quality = (
-            np.asarray(_column(hdu, "QUALITY", path), dtype=np.int64) if "QUALITY" in names else None
+            np.asarray(_column(hdu, "QUALITY", path), dtype=np.int64)
+            if "QUALITY" in names
+            else None
         )
     if counts.ndim != 1:
         raise ResponseError("only type-I (one spectrum per file) PHA files are supported", where)
@@ -464,13 +467,25 @@ def write_arf(
         fits.Column("SPECRESP", "E", unit="cm**2", array=np.asarray(specresp, dtype=np.float32)),
     ]
     hdu = fits.BinTableHDU.from_columns(cols, name="SPECRESP")
-    structural = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
-                  "TFIELDS", "EXTNAME", "CHECKSUM", "DATASUM"}
+    structural = {
+        "XTENSION",
+        "BITPIX",
+        "NAXIS",
+        "NAXIS1",
+        "NAXIS2",
+        "PCOUNT",
+        "GCOUNT",
+        "TFIELDS",
+        "EXTNAME",
+        "CHECKSUM",
+        "DATASUM",
+    }
     if header is not None:
         for card in header.cards:
             key = card.keyword
-            if key in structural or key.startswith(("TTYPE", "TFORM", "TUNIT", "TDIM", "TNULL",
-                                                    "TSCAL", "TZERO", "TLMIN", "TLMAX")):
+            if key in structural or key.startswith(
+                ("TTYPE", "TFORM", "TUNIT", "TDIM", "TNULL", "TSCAL", "TZERO", "TLMIN", "TLMAX")
+            ):
                 continue
             if key == "HISTORY":
                 hdu.header.add_history(str(card.value))
@@ -559,8 +574,11 @@ def write_rmf(
         n_grp.append(len(starts))
         f_chan.append((starts + first_channel).astype(np.int32))
         n_chan_col.append((stops - starts).astype(np.int32))
-        values.append(np.concatenate([row[a:b] for a, b in zip(starts, stops)]).astype(np.float32)
-                      if len(starts) else np.zeros(0, np.float32))
+        values.append(
+            np.concatenate([row[a:b] for a, b in zip(starts, stops)]).astype(np.float32)
+            if len(starts)
+            else np.zeros(0, np.float32)
+        )
     max_grp = max(max(n_grp), 1)
     cols = [
         fits.Column("ENERG_LO", "E", unit="keV", array=np.asarray(energ_lo, np.float32)),
@@ -568,15 +586,23 @@ def write_rmf(
         fits.Column("N_GRP", "I", array=np.asarray(n_grp, np.int16)),
         fits.Column("F_CHAN", f"PJ({max_grp})", array=np.array(f_chan, dtype=object)),
         fits.Column("N_CHAN", f"PJ({max_grp})", array=np.array(n_chan_col, dtype=object)),
-        fits.Column("MATRIX", f"PE({max(v.size for v in values)})",
-                    array=np.array(values, dtype=object)),
+        fits.Column(
+            "MATRIX", f"PE({max(v.size for v in values)})", array=np.array(values, dtype=object)
+        ),
     ]
     mhdu = fits.BinTableHDU.from_columns(cols, name=extname)
     mhdu.header["TLMIN4"] = (first_channel, "first channel in the response")
     mhdu.header["TLMAX4"] = (first_channel + n_chan - 1, "last channel in the response")
-    for key, value in (("HDUCLASS", "OGIP"), ("HDUCLAS1", "RESPONSE"), ("HDUCLAS2", "RSP_MATRIX"),
-                       ("HDUCLAS3", "FULL" if full else "REDIST"), ("HDUVERS", "1.3.0"),
-                       ("CHANTYPE", "PI"), ("DETCHANS", n_chan), ("LO_THRES", threshold)):
+    for key, value in (
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "RESPONSE"),
+        ("HDUCLAS2", "RSP_MATRIX"),
+        ("HDUCLAS3", "FULL" if full else "REDIST"),
+        ("HDUVERS", "1.3.0"),
+        ("CHANTYPE", "PI"),
+        ("DETCHANS", n_chan),
+        ("LO_THRES", threshold),
+    ):
         mhdu.header[key] = value
     for key, value, comment in provenance_cards(provenance or {}):
         mhdu.header[key] = (value, comment)
@@ -588,8 +614,14 @@ def write_rmf(
     ehdu = fits.BinTableHDU.from_columns(ecols, name="EBOUNDS")
     ehdu.header["TLMIN1"] = first_channel
     ehdu.header["TLMAX1"] = first_channel + n_chan - 1
-    for key, value in (("HDUCLASS", "OGIP"), ("HDUCLAS1", "RESPONSE"), ("HDUCLAS2", "EBOUNDS"),
-                       ("HDUVERS", "1.2.0"), ("CHANTYPE", "PI"), ("DETCHANS", n_chan)):
+    for key, value in (
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "RESPONSE"),
+        ("HDUCLAS2", "EBOUNDS"),
+        ("HDUVERS", "1.2.0"),
+        ("CHANTYPE", "PI"),
+        ("DETCHANS", n_chan),
+    ):
         ehdu.header[key] = value
     _atomic_write(fits.HDUList([fits.PrimaryHDU(), mhdu, ehdu]), Path(path))
     return Path(path)
@@ -612,13 +644,27 @@ def write_pha(
     hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
     channel = np.asarray(channel)
     for key, value in (
-        ("HDUCLASS", "OGIP"), ("HDUCLAS1", "SPECTRUM"), ("HDUVERS", "1.2.1"),
-        ("HDUCLAS2", "TOTAL"), ("HDUCLAS3", "COUNT"), ("CHANTYPE", "PI"),
-        ("DETCHANS", int(channel.size)), ("EXPOSURE", float(exposure)), ("AREASCAL", 1.0),
-        ("BACKSCAL", 1.0), ("CORRSCAL", 0.0), ("POISSERR", True), ("SYS_ERR", 0),
-        ("QUALITY", 0), ("GROUPING", 0), ("BACKFILE", "none"), ("CORRFILE", "none"),
-        ("RESPFILE", respfile or "none"), ("ANCRFILE", ancrfile or "none"),
-        ("TLMIN1", int(channel.min())), ("TLMAX1", int(channel.max())),
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "SPECTRUM"),
+        ("HDUVERS", "1.2.1"),
+        ("HDUCLAS2", "TOTAL"),
+        ("HDUCLAS3", "COUNT"),
+        ("CHANTYPE", "PI"),
+        ("DETCHANS", int(channel.size)),
+        ("EXPOSURE", float(exposure)),
+        ("AREASCAL", 1.0),
+        ("BACKSCAL", 1.0),
+        ("CORRSCAL", 0.0),
+        ("POISSERR", True),
+        ("SYS_ERR", 0),
+        ("QUALITY", 0),
+        ("GROUPING", 0),
+        ("BACKFILE", "none"),
+        ("CORRFILE", "none"),
+        ("RESPFILE", respfile or "none"),
+        ("ANCRFILE", ancrfile or "none"),
+        ("TLMIN1", int(channel.min())),
+        ("TLMAX1", int(channel.max())),
     ):
         hdu.header[key] = value
     for key, value in (keywords or {}).items():

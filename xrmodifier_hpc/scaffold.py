@@ -27,8 +27,8 @@ temperature = "kT"               # the parameter on the temperature axis (norm i
 params = { nH = 0.05 }           # frozen parameters (nH in 1e22 cm^-2)
 
 [modifier]
-family = "gaussian"              # m(E) = 1 + A exp(-(E-mu)^2 / (2 sigma^2)); also multi_gaussian, spline
-[modifier.grid]                  # per parameter: {linspace|logspace = [start, stop, n]} or {values = [...]}
+family = "gaussian"               # 1 + A exp(-(E-mu)^2/(2 sigma^2)); or multi_gaussian, spline
+[modifier.grid]   # per parameter: {linspace|logspace = [start, stop, n]} or {values = [...]}
 mu = { linspace = [0.8, 3.0, 12] }
 sigma = { logspace = [0.15, 0.8, 6] }
 A = { linspace = [-0.3, 0.3, 7] }
@@ -37,7 +37,7 @@ A = { linspace = [-0.3, 0.3, 7] }
 t_true = { logspace = [1.0, 12.0, 20] }   # true temperatures simulated (keV)
 
 [simulation]
-backend = "native"               # native (numpy/torch, embedded) or xspec (PyXspec, in the container)
+backend = "native"               # native (numpy/torch) or xspec (PyXspec, in the container)
 mode = "poisson"                 # poisson (fakeit with noise) or asimov (expected counts)
 realisations = 2                 # fakeit spectra per grid point
 seed = 20261124

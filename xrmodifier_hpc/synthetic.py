@@ -48,7 +48,9 @@ REFERENCE = TelescopeDesign("SYNTH-REF", 700.0, 6.5, 3.2, 0.18, 0.35, 0.25, 45.0
 TARGET = TelescopeDesign("SYNTH-TGT", 820.0, 5.5, 2.8, 0.24, 0.55, 0.40, 60.0, 0.25, 30.0, 0)
 
 
-def energy_grid(e_lo: float = 0.1, e_hi: float = 12.0, width: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def energy_grid(
+    e_lo: float = 0.1, e_hi: float = 12.0, width: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear energy bins (keV): [lo, lo+width), ... up to ``e_hi``."""
     edges = np.round(np.arange(e_lo, e_hi + 0.5 * width, width), 6)
     return edges[:-1], edges[1:]
@@ -82,8 +84,11 @@ def resolution_sigma(design: TelescopeDesign, energy: np.ndarray) -> np.ndarray:
 
 
 def redistribution(
-    design: TelescopeDesign, energ_lo: np.ndarray, energ_hi: np.ndarray,
-    e_min: np.ndarray, e_max: np.ndarray,
+    design: TelescopeDesign,
+    energ_lo: np.ndarray,
+    energ_hi: np.ndarray,
+    e_min: np.ndarray,
+    e_max: np.ndarray,
 ) -> np.ndarray:
     """Dense (n_E, n_chan) matrix of Gaussian redistribution probabilities."""
     centre = 0.5 * (energ_lo + energ_hi)
@@ -109,12 +114,22 @@ def write_pair(directory: str | Path) -> dict[str, Path]:
         }
         area = effective_area(design, e_mid)
         paths[f"{role}_arf"] = write_arf(
-            directory / f"{role}.arf", energ_lo, energ_hi, area, provenance=prov,
+            directory / f"{role}.arf",
+            energ_lo,
+            energ_hi,
+            area,
+            provenance=prov,
             history=[f"synthetic {role} ARF written by xrmodifier init"],
         )
         matrix = redistribution(design, energ_lo, energ_hi, e_min, e_max)
         paths[f"{role}_rmf"] = write_rmf(
-            directory / f"{role}.rmf", energ_lo, energ_hi, matrix, e_min, e_max,
-            first_channel=design.first_channel, provenance=prov,
+            directory / f"{role}.rmf",
+            energ_lo,
+            energ_hi,
+            matrix,
+            e_min,
+            e_max,
+            first_channel=design.first_channel,
+            provenance=prov,
         )
     return paths

@@ -13,7 +13,9 @@ from .base import Backend, PointResults, SimulationSettings
 __all__ = ["Backend", "PointResults", "SimulationSettings", "make_backend"]
 
 
-def make_backend(cfg: Config, role: str = "target", name: str | None = None, **overrides) -> Backend:
+def make_backend(
+    cfg: Config, role: str = "target", name: str | None = None, **overrides
+) -> Backend:
     """Build the configured backend for instrument ``role`` ("target" or "reference").
 
     ``overrides`` replace simulation settings (e.g. ``mode="asimov"``, ``realisations=1``).
@@ -38,7 +40,7 @@ def make_backend(cfg: Config, role: str = "target", name: str | None = None, **o
         except ImportError as exc:
             raise UserError(
                 f"backend 'xspec' needs PyXspec, which does not import here ({exc}); run inside "
-                "the container (apptainer exec xrmodifier.sif ...) or use backend = \"native\""
+                'the container (apptainer exec xrmodifier.sif ...) or use backend = "native"'
             ) from None
         return XspecBackend(instrument, model, modifier, settings, cfg=cfg, role=role)
     raise UserError(f"unknown backend {name!r}: use 'native' or 'xspec'")
