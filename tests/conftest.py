@@ -92,3 +92,88 @@ def run_cli(
     return subprocess.run(
         [XRMODIFIER, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+#: the injection-recovery project: a 1920-point grid (8 mu x 4 sigma x 5 A x 12 T_true),
+#: noise-free (asimov) fits so a short training learns it, bright mock sources
+INJECTION_EDITS = (
+    ("modifier.grid", "mu", "{ linspace = [0.8, 3.0, 8] }"),
+    ("modifier.grid", "sigma", "{ logspace = [0.15, 0.8, 4] }"),
+    ("modifier.grid", "A", "{ linspace = [-0.3, 0.3, 5] }"),
+    ("temperatures", "t_true", "{ logspace = [1.0, 12.0, 12] }"),
+    ("simulation", "mode", '"asimov"'),
+    ("simulation", "realisations", "1"),
+    ("emulator", "epochs", "600"),
+    ("emulator", "patience", "100"),
+    ("emulator", "batch_size", "256"),
+    ("emulator", "threads", "1"),
+    ("emulator", "predict_scatter", "false"),
+    ("emulator", "offgrid_points", "120"),
+    ("inversion", "n_starts", "8"),
+    ("inversion.mcmc", "walkers", "24"),
+    ("inversion.mcmc", "steps", "1500"),
+    ("inversion.mcmc", "burn", "300"),
+    ("mock", "n_sources", "36"),
+    ("mock", "counts", "[100000.0, 300000.0]"),
+)
+
+
+@pytest.fixture(scope="session")
+def injection_project(tmp_path_factory) -> Path:
+    """A project that went through ``xrmodifier simulate`` and ``xrmodifier train`` for real
+    (shared by the inversion tests); returns its config path."""
+    from xrmodifier_hpc.scaffold import init
+
+    config = init(tmp_path_factory.mktemp("injection") / "project")
+    text = config.read_text()
+    for section, key, value in INJECTION_EDITS:
+        text = edit_config(text, section, key, value)
+    config.write_text(text)
+    for stage in ("simulate", "train"):
+        done = run_cli(stage, str(config))
+        assert done.returncode == 0, f"xrmodifier {stage} failed:\n{done.stderr[-3000:]}"
+    assert (config.parent / "run" / "emulator.pt").is_file()
+    return config
+
+
+#: a 288-point grid (4 mu x 3 sigma x 4 A x 6 T_true, 2 Poisson realisations) and a small,
+#: fast emulator: for the training and launch tests
+EMULATOR_EDITS = (
+    ("modifier.grid", "mu", "{ linspace = [1.0, 2.5, 4] }"),
+    ("modifier.grid", "sigma", "{ logspace = [0.2, 0.5, 3] }"),
+    ("modifier.grid", "A", "{ linspace = [-0.2, 0.2, 4] }"),
+    ("temperatures", "t_true", "{ logspace = [1.5, 8.0, 6] }"),
+    ("simulation", "fit_tgrid", "{ logspace = [0.5, 30.0, 48] }"),
+    ("simulation", "curves", "false"),
+    ("emulator", "hidden", "[32, 32]"),
+    ("emulator", "scatter_hidden", "[16]"),
+    ("emulator", "epochs", "40"),
+    ("emulator", "batch_size", "64"),
+    ("emulator", "patience", "1000"),
+    ("emulator", "checkpoint_every", "5"),
+    ("emulator", "offgrid_points", "24"),
+    ("emulator", "threads", "1"),
+)
+
+
+@pytest.fixture(scope="session")
+def emulator_grid_project(tmp_path_factory) -> Path:
+    """A project with a real ``grid.h5`` from ``simulate`` (EMULATOR_EDITS), made once per
+    session; copy the folder (``copy_project``) before training in it."""
+    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.simulate import simulate
+
+    config = init(tmp_path_factory.mktemp("emulator") / "project")
+    text = config.read_text()
+    for section, key, value in EMULATOR_EDITS:
+        text = edit_config(text, section, key, value)
+    config.write_text(text)
+    simulate(config)
+    assert (config.parent / "run" / "grid.h5").is_file()
+    return config
+
+
+def copy_project(config: Path, dest: Path) -> Path:
+    """Copy a project folder (config, instruments, run/) to ``dest``; returns the new config."""
+    shutil.copytree(config.parent, dest)
+    return dest / config.name

@@ -51,6 +51,10 @@ def test_fingerprint_ignores_training_settings_but_not_grid(demo_config):
     text = demo_config.read_text()
     demo_config.write_text(edit_config(text, "emulator", "epochs", "7"))
     assert load_config(demo_config).simulation_fingerprint() == base
+    demo_config.write_text(edit_config(text, "simulation", "chunk_size", "7"))
+    assert load_config(demo_config).simulation_fingerprint() == base
+    demo_config.write_text(edit_config(text, "instruments.reference", "exposure", "1.0"))
+    assert load_config(demo_config).simulation_fingerprint() == base
     demo_config.write_text(edit_config(text, "simulation", "seed", "1"))
     assert load_config(demo_config).simulation_fingerprint() != base
 

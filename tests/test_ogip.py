@@ -26,7 +26,8 @@ from xrmodifier_hpc.ogip import (
 
 REAL_PAIRS = [
     ("chandra_acis_9774.arf", "chandra_acis_9774.rmf", 1078, 1024, 1),
-    ("xmm_epn_src.arf", "xmm_epn_ff20_dY9.rmf", 1319, 4096, 0),
+    # no TLMIN on F_CHAN: XSPEC counts F_CHAN from 1 (see ogip._first_channel)
+    ("xmm_epn_src.arf", "xmm_epn_ff20_dY9.rmf", 1319, 4096, 1),
 ]
 
 
@@ -37,7 +38,7 @@ def dense_from_raw_columns(path) -> tuple[np.ndarray, int]:
         ebounds = hdul["EBOUNDS"]
         n_chan = ebounds.header["NAXIS2"]
         col = hdu.columns.names.index("F_CHAN") + 1
-        first = hdu.header.get(f"TLMIN{col}", ebounds.header.get("TLMIN1", 1))
+        first = hdu.header.get(f"TLMIN{col}", 1)
         dense = np.zeros((hdu.header["NAXIS2"], n_chan))
         for i, row in enumerate(hdu.data):
             values = np.ravel(row["MATRIX"])
@@ -45,7 +46,8 @@ def dense_from_raw_columns(path) -> tuple[np.ndarray, int]:
             for g in range(int(row["N_GRP"])):
                 f = int(np.ravel(row["F_CHAN"])[g]) - first
                 n = int(np.ravel(row["N_CHAN"])[g])
-                dense[i, f : f + n] += values[pos : pos + n]
+                skip = min(max(0, -f), n)  # channels below the first do not exist
+                dense[i, f + skip : f + n] += values[pos + skip : pos + n]
                 pos += n
     return dense, first
 
@@ -138,9 +140,16 @@ def write_small_arf(path, shift=0.0):
 def test_channel_offsets(tmp_path, first_channel, tlmin):
     rmf_path = write_small_rmf(tmp_path / "r.rmf", first_channel=first_channel, tlmin=tlmin)
     rmf = read_rmf(rmf_path)
-    # without TLMIN the numbering comes from EBOUNDS' CHANNEL column
-    assert rmf.channel[0] == first_channel
-    np.testing.assert_allclose(rmf.matrix.toarray(), small_matrix(), atol=1e-7)
+    if tlmin or first_channel == 1:
+        assert rmf.channel[0] == first_channel
+        np.testing.assert_allclose(rmf.matrix.toarray(), small_matrix(), atol=1e-7)
+    else:
+        # without TLMIN, XSPEC counts F_CHAN from 1: channel 0's elements are dropped and
+        # the matrix sits one column lower than EBOUNDS
+        assert rmf.channel[0] == 1
+        expected = np.zeros_like(small_matrix())
+        expected[:, :-1] = small_matrix()[:, 1:]
+        np.testing.assert_allclose(rmf.matrix.toarray(), expected, atol=1e-7)
 
 
 def test_two_groups_per_row_are_read(tmp_path):

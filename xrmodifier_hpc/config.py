@@ -239,11 +239,22 @@ class EmulatorConfig:
     checkpoint_every: int = 10
     offgrid_points: int = 500
     predict_scatter: bool = True
+    scatter_hidden: tuple[int, ...] = (64, 64)  #: layers of the separate log-scatter network
+    device: str = "auto"  #: auto (CUDA if present), cpu or cuda
+    threads: int = 0  #: torch CPU threads per training process; 0: automatic (one)
+    ema_epochs: float = 5.0  #: horizon (epochs) of the weight average validated and kept; 0: off
 
     def _check(self, at: Callable[[str], str]) -> None:
         _one_of(self.activation, ("gelu", "relu", "silu", "tanh"), at("activation"))
+        _one_of(self.device, ("auto", "cpu", "cuda"), at("device"))
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError("hidden must list positive layer widths", at("hidden"))
+        if not self.scatter_hidden or any(h < 1 for h in self.scatter_hidden):
+            raise ConfigError("scatter_hidden must list positive widths", at("scatter_hidden"))
+        if self.threads < 0:
+            raise ConfigError("threads must be >= 0 (0: automatic)", at("threads"))
+        if self.ema_epochs < 0:
+            raise ConfigError("ema_epochs must be >= 0 (0: no weight averaging)", at("ema_epochs"))
         for key in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1", at(key))
@@ -276,7 +287,10 @@ class InversionConfig:
     """Objective, multi-start design and posterior sampling for the theta inversion.
 
     ``s_emu``: emulator error added in quadrature to telescope 1's errors, as a fraction of
-    T1; ``"auto"`` takes the emulator's own off-grid RMS relative error.
+    T1; ``"auto"`` takes the emulator's own off-grid RMS relative error. ``merge_tol``: optima
+    closer than this fraction of every parameter's range (log range for geometric grid axes)
+    are one optimum. ``n_tgrid``: log-spaced T_true points the emulator is evaluated on per
+    theta (a spline carries them to the quadrature nodes).
     """
 
     objective: str = "likelihood"
@@ -284,6 +298,8 @@ class InversionConfig:
     start_design: str = "sobol"
     seed: int = 7
     s_emu: float | str = "auto"
+    merge_tol: float = 0.02
+    n_tgrid: int = 24
     mcmc: McmcConfig = McmcConfig()
 
     def _check(self, at: Callable[[str], str]) -> None:
@@ -299,6 +315,10 @@ class InversionConfig:
             raise ConfigError('s_emu is a number (fraction of T1) or "auto"', at("s_emu"))
         if not isinstance(self.s_emu, str) and self.s_emu < 0:
             raise ConfigError("s_emu must be >= 0", at("s_emu"))
+        if not 0 < self.merge_tol < 1:
+            raise ConfigError("merge_tol must be in (0, 1)", at("merge_tol"))
+        if self.n_tgrid < 8:
+            raise ConfigError("n_tgrid must be at least 8", at("n_tgrid"))
 
 
 @dataclass(frozen=True)
@@ -336,11 +356,18 @@ class SlurmConfig:
     container: str = ""
     additional: dict[str, Any] = field(default_factory=dict)
     logs: Path = Path("slurm_logs")
+    container_python: str = "python3"  #: the interpreter inside ``container`` that runs jobs
+    signal_delay_s: int = 120  #: seconds between the preemption/timeout signal and the kill
+    max_requeues: int = 3  #: times a timed-out job is requeued from its checkpoint
 
     def _check(self, at: Callable[[str], str]) -> None:
         for key in ("nodes", "cpus_per_task", "time_minutes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1", at(key))
+        if self.signal_delay_s < 1:
+            raise ConfigError("signal_delay_s must be at least 1", at("signal_delay_s"))
+        if self.max_requeues < 0:
+            raise ConfigError("max_requeues must be >= 0", at("max_requeues"))
         if self.gpus_per_node < 0:
             raise ConfigError("gpus_per_node must be >= 0", at("gpus_per_node"))
 
@@ -644,8 +671,13 @@ def _check_source(cfg: Config, file: str) -> None:
         raise ConfigError(exc.message, f"{file} [source.params]") from None
 
 
+#: keys inside SIMULATION_SECTIONS that do not change grid.h5's content: telescope 0 is not
+#: simulated on the grid, and results never depend on how points are chunked
+_NOT_IN_FINGERPRINT = frozenset({"instruments.reference", "simulation.chunk_size"})
+
+
 def _resolved_sections(cfg: Config, sections: tuple[str, ...]) -> dict:
-    def plain(obj: Any) -> Any:
+    def plain(obj: Any, key: str) -> Any:
         if isinstance(obj, Path):
             if obj.is_file():
                 return {"sha256": hashlib.sha256(obj.read_bytes()).hexdigest()}
@@ -653,14 +685,18 @@ def _resolved_sections(cfg: Config, sections: tuple[str, ...]) -> dict:
         if isinstance(obj, Axis):
             return [float(v) for v in obj.values]
         if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            return {
+                f.name: plain(getattr(obj, f.name), _join(key, f.name))
+                for f in dataclasses.fields(obj)
+                if _join(key, f.name) not in _NOT_IN_FINGERPRINT
+            }
         if isinstance(obj, dict):
-            return {str(k): plain(v) for k, v in obj.items()}
+            return {str(k): plain(v, _join(key, str(k))) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
-            return [plain(v) for v in obj]
+            return [plain(v, key) for v in obj]
         return obj
 
-    return {name: plain(getattr(cfg, name)) for name in sections}
+    return {name: plain(getattr(cfg, name), name) for name in sections}
 
 
 def _one_of(value: str, allowed: tuple[str, ...], where: str) -> None:

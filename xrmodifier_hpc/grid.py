@@ -88,3 +88,19 @@ def chunk_ranges(n_points: int, chunk_size: int) -> list[tuple[int, int]]:
 def rank_chunks(n_points: int, chunk_size: int, rank: int, size: int) -> list[tuple[int, int]]:
     """The chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin."""
     return chunk_ranges(n_points, chunk_size)[rank::size]
+
+
+def pending_chunks(chunks: Sequence[tuple[int, int]], done: np.ndarray) -> list[tuple[int, int]]:
+    """The chunks of ``chunks`` that still hold a point not marked in ``done`` (n_points,)."""
+    return [(a, b) for a, b in chunks if not bool(done[a:b].all())]
+
+
+def contiguous_runs(index: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted distinct point indices into maximal [start, stop) runs of consecutive ones."""
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [index.size]))
+    return [(int(index[s]), int(index[e - 1]) + 1) for s, e in zip(starts, stops)]

@@ -2,7 +2,7 @@
 
 Readers handle what real files do: variable-length F_CHAN/N_CHAN/MATRIX columns, N_GRP > 1,
 matrix extensions named MATRIX / SPECRESP MATRIX / RSP_MATRIX, channel numbering from 0 or 1
-(TLMIN of F_CHAN, else the first EBOUNDS channel), gzip, RMFs with the effective area folded
+(TLMIN of F_CHAN, else 1, as XSPEC reads it), gzip, RMFs with the effective area folded
 in (HDUCLAS3 = FULL) and ARF/RMF energy grids that differ by rounding. Every problem raises
 :class:`ResponseError` naming the file and HDU.
 """
@@ -151,13 +151,20 @@ class Instrument:
         return np.asarray(weighted @ self.matrix)
 
     def band_mask(self, low: float, high: float) -> np.ndarray:
-        """Channels noticed by an energy band [low, high] keV, as XSPEC's notice does:
-        those whose channel-centre energy lies inside the band."""
-        centre = 0.5 * (self.e_min + self.e_max)
-        mask = (centre >= low) & (centre <= high)
+        """Channels left noticed by XSPEC's ``ignore **-low high-**`` (keV): E_MIN >= low and
+        E_MAX < high.
+
+        XSPEC ignores every channel up to and including the one that contains ``low`` and
+        every channel from the one that contains ``high``, where a channel contains E when
+        E_MIN < E <= E_MAX; on contiguous EBOUNDS that is the rule above (a channel whose
+        E_MAX equals ``high`` is ignored). It reproduces XSPEC's noticed counts of all six
+        spectra in reference/xspec_fits. Note that XSPEC's ``notice low-high`` differs: it
+        also keeps the two channels that contain the band edges.
+        """
+        mask = (self.e_min >= low) & (self.e_max < high)
         if not mask.any():
             raise ResponseError(
-                f"no channel has its energy inside the band {low:g}-{high:g} keV "
+                f"no channel lies wholly inside the band {low:g}-{high:g} keV "
                 f"(channels span {self.e_min.min():g}-{self.e_max.max():g} keV)",
                 str(self.rmf_path) if self.rmf_path else None,
             )
@@ -293,15 +300,18 @@ def read_rmf(path: str | Path) -> Rmf:
         for start, count in zip(fc - first, nc):
             if count <= 0:
                 continue
-            if start < 0 or start + count > n_channels:
+            if start + count > n_channels:
                 raise ResponseError(
                     f"row {i + 1}: channels {start + first}..{start + first + count - 1} are "
                     f"outside {first}..{first + n_channels - 1}",
                     where,
                 )
-            rows.append(np.full(count, i))
-            cols.append(np.arange(start, start + count))
-            data.append(vals[offset : offset + count])
+            # elements numbered below the first channel do not exist for XSPEC (F_CHAN = 0
+            # in a file without TLMIN): they are dropped, as there
+            skip = min(max(0, -start), count)
+            rows.append(np.full(count - skip, i))
+            cols.append(np.arange(start + skip, start + count))
+            data.append(vals[offset + skip : offset + count])
             offset += count
     if rows:
         rows_a, cols_a, data_a = np.concatenate(rows), np.concatenate(cols), np.concatenate(data)
@@ -320,17 +330,16 @@ def read_rmf(path: str | Path) -> Rmf:
 
 
 def _first_channel(mhdu: fits.BinTableHDU, ehdu: fits.BinTableHDU, eb_channel: np.ndarray) -> int:
-    """The channel number of the first matrix column.
+    """The channel number of the first matrix column: TLMIN of F_CHAN, else the OGIP default 1.
 
-    Order of trust: TLMIN of F_CHAN; else TLMIN of EBOUNDS' CHANNEL; else EBOUNDS' first
-    CHANNEL value when that column counts up by one; else the OGIP default, 1.
+    This is XSPEC's rule, and EBOUNDS rows are matched to channels by position. EBOUNDS'
+    TLMIN and CHANNEL column are not used: XSPEC 12.9.1 ignores them (the XMM EPIC-pn RMF in
+    ../shared/responses has no TLMIN on F_CHAN, EBOUNDS numbered from 0 and F_CHAN from 0;
+    XSPEC's fits of spectra through it are reproduced only with F_CHAN counted from 1, i.e.
+    its matrix one channel, 5 eV, below its EBOUNDS; reference/xspec_fits).
     """
-    for value in (_tlmin(mhdu, "F_CHAN"), _tlmin(ehdu, "CHANNEL")):
-        if value is not None:
-            return value
-    if eb_channel.size and np.all(np.diff(eb_channel) == 1) and eb_channel[0] in (0, 1):
-        return int(eb_channel[0])
-    return 1
+    value = _tlmin(mhdu, "F_CHAN")
+    return 1 if value is None else value
 
 
 def _check_energy_grid(lo: np.ndarray, hi: np.ndarray, path: Path, hdu: str) -> None:

@@ -37,10 +37,13 @@ def make_backend(
     if name == "xspec":
         try:
             from .xspec import XspecBackend
+
+            # PyXspec itself is imported by the constructor, once the per-process scratch
+            # folder (HOME, PFILES) that XSPEC reads at start-up is in place
+            return XspecBackend(instrument, model, modifier, settings, cfg=cfg, role=role)
         except ImportError as exc:
             raise UserError(
                 f"backend 'xspec' needs PyXspec, which does not import here ({exc}); run inside "
                 'the container (apptainer exec xrmodifier.sif ...) or use backend = "native"'
             ) from None
-        return XspecBackend(instrument, model, modifier, settings, cfg=cfg, role=role)
     raise UserError(f"unknown backend {name!r}: use 'native' or 'xspec'")

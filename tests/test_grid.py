@@ -1,0 +1,101 @@
+"""The (theta, T_true) grid: point order, chunking over ranks and shards, random streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xrmodifier_hpc.config import load_config
+from xrmodifier_hpc.grid import (
+    GRID_STREAM,
+    MOCK_STREAM,
+    Grid,
+    chunk_ranges,
+    contiguous_runs,
+    pending_chunks,
+    point_rng,
+    rank_chunks,
+)
+
+
+@pytest.fixture
+def grid() -> Grid:
+    return Grid(
+        ("mu", "sigma", "A"),
+        ("keV", "keV", ""),
+        (np.array([1.0, 2.0, 3.0]), np.array([0.2, 0.5]), np.array([-0.1, 0.1])),
+        np.array([2.0, 4.0, 8.0, 16.0]),
+    )
+
+
+def test_points_are_c_ordered_with_t_true_fastest(grid):
+    assert grid.shape == (3, 2, 2, 4) and grid.n_points == 48 and grid.n_theta == 12
+    theta, t_true = grid.all_points()
+    assert theta.shape == (48, 3) and t_true.shape == (48,)
+    np.testing.assert_array_equal(t_true[:8], [2, 4, 8, 16, 2, 4, 8, 16])
+    np.testing.assert_array_equal(theta[:4], [[1.0, 0.2, -0.1]] * 4)
+    np.testing.assert_array_equal(theta[4], [1.0, 0.2, 0.1])
+    np.testing.assert_array_equal(theta[-1], [3.0, 0.5, 0.1])
+    # every (theta, T) combination exactly once
+    rows = {(*th, t) for th, t in zip(theta.tolist(), t_true.tolist())}
+    assert len(rows) == 48
+    # a point's coordinates do not depend on how it is asked for
+    th, tt = grid.points([47, 5, 0])
+    np.testing.assert_array_equal(th, theta[[47, 5, 0]])
+    np.testing.assert_array_equal(tt, t_true[[47, 5, 0]])
+    th, tt = grid.points(slice(10, 14))
+    np.testing.assert_array_equal(th, theta[10:14])
+    with pytest.raises(IndexError):
+        grid.points([48])
+    np.testing.assert_array_equal(grid.bounds, [[1, 3], [0.2, 0.5], [-0.1, 0.1], [2, 16]])
+
+
+def test_grid_from_small_config(small_config):
+    grid = Grid.from_config(load_config(small_config))
+    assert grid.param_names == ("mu", "sigma", "A")
+    assert grid.shape == (3, 2, 3, 4) and grid.n_points == 72
+
+
+@pytest.mark.parametrize("n, chunk", [(72, 16), (10, 3), (5, 10), (1, 1)])
+def test_chunks_cover_every_point_once_and_ranks_partition_them(n, chunk):
+    chunks = chunk_ranges(n, chunk)
+    covered = np.concatenate([np.arange(a, b) for a, b in chunks])
+    np.testing.assert_array_equal(covered, np.arange(n))
+    assert all(0 < b - a <= chunk for a, b in chunks)
+    for size in (1, 2, 3, 5):
+        dealt = [rank_chunks(n, chunk, r, size) for r in range(size)]
+        assert sorted(c for d in dealt for c in d) == chunks
+        for r, d in enumerate(dealt):  # round-robin: rank r gets chunks r, r + size, ...
+            assert d == chunks[r::size]
+
+
+def test_pending_chunks_keep_chunks_with_any_point_not_done():
+    chunks = chunk_ranges(10, 4)  # [0,4) [4,8) [8,10)
+    done = np.zeros(10, dtype=bool)
+    assert pending_chunks(chunks, done) == chunks
+    done[:4] = True
+    done[5] = True
+    assert pending_chunks(chunks, done) == [(4, 8), (8, 10)]
+    done[:] = True
+    assert pending_chunks(chunks, done) == []
+
+
+@pytest.mark.parametrize(
+    "index, runs",
+    [
+        ([], []),
+        ([3], [(3, 4)]),
+        ([0, 1, 2, 3], [(0, 4)]),
+        ([0, 1, 3, 4, 9], [(0, 2), (3, 5), (9, 10)]),
+    ],
+)
+def test_contiguous_runs(index, runs):
+    assert contiguous_runs(np.array(index, dtype=np.int64)) == runs
+
+
+def test_point_streams_depend_only_on_seed_point_and_domain():
+    a = point_rng(7, 123).random(5)
+    np.testing.assert_array_equal(a, point_rng(7, 123, GRID_STREAM).random(5))
+    assert not np.array_equal(a, point_rng(7, 124).random(5))
+    assert not np.array_equal(a, point_rng(8, 123).random(5))
+    assert not np.array_equal(a, point_rng(7, 123, MOCK_STREAM).random(5))

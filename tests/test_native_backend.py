@@ -1,0 +1,321 @@
+"""The native backend on the real ACIS response: recovery, pulls, exactness, engines, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from xrmodifier_hpc.backends.base import (
+    STATUS_AT_GRID_BOUND,
+    STATUS_ERROR_AT_BOUND,
+    STATUS_FAILED,
+    STATUS_TOO_FEW_COUNTS,
+    SimulationSettings,
+)
+from xrmodifier_hpc.backends.native import NativeBackend, SpectrumFitter
+from xrmodifier_hpc.errors import ResponseError
+from xrmodifier_hpc.fitstat import cstat_at_norm
+from xrmodifier_hpc.modifiers import get_modifier
+from xrmodifier_hpc.ogip import Instrument
+from xrmodifier_hpc.spectra import Component, Model, ModelError, Wabs, parse_model, trapezoid_bins
+
+GAUSSIAN = get_modifier("gaussian")
+IDENTITY = GAUSSIAN.identity()
+BUMP = np.array([1.5, 0.3, 0.2])  # +20% area near 1.5 keV
+
+
+@pytest.fixture(scope="module")
+def acis(responses_dir) -> Instrument:
+    return Instrument.load(
+        responses_dir / "chandra_acis_9774.arf", responses_dir / "chandra_acis_9774.rmf"
+    )
+
+
+@pytest.fixture(scope="module")
+def bremss_model() -> Model:
+    return parse_model("wabs*bremss")
+
+
+def settings(**kw) -> SimulationSettings:
+    base = dict(
+        exposure=5e4,
+        band=(0.5, 7.0),
+        realisations=1,
+        seed=11,
+        fit_tgrid=np.geomspace(0.5, 40.0, 96),
+        counts=2e4,
+        source_params={"nH": 0.05},
+        min_counts=50.0,
+    )
+    base.update(kw)
+    return SimulationSettings(**base)
+
+
+class SmoothContinuum(Component):
+    """exp(-E/kT) / (E sqrt(kT)): bremss without the Gaunt factor's piecewise fits (smooth)."""
+
+    name = "smoothcont"
+    additive = True
+    param_names = ("kT",)
+
+    def param_range(self, name):
+        return (1e-3, 1e3)
+
+    def evaluate(self, e_lo, e_hi, values):
+        kt = np.asarray(values["kT"], dtype=float)[:, None]
+        return trapezoid_bins(
+            lambda e: np.exp(-e[None, :] / kt) / e[None, :] / np.sqrt(kt), e_lo, e_hi
+        )
+
+
+class BrokenAbove(SmoothContinuum):
+    """Gives NaN above 20 keV: a model with non-finite values."""
+
+    name = "broken"
+
+    def evaluate(self, e_lo, e_hi, values):
+        out = super().evaluate(e_lo, e_hi, values)
+        out[np.asarray(values["kT"]) > 20.0] = np.nan
+        return out
+
+
+SMOOTH = Model("wabs*smoothcont", (Wabs(), SmoothContinuum()))
+
+
+# --------------------------------------------------------------------------------------------
+# recovery and statistics
+# --------------------------------------------------------------------------------------------
+
+
+def test_asimov_fits_return_t_true(acis, bremss_model):
+    be = NativeBackend(acis, bremss_model, GAUSSIAN, settings(mode="asimov"))
+    t_true = np.array([1.5, 3.0, 6.0, 10.0])
+    theta = np.vstack([np.tile(IDENTITY, (4, 1)), np.tile(BUMP, (4, 1))])
+    res = be.run(theta, np.tile(t_true, 2), np.arange(8))
+    assert np.all(res.status == 0)
+    # the modified response simulated the data, so the modified fit recovers T_true
+    np.testing.assert_allclose(res.t_fit_mod[:, 0], np.tile(t_true, 2), rtol=1e-3)
+    # with the identity modifier both fits see the simulating response
+    np.testing.assert_allclose(res.t_fit_orig[:4, 0], t_true, rtol=1e-3)
+    # the bump biases the original fit: T1 differs from T_true by far more than the tolerance
+    assert np.all(np.abs(res.t_fit_orig[4:, 0] / t_true - 1) > 5e-3)
+    # counts: the norm gives 2e4 expected counts through the ORIGINAL response
+    np.testing.assert_allclose(res.counts[:4, 0], 2e4, rtol=1e-9)
+    assert np.all(res.counts[4:, 0] > 2e4)  # the bump adds area, so more counts
+    np.testing.assert_allclose(res.norm[:4], res.norm[4:], rtol=1e-12)
+
+
+def test_poisson_pulls_are_standard_normal(acis, bremss_model):
+    n_real = 1000
+    be = NativeBackend(
+        acis, bremss_model, GAUSSIAN, settings(realisations=n_real, curves=False, counts=1e4)
+    )
+    t_true = 4.0
+    res = be.run(BUMP[None, :], np.array([t_true]), np.array([5]))
+    assert res.curve_mod is None
+    t, err = res.t_fit_mod[0], res.err_mod[0]
+    assert np.all(res.status == 0)
+    sigma = np.where(t < t_true, err[:, 1], err[:, 0])  # the side towards the truth
+    pulls = (t - t_true) / sigma
+    assert abs(pulls.mean()) < 0.1
+    assert abs(pulls.std() - 1) < 0.1
+    assert np.all(np.abs(res.counts[0] - res.counts[0].mean()) < 6 * np.sqrt(1.2e4))
+
+
+def test_explicit_norm_overrides_counts(acis, bremss_model):
+    be = NativeBackend(acis, bremss_model, GAUSSIAN, settings(mode="asimov"))
+    a = be.run(IDENTITY[None, :], np.array([3.0]), np.array([0]))
+    b = be.run(IDENTITY[None, :], np.array([3.0]), np.array([0]), norm=np.array([2 * a.norm[0]]))
+    assert b.norm[0] == 2 * a.norm[0]
+    assert b.counts[0, 0] == pytest.approx(2 * a.counts[0, 0], rel=1e-12)
+    fixed = NativeBackend(
+        acis, bremss_model, GAUSSIAN, settings(mode="asimov", counts=None, norm=1e-3)
+    )
+    c = fixed.run(IDENTITY[None, :], np.array([3.0]), np.array([0]))
+    assert c.norm[0] == 1e-3
+    assert c.t_fit_orig[0, 0] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_torch_engine_agrees_with_numpy(acis, bremss_model):
+    pytest.importorskip("torch")
+    st = settings(realisations=3, fit_tgrid=np.geomspace(0.5, 40.0, 64))
+    theta = np.vstack([np.tile(BUMP, (3, 1)), np.tile([2.5, 0.6, -0.2], (3, 1))])
+    t_true = np.tile([1.5, 4.0, 9.0], 2)
+    a = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(theta, t_true, np.arange(6))
+    b = NativeBackend(
+        acis, bremss_model, GAUSSIAN, dataclasses.replace(st, engine="torch", device="cpu")
+    ).run(theta, t_true, np.arange(6))
+    for name in ("t_fit_orig", "t_fit_mod", "err_orig", "err_mod", "curve_orig", "curve_mod"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-6)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.status, b.status)
+
+
+# --------------------------------------------------------------------------------------------
+# exactness of the profile, the interpolation and the refinement
+# --------------------------------------------------------------------------------------------
+
+
+def _exact_fit(fitter: SpectrumFitter, counts: np.ndarray, t0: float) -> tuple[float, float]:
+    """Slow reference: scipy's bounded scalar minimiser on the exact profile (exact folds)."""
+    res = minimize_scalar(
+        lambda x: fitter.exact_profile(counts, [np.exp(x)])[0, 0],
+        bounds=(np.log(t0) - 0.05, np.log(t0) + 0.05),
+        method="bounded",
+        options={"xatol": 1e-9},
+    )
+    return float(np.exp(res.x)), float(res.fun)
+
+
+def _spectra(fitter: SpectrumFitter, temps, seed=3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mu = np.stack([fitter.fold_original(t) for t in temps])
+    return rng.poisson(mu * (3e4 / mu.sum(axis=1, keepdims=True)))
+
+
+def test_profile_on_the_grid_is_the_exact_profiled_cstat(acis, bremss_model):
+    fitter = SpectrumFitter(
+        acis, bremss_model, {"nH": 0.05}, (0.5, 7.0), 5e4, np.geomspace(0.5, 40, 48)
+    )
+    counts = _spectra(fitter, [3.0])[0]
+    curve = np.asarray(fitter.profiles(counts[None, :]))[0]
+    # against cstat with the norm minimised numerically at each grid temperature
+    for k in (10, 20, 30):
+        s = fitter.fold_original(fitter.tgrid[k])
+        guess = np.log(counts.sum() / s.sum())
+        best = minimize_scalar(
+            lambda ln, s=s: cstat_at_norm(counts, np.exp(ln) * s),
+            bounds=(guess - 1, guess + 1),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        assert curve[k] == pytest.approx(best.fun, rel=1e-10)
+        assert np.exp(best.x) == pytest.approx(np.exp(guess), rel=1e-6)  # D / S(T)
+
+
+def test_log_template_interpolation_error_against_exact_folds(acis, bremss_model):
+    grid = np.geomspace(0.2, 64.0, 128)  # 4.5% spacing
+    x = np.log(grid)
+    mid = np.exp(0.5 * (x[1:] + x[:-1]))
+    sel = (mid > 1.0) & (mid < 20.0)
+    for model, tol_max, tol_median in ((SMOOTH, 1e-8, 1e-9), (bremss_model, None, 1e-5)):
+        f = SpectrumFitter(acis, model, {"nH": 0.05}, (0.5, 7.0), 5e4, grid)
+        interp = f.xgrid.interpolate(np.log(f.templates).T, np.log(mid[sel]))
+        exact = np.log(np.stack([f.fold_original(t) for t in mid[sel]])).T
+        err = np.abs(interp - exact)
+        assert np.median(err) < tol_median
+        if tol_max is not None:
+            assert err.max() < tol_max
+        else:
+            # XSPEC's Gaunt factor is a set of polynomial pieces that do not join exactly
+            # (KBK75's u and gamma ranges, the Born switch at kT = 13.6 keV): ln s_j(T) has
+            # steps there, which no smooth interpolant follows
+            assert err.max() > 1e-5
+
+
+def test_refinement_matches_a_slow_exact_fit(acis, bremss_model):
+    grid = np.geomspace(0.5, 40.0, 128)
+    temps = [1.3, 2.7, 5.1, 9.0]
+    # a smooth model: the exact minimum is well defined, and found to 1e-5 (in fact ~1e-7)
+    f = SpectrumFitter(acis, SMOOTH, {"nH": 0.05}, (0.5, 7.0), 5e4, grid)
+    counts = _spectra(f, temps)
+    fits = f.fit(counts)
+    for i in range(len(temps)):
+        t_exact, c_exact = _exact_fit(f, counts[i], fits.t_fit[i])
+        assert fits.t_fit[i] == pytest.approx(t_exact, rel=1e-6)
+        assert fits.cstat[i] == pytest.approx(c_exact, abs=1e-4)
+    # XSPEC's bremss: its exact profile has steps of ~1e-3 in C (the seams of the Gaunt
+    # factor's polynomial pieces), which move the exact minimum by up to ~1e-4 (0.01 sigma)
+    f = SpectrumFitter(acis, bremss_model, {"nH": 0.05}, (0.5, 7.0), 5e4, grid)
+    counts = _spectra(f, temps)
+    fits = f.fit(counts)
+    for i in range(len(temps)):
+        t_exact, c_exact = _exact_fit(f, counts[i], fits.t_fit[i])
+        assert fits.t_fit[i] == pytest.approx(t_exact, rel=2e-4)
+        assert fits.cstat[i] == pytest.approx(c_exact, abs=2e-2)
+
+
+def test_interval_is_where_the_profile_rises_by_one(acis, bremss_model):
+    f = SpectrumFitter(acis, SMOOTH, {"nH": 0.05}, (0.5, 7.0), 5e4, np.geomspace(0.5, 40, 128))
+    counts = _spectra(f, [3.3])
+    fit = f.fit(counts)
+    lo, hi = fit.t_fit[0] - fit.err[0, 0], fit.t_fit[0] + fit.err[0, 1]
+    c = f.exact_profile(counts[0], [lo, hi])[0]
+    np.testing.assert_allclose(c, fit.cstat[0] + 1.0, atol=2e-3)
+    assert 0.005 < fit.err[0, 0] / fit.t_fit[0] < 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# status flags and bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_zero_and_few_counts_are_flagged_not_fitted(acis, bremss_model):
+    f = SpectrumFitter(
+        acis, bremss_model, {"nH": 0.05}, (0.5, 7.0), 5e4, np.geomspace(0.5, 40, 32), min_counts=50
+    )
+    zeros = np.zeros((2, f.channels.size))
+    zeros[1, 100] = 10  # 10 counts: below min_counts
+    fit = f.fit(zeros)
+    assert np.all(fit.status == STATUS_TOO_FEW_COUNTS)
+    assert np.all(np.isnan(fit.t_fit)) and np.all(np.isnan(fit.err))
+    assert np.all(np.isnan(fit.curves))
+    be = NativeBackend(acis, bremss_model, GAUSSIAN, settings(realisations=2))
+    res = be.run(
+        np.tile(BUMP, (2, 1)), np.array([3.0, 3.0]), np.array([0, 1]), norm=np.array([0.0, 1e-9])
+    )
+    assert np.all(res.status == STATUS_TOO_FEW_COUNTS)
+    assert np.all(np.isnan(res.t_fit_orig)) and np.all(np.isnan(res.t_fit_mod))
+    assert np.all(res.counts == 0)
+
+
+def test_grid_bounds_are_flagged(acis, bremss_model):
+    be = NativeBackend(
+        acis, bremss_model, GAUSSIAN, settings(mode="asimov", fit_tgrid=np.geomspace(1.0, 8.0, 32))
+    )
+    res = be.run(np.tile(IDENTITY, (3, 1)), np.array([4.0, 7.9, 15.0]), np.arange(3))
+    assert res.status[0, 0, 0] == 0
+    # the best fit inside the grid, but its upper delta-C = 1 end beyond it
+    assert res.status[1, 0, 0] & STATUS_ERROR_AT_BOUND
+    assert not res.status[1, 0, 0] & STATUS_AT_GRID_BOUND
+    assert res.err_orig[1, 0, 1] == pytest.approx(8.0 - res.t_fit_orig[1, 0], rel=1e-9)
+    # T_true above the grid: the fit sits on the grid's end
+    assert res.status[2, 0, 0] & STATUS_AT_GRID_BOUND
+    assert res.t_fit_orig[2, 0] == pytest.approx(8.0)
+
+
+def test_band_without_channels_is_refused(acis, bremss_model):
+    with pytest.raises(ResponseError, match="no channel"):
+        NativeBackend(acis, bremss_model, GAUSSIAN, settings(band=(30.0, 40.0)))
+
+
+def test_non_finite_model_values_are_refused_or_flagged(acis):
+    broken = Model("wabs*broken", (Wabs(), BrokenAbove()))
+    with pytest.raises(ModelError, match="non-finite"):
+        NativeBackend(acis, broken, GAUSSIAN, settings())  # the fit grid reaches 40 keV
+    be = NativeBackend(acis, broken, GAUSSIAN, settings(fit_tgrid=np.geomspace(0.5, 15, 48)))
+    res = be.run(np.tile(BUMP, (2, 1)), np.array([3.0, 25.0]), np.array([0, 1]))
+    assert res.status[0].max() == 0 and np.isfinite(res.t_fit_mod[0, 0])
+    assert np.all(res.status[1] == STATUS_FAILED)
+    assert np.isnan(res.t_fit_orig[1, 0]) and np.isnan(res.norm[1])
+
+
+def test_table_temperature_range(acis, tmp_path):
+    from test_spectra import write_bremss_table
+
+    path = write_bremss_table(tmp_path / "br.fits")
+    model = parse_model(f"wabs*atable{{{path}}}")
+    with pytest.raises(ModelError, match="allows kT in 1-16"):
+        NativeBackend(acis, model, GAUSSIAN, settings())  # fit grid 0.5-40 keV
+    be = NativeBackend(
+        acis, model, GAUSSIAN, settings(mode="asimov", fit_tgrid=np.geomspace(1.0, 16.0, 64))
+    )
+    res = be.run(np.tile(BUMP, (3, 1)), np.array([0.8, 4.0, 20.0]), np.arange(3))
+    assert np.all(res.status[[0, 2]] == STATUS_FAILED)
+    assert np.all(np.isnan(res.t_fit_mod[[0, 2]]))
+    assert res.status[1].max() == 0
+    # the linearly interpolated table fits its own asimov data exactly
+    assert res.t_fit_mod[1, 0] == pytest.approx(4.0, rel=1e-3)

@@ -1,0 +1,312 @@
+"""C-stat kernels for many spectra at once, written once against the array API (numpy, torch).
+
+Statistic: XSPEC's ``cstat`` without background (Cash 1979 as modified by Castor),
+
+    C = 2 sum_j [ m_j - d_j + d_j (ln d_j - ln m_j) ]      (the bracket is m_j where d_j = 0)
+
+for counts ``d_j`` and model counts ``m_j = N s_j(T)`` over the noticed channels. The norm N is
+profiled exactly (N = D / S(T), with D = sum d_j and S = sum s_j), which leaves
+
+    C(T) = 2 [ sum_j d_j ln d_j - D ln D + D ln S(T) - sum_j d_j ln s_j(T) ].
+
+Every spectrum's profile on a fixed temperature grid is therefore one matrix product of the
+counts with the log-templates. Between grid nodes the profile is interpolated by the quintic
+through the six nearest nodes in x = ln T, the same as interpolating each ln s_j(T) and ln S(T)
+(the interpolation is linear in the node values); its minimum and its delta-C = 1 crossings are
+then found on that smooth curve, to machine precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+#: bisection steps (minimum, delta-C = 1 crossings): brackets shrink by 2^-36
+_BISECT_STEPS = 36
+#: level of the 1-sigma interval for one interesting parameter
+DELTA_C_1SIGMA = 1.0
+
+
+def xlogx(x: Any, xp: Any = None) -> Any:
+    """x ln x with 0 ln 0 = 0 (elementwise)."""
+    xp = xp or array_namespace(x)
+    safe = xp.where(x > 0, x, xp.ones_like(x))
+    return xp.where(x > 0, x * xp.log(safe), xp.zeros_like(x))
+
+
+def data_terms(counts: Any) -> tuple[Any, Any]:
+    """(D, sum_j d ln d - D ln D) of spectra ``counts`` (..., n_chan)."""
+    xp = array_namespace(counts)
+    total = xp.sum(counts, axis=-1)
+    return total, xp.sum(xlogx(counts, xp), axis=-1) - xlogx(total, xp)
+
+
+def cstat_profile(
+    counts: Any, log_templates: Any, log_totals: Any, terms: tuple[Any, Any] | None = None
+) -> Any:
+    """C(T_k) for spectra ``counts`` (n, n_chan) against log-templates (n_T, n_chan).
+
+    ``log_templates[k, j] = ln s_j(T_k)`` (expected counts at norm 1, > 0) and
+    ``log_totals[k] = ln sum_j s_j(T_k)``; ``terms`` are the spectra's :func:`data_terms` when
+    already known. Returns (n, n_T), the norm profiled at each T.
+    """
+    xp = array_namespace(counts, log_templates)
+    total, const = data_terms(counts) if terms is None else terms
+    cross = counts @ xp.permute_dims(log_templates, (1, 0))
+    return 2.0 * (const[:, None] + total[:, None] * log_totals[None, :] - cross)
+
+
+def cstat_at_norm(counts: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """XSPEC cstat of ``counts`` against model counts ``model`` (both (..., n_chan), numpy)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_term = np.where(counts > 0, counts * np.log(np.where(counts > 0, counts, 1) / model), 0)
+    return 2.0 * np.sum(model - counts + log_term, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# local polynomial interpolation on the grid (in x = ln T)
+# --------------------------------------------------------------------------------------------
+
+#: nodes per local interpolating polynomial (6: quintic, error ~h^6)
+STENCIL = 6
+#: sub-intervals scanned for a sign change of the derivative inside one grid interval
+_SCAN = 8
+
+
+@dataclass(frozen=True)
+class LocalPolyGrid:
+    """Piecewise polynomials through ``STENCIL`` neighbouring nodes of a grid ``x`` (ln T).
+
+    Interval i is [x_i, x_{i+1}]; its polynomial passes through the nodes ``start[i] ...
+    start[i] + STENCIL - 1`` (centred on the interval where the grid allows) and reads
+    sum_p (coef[i, p, :] @ values) t^p in t = x - x_i. Being linear in the node values,
+    interpolating a profile C(T) this way equals interpolating every ln s_j(T) and ln S(T).
+    """
+
+    x: np.ndarray
+    start: np.ndarray
+    coef: np.ndarray  # (n_int, STENCIL powers, STENCIL node weights)
+
+    @classmethod
+    def build(cls, x: np.ndarray, stencil: int = STENCIL) -> LocalPolyGrid:
+        x = np.asarray(x, dtype=np.float64)
+        n = x.size
+        if n < stencil or np.any(np.diff(x) <= 0):
+            raise ValueError(f"need at least {stencil} increasing nodes")
+        half = stencil // 2 - 1
+        start = np.clip(np.arange(n - 1) - half, 0, n - stencil)
+        coef = np.empty((n - 1, stencil, stencil))
+        for i, s0 in enumerate(start):
+            nodes = x[s0 : s0 + stencil] - x[i]
+            # column q of inv(V) holds the power coefficients of the q-th Lagrange basis
+            coef[i] = np.linalg.inv(np.vander(nodes, stencil, increasing=True))
+        return cls(x, start, coef)
+
+    @property
+    def stencil(self) -> int:
+        return self.coef.shape[-1]
+
+    def to(self, xp: Any, like: Any) -> _DeviceGrid:
+        """The same tables as arrays of the namespace/device of ``like``."""
+        device = getattr(like, "device", None)
+        kwargs = {"device": device} if device is not None and xp.__name__.endswith("torch") else {}
+        return _DeviceGrid(
+            x=xp.asarray(self.x, dtype=xp.float64, **kwargs),
+            start=xp.asarray(self.start, dtype=xp.int64, **kwargs),
+            coef=xp.asarray(self.coef, dtype=xp.float64, **kwargs),
+        )
+
+    def interpolate(self, values: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+        """Interpolate node ``values`` (..., n_nodes) at ``x_new`` (m,) -> (..., m) (numpy)."""
+        values = np.asarray(values, dtype=np.float64)
+        x_new = np.asarray(x_new, dtype=np.float64)
+        i = np.clip(np.searchsorted(self.x, x_new, side="right") - 1, 0, self.x.size - 2)
+        t = x_new - self.x[i]
+        idx = self.start[i][:, None] + np.arange(self.stencil)[None, :]
+        poly = np.einsum("mpq,...mq->...mp", self.coef[i], values[..., idx])
+        return np.sum(poly * t[:, None] ** np.arange(self.stencil), axis=-1)
+
+
+@dataclass(frozen=True)
+class _DeviceGrid:
+    x: Any
+    start: Any
+    coef: Any
+
+
+def _poly(grid: _DeviceGrid, curves: Any, interval: Any, xp: Any) -> Any:
+    """Power coefficients (n, STENCIL) of each spectrum's polynomial on ``interval`` (n,)."""
+    m = grid.coef.shape[-1]
+    idx = (
+        xp.take(grid.start, interval, axis=0)[:, None]
+        + xp.arange(m, dtype=interval.dtype, device=_device(interval))[None, :]
+    )
+    local = xp.take_along_axis(curves, idx, axis=1)  # (n, m)
+    weights = xp.take(grid.coef, interval, axis=0)  # (n, m, m)
+    return xp.sum(weights * local[:, None, :], axis=-1)
+
+
+def _device(a: Any) -> Any:
+    return getattr(a, "device", None)
+
+
+def _eval(p: Any, t: Any) -> Any:
+    """Horner evaluation of polynomials p (n, m) at t (n,)."""
+    m = p.shape[1]
+    out = p[:, m - 1]
+    for k in range(m - 2, -1, -1):
+        out = p[:, k] + t * out
+    return out
+
+
+def _deriv(p: Any, t: Any) -> Any:
+    m = p.shape[1]
+    out = (m - 1) * p[:, m - 1]
+    for k in range(m - 2, 0, -1):
+        out = k * p[:, k] + t * out
+    return out
+
+
+def _interval_minimum(p: Any, h: Any, xp: Any) -> tuple[Any, Any, Any]:
+    """Minimum over t in [0, h] of polynomials p (n, m): (t_min, value, interior).
+
+    The first sign change of p' from - to + on a scan of the interval brackets the minimum,
+    which is then bisected to ~1e-11 of the interval; ``interior`` marks minima strictly
+    inside the interval (else the lower end value is returned).
+    """
+    zero = xp.zeros_like(h)
+    found = xp.zeros_like(h, dtype=xp.bool)
+    lo, hi = zero, h
+    prev_t, prev_d = zero, _deriv(p, zero)
+    for j in range(1, _SCAN + 1):
+        cur_t = h * (j / _SCAN)
+        cur_d = _deriv(p, cur_t)
+        new = ~found & (prev_d < 0) & (cur_d >= 0)
+        lo = xp.where(new, prev_t, lo)
+        hi = xp.where(new, cur_t, hi)
+        found = found | new
+        prev_t, prev_d = cur_t, cur_d
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        up = _deriv(p, mid) >= 0
+        hi = xp.where(up, mid, hi)
+        lo = xp.where(up, lo, mid)
+    t = xp.where(found, 0.5 * (lo + hi), zero)
+    v = _eval(p, t)
+    v0, vh = _eval(p, zero), _eval(p, h)
+    interior = found & (v <= v0) & (v <= vh)
+    t = xp.where(interior, t, zero)
+    return t, xp.where(interior, v, v0), interior
+
+
+@dataclass
+class FitResult:
+    """Per-spectrum fit: ``x``/``value`` at the refined minimum (x = ln T), the delta-C = 1
+    interval ends ``x_lo``/``x_hi`` and flags (arrays of the caller's namespace)."""
+
+    x: Any
+    value: Any
+    x_lo: Any
+    x_hi: Any
+    at_bound: Any
+    lo_open: Any
+    hi_open: Any
+    finite: Any
+    convex: Any
+
+
+def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) -> FitResult:
+    """Refine each profile's minimum and find its ``level`` crossings on the interpolant.
+
+    ``curves`` (n, n_nodes) are C on the grid nodes ``grid.x`` (ln T). The grid minimum is
+    refined over the two intervals beside it (bisection of the interpolant's derivative).
+    Crossings of C_min + level are bracketed by the nodes and bisected on the interpolant.
+    Where no node on one side reaches the level, that end of the interval is the grid's end
+    and ``lo_open``/``hi_open`` is set. A grid-end node is ``at_bound`` unless the interpolant
+    has a minimum inside the last interval. ``convex``: the interpolant curves upwards there.
+    """
+    xp = array_namespace(curves)
+    n, n_nodes = curves.shape
+    finite = xp.all(xp.isfinite(curves), axis=1)
+    safe = xp.where(finite[:, None], curves, xp.zeros_like(curves))
+    k = xp.argmin(safe, axis=1)
+    last = n_nodes - 1
+    x = grid.x
+    h_all = x[1:] - x[:-1]
+
+    # refine over the intervals left and right of the node minimum
+    left = xp.clip(k - 1, 0, last - 1)
+    right = xp.clip(k, 0, last - 1)
+    best_x = xp.take(x, k, axis=0)
+    best_v = xp.take_along_axis(safe, k[:, None], axis=1)[:, 0]
+    edge = (k == 0) | (k == last)
+    inside = xp.zeros_like(edge)
+    for interval, exists in ((left, k > 0), (right, k < last)):
+        p = _poly(grid, safe, interval, xp)
+        h = xp.take(h_all, interval, axis=0)
+        t, v, interior = _interval_minimum(p, h, xp)
+        take = exists & interior & (v < best_v)
+        best_x = xp.where(take, xp.take(x, interval, axis=0) + t, best_x)
+        best_v = xp.where(take, v, best_v)
+        inside = inside | take
+    # a grid-end node is the best fit only when the interpolant falls towards the end
+    at_bound = edge & ~inside
+
+    target = best_v + level
+    node_ids = xp.arange(n_nodes, dtype=k.dtype, device=_device(k))[None, :]
+    above = safe >= target[:, None]
+    # the best fit lies in [x_{kb}, x_{kb+1}]
+    kb = xp.clip(xp.sum(xp.astype(x[None, :] <= best_x[:, None], k.dtype), axis=1) - 1, 0, last - 1)
+    lo_cand = above & (node_ids <= kb[:, None])
+    hi_cand = above & (node_ids >= kb[:, None] + 1)
+    p_best = _poly(grid, safe, kb, xp)
+    t_best = best_x - xp.take(x, kb, axis=0)
+    eps = 1e-4 * xp.take(h_all, kb, axis=0)
+    convex = (_deriv(p_best, t_best + eps) - _deriv(p_best, t_best - eps)) > 0
+    lo_open = ~xp.any(lo_cand, axis=1)
+    hi_open = ~xp.any(hi_cand, axis=1)
+    j_lo = xp.max(xp.where(lo_cand, node_ids, xp.zeros_like(node_ids)), axis=1)
+    big = xp.full_like(node_ids, last)
+    j_hi = xp.min(xp.where(hi_cand, node_ids, big), axis=1)
+
+    x_lo = _bisect(
+        safe,
+        grid,
+        j_lo,
+        xp.take(x, j_lo, axis=0),
+        xp.minimum(xp.take(x, j_lo + 1, axis=0), best_x),
+        target,
+        xp,
+        rising=False,
+    )
+    i_hi = xp.clip(j_hi - 1, 0, last - 1)
+    x_hi = _bisect(
+        safe,
+        grid,
+        i_hi,
+        xp.maximum(xp.take(x, i_hi, axis=0), best_x),
+        xp.take(x, j_hi, axis=0),
+        target,
+        xp,
+        rising=True,
+    )
+    x_lo = xp.where(lo_open, xp.take(x, xp.zeros_like(k), axis=0), x_lo)
+    x_hi = xp.where(hi_open, xp.take(x, xp.full_like(k, last), axis=0), x_hi)
+    return FitResult(best_x, best_v, x_lo, x_hi, at_bound, lo_open, hi_open, finite, convex)
+
+
+def _bisect(curves, grid, interval, a, b, target, xp, rising: bool):
+    """Crossing of ``target`` by the interpolant of ``interval`` between x = a and b."""
+    p = _poly(grid, curves, interval, xp)
+    x0 = xp.take(grid.x, interval, axis=0)
+    lo, hi = a, b
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        v = _eval(p, mid - x0)
+        past = (v >= target) if rising else (v < target)
+        hi = xp.where(past, mid, hi)
+        lo = xp.where(past, lo, mid)
+    return 0.5 * (lo + hi)

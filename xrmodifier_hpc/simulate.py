@@ -1,0 +1,883 @@
+"""The simulation driver: split the grid over ranks, run the backend, write, resume, report.
+
+Three ways to write, one result (bitwise: point k always draws from ``point_rng(seed, k)``):
+
+* ``single``: one ``grid.h5``; under ``mpiexec -n K`` / ``srun`` every rank writes its rows
+  into it through h5py's ``mpio`` driver.
+* ``shards`` (``--shards``, or K > 1 ranks where h5py lacks MPI): each rank writes its own
+  shard file, and rank 0 merges them into ``grid.h5`` at the end.
+* ``array`` (``--shard i/n``, by default from a Slurm array task): this job computes shard i
+  of n into its own file; ``xrmodifier merge`` joins the shards afterwards.
+
+Work is dealt as contiguous chunks (``simulation.chunk_size`` points) round-robin over the
+ranks; on resume only the chunks with points not yet done are dealt. Rank 0 shows progress for
+all ranks (ranks send it a count after each chunk). An exception on any rank prints the
+error with the rank and aborts the whole MPI job rather than leaving the others waiting; a
+UserError that every rank meets in the same collective step ends the run cleanly (exit 2).
+This module contains no physics: the backend computes, ``store`` writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import __version__, store
+from .backends import Backend, PointResults, make_backend
+from .config import Config, load_config
+from .environment import JobEnvironment, detect
+from .errors import UserError
+from .grid import Grid, chunk_ranges, pending_chunks
+
+log = logging.getLogger("xrmodifier.simulate")
+
+T = TypeVar("T")
+
+_TAG_PROGRESS = 41
+_TAG_FINISHED = 42
+#: seconds between progress lines when no terminal watches (batch jobs)
+LOG_EVERY = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: the chunks ``index, index + count, ...``."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str, where: str = "--shard") -> Shard:
+    """Parse ``"i/n"`` (0 <= i < n) into a :class:`Shard`."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"expected i/n such as 0/4, got {text!r}", where) from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"need 0 <= i < n, got {text!r}", where)
+    return Shard(i, n)
+
+
+@dataclass
+class SimulateSummary:
+    """What a ``simulate`` run did. ``path``: grid.h5, or the shard file in array mode."""
+
+    path: Path
+    mode: str
+    n_ranks: int
+    n_points: int  #: points this run is responsible for (the grid, or one shard's)
+    already_done: int
+    computed: int
+    seconds: float
+    complete: bool  #: every point of ``path`` is done
+    merged_shards: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        head = (
+            f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
+            f"({self.computed} computed now in {self.seconds:.1f} s, {rate:.1f} points/s, "
+            f"{self.n_ranks} rank{'s' if self.n_ranks != 1 else ''}, {self.mode})"
+        )
+        return "\n".join([head, *self.messages])
+
+
+@dataclass
+class MergeSummary:
+    """What ``merge`` did."""
+
+    path: Path
+    n_points: int
+    shards: int
+    copied: int
+    complete: bool
+
+    def describe(self) -> str:
+        return (
+            f"{self.path}: merged {self.shards} shard file{'s' if self.shards != 1 else ''} "
+            f"({self.copied} points); {'complete' if self.complete else 'NOT complete'}, "
+            f"{self.n_points} points"
+        )
+
+
+def simulate(
+    config: str | Path | Config,
+    *,
+    overwrite: bool = False,
+    shards: bool = False,
+    shard: str | Shard | None = None,
+) -> SimulateSummary:
+    """Evaluate every grid point of ``config`` with its backend into ``grid.h5`` (or a shard).
+
+    Call it in every rank of an MPI job. ``overwrite`` discards existing results;
+    ``shards`` writes per-rank shards merged at the end; ``shard`` ("i/n") computes one
+    shard of a Slurm array (default: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT).
+    """
+    t0 = time.monotonic()
+    env = detect()
+    shard = _choose_shard(shard, shards, env)
+    comm = _world(env)
+    # from here on an exception on one rank must abort every rank: the others would wait
+    with _fail_fast(comm):
+        return _simulate(config, overwrite, shards, shard, comm, env, t0)
+
+
+def _simulate(
+    config: str | Path | Config,
+    overwrite: bool,
+    shards: bool,
+    shard: Shard | None,
+    comm: Any,
+    env: JobEnvironment,
+    t0: float,
+) -> SimulateSummary:
+    # every rank reads the config itself: a file missing on one node must abort, not hang
+    cfg = _agree(comm, lambda: _load(config))
+    size = comm.size if comm is not None else 1
+    rank = comm.rank if comm is not None else 0
+    grid = Grid.from_config(cfg)
+    mode = _agree(comm, lambda: _choose_mode(shard, shards, size, grid, cfg))
+
+    plan = _on_root(comm, lambda: _plan(cfg, grid, mode, shard, size, overwrite))
+    if plan.pending == 0 and not plan.merge_first:
+        summary = _summary(cfg, plan, 0, time.monotonic() - t0, size, complete=True)
+        summary.messages.append("nothing to do: every point is already done")
+        _finish_message(summary, mode, shard)
+        return summary
+    if rank == 0:
+        where = plan.targets[0].path if mode == "array" else cfg.grid_path
+        resumed = plan.total - plan.pending
+        log.info(
+            "simulate: %d points into %s (%s, %d rank%s)%s",
+            plan.total,
+            where,
+            mode,
+            size,
+            "s" if size > 1 else "",
+            f"; resuming, {resumed} already done" if resumed else "",
+        )
+
+    backend = _agree(comm, lambda: make_backend(cfg))
+    try:
+        writer_kind = {"single": "mpio" if comm is not None else "serial"}.get(mode, mode)
+        meta = _meta(cfg, grid, backend.name, backend.version(), size, writer_kind)
+        done, merged = _on_root(comm, lambda: _prepare(cfg, grid, plan, meta))
+        target = plan.targets[rank if mode == "shards" else 0]
+        todo = pending_chunks(target.chunks, done)
+        mine = todo if mode == "shards" else todo[rank::size]
+        channel = _ProgressChannel(comm, plan.pending, plan.total - plan.pending, env)
+        parallel_file = mode != "shards" and comm is not None
+        writer = None
+        if parallel_file or mine:
+            writer = store.ResultWriter(target.path, comm if parallel_file else None)
+        # no close in a finally: closing an mpio file is collective and would wait for a
+        # failed rank forever; the abort leaves the file consistent (see store)
+        computed = _compute(backend, grid, mine, done, writer, channel, cfg)
+        if writer is not None and not parallel_file:
+            writer.close()  # a rank's own shard: closed (unlocked) before rank 0 merges it
+        channel.finish()
+        _wait_politely(comm)  # ranks done early sleep here rather than spin in the close
+        if writer is not None and parallel_file:
+            writer.close()
+        if mode == "shards":
+            _on_root(comm, lambda: _merge_files(cfg, grid, overwrite=False, require_complete=True))
+    finally:
+        backend.close()
+    total_computed = _sum(comm, computed)
+    complete = _on_root(comm, lambda: _is_complete(plan, cfg, mode))
+    summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
+    summary.merged_shards = merged
+    _finish_message(summary, mode, shard)
+    return summary
+
+
+def merge(config: str | Path | Config, *, overwrite: bool = False) -> MergeSummary:
+    """Join the shard files of ``config``'s workdir (and an existing compatible ``grid.h5``)
+    into ``grid.h5``; refuses when points would be missing. Deletes the merged shards."""
+    comm = _world(detect())
+    with _fail_fast(comm):
+        cfg = _agree(comm, lambda: _load(config))
+        grid = Grid.from_config(cfg)
+        return _on_root(
+            comm, lambda: _merge_files(cfg, grid, overwrite=overwrite, require_complete=True)
+        )
+
+
+def _load(config: str | Path | Config) -> Config:
+    return config if isinstance(config, Config) else load_config(config)
+
+
+# --------------------------------------------------------------------------------------------
+# planning (rank 0, read-only) and preparing files (rank 0)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """A file some ranks write: grid.h5 (all chunks) or one shard (its chunks)."""
+
+    path: Path
+    chunks: list[tuple[int, int]]
+    shard: Shard | None
+    exists: bool  #: a compatible file is there already (resume); else it is created
+
+
+@dataclass
+class _Plan:
+    mode: str
+    targets: list[_Target]
+    done: np.ndarray  #: (n_points,) points done in any compatible file the run may use
+    total: int  #: points the run is responsible for
+    pending: int  #: of those, not yet done
+    remove: list[Path] = field(default_factory=list)  #: stale files (--overwrite)
+    merge_first: list[store.FileInfo] = field(default_factory=list)
+
+
+def _plan(
+    cfg: Config, grid: Grid, mode: str, shard: Shard | None, size: int, overwrite: bool
+) -> _Plan:
+    n = grid.n_points
+    chunks = chunk_ranges(n, cfg.simulation.chunk_size)
+    done = np.zeros(n, dtype=bool)
+    grid_path = cfg.grid_path
+    remove: list[Path] = []
+    merge_first: list[store.FileInfo] = []
+
+    if mode == "array":
+        targets = [
+            _Target(
+                store.shard_path(grid_path, shard.index, shard.count),
+                chunks[shard.index :: shard.count],
+                shard,
+                False,
+            )
+        ]
+    elif mode == "shards":
+        targets = [
+            _Target(store.shard_path(grid_path, r, size), chunks[r::size], Shard(r, size), False)
+            for r in range(size)
+        ]
+    else:
+        targets = [_Target(grid_path, chunks, None, False)]
+
+    if overwrite:
+        # array tasks run side by side: each may only discard its own shard
+        if mode == "array":
+            remove.append(targets[0].path)
+        else:
+            remove.extend(p for p in (grid_path, *store.find_shards(grid_path)) if p.exists())
+    else:
+        base = _compatible(grid_path, cfg)
+        if base is not None:
+            done |= base.done
+            if mode == "single":
+                targets[0].exists = True
+        if mode != "array":
+            # leftovers of an earlier --shards run or Slurm array count as done; a single-file
+            # run folds them into grid.h5 first, a --shards run merges them at its end
+            leftovers = [store.inspect_file(p) for p in store.find_shards(grid_path)]
+            for info in leftovers:
+                _compatible(info.path, cfg, info)
+                done |= info.done
+            if mode == "single":
+                merge_first = leftovers
+        if mode != "single":
+            for t in targets:
+                info = _compatible(t.path, cfg)
+                if info is not None:
+                    if info.shard != (t.shard.index, t.shard.count):
+                        raise UserError("shard file holds another shard; delete it", str(t.path))
+                    t.exists = True
+                    done |= info.done
+    mine = np.zeros(n, dtype=bool)
+    for t in targets:
+        for a, b in t.chunks:
+            mine[a:b] = True
+    total = int(mine.sum())
+    pending = int((mine & ~done).sum())
+    return _Plan(mode, targets, done, total, pending, remove, merge_first)
+
+
+def _compatible(
+    path: Path, cfg: Config, info: store.FileInfo | None = None
+) -> store.FileInfo | None:
+    """The file's info when it holds results of this config; None when absent; else refuse."""
+    if info is None:
+        if not path.exists():
+            return None
+        info = store.inspect_file(path)
+    if info.fingerprint != cfg.simulation_fingerprint():
+        what = store.describe_difference(
+            str(info.meta.get("simulation", "")), cfg.simulation_summary()
+        )
+        raise UserError(
+            "holds results of a different simulation config"
+            + (f" ({what})" if what else "")
+            + ": rerun with --overwrite to start again, or point [paths] workdir elsewhere",
+            str(path),
+        )
+    return info
+
+
+def _prepare(cfg: Config, grid: Grid, plan: _Plan, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Delete stale files, create missing ones, fold leftover shards in; return done, merged."""
+    for path in plan.remove:
+        path.unlink(missing_ok=True)
+    shape = _result_shape(cfg)
+    done = plan.done.copy()
+    for t in plan.targets:
+        needed = bool(pending_chunks(t.chunks, done)) or (t.shard is None and plan.merge_first)
+        if t.exists or not needed:
+            continue
+        if t.shard is None:
+            store.create_grid_file(
+                t.path,
+                grid,
+                cfg.simulation.fit_tgrid.array,
+                shape,
+                meta,
+                cfg.modifier.family,
+                cfg.modifier.options,
+            )
+        else:
+            store.create_shard_file(t.path, t.chunks, shape, meta, t.shard.index, t.shard.count)
+    merged = 0
+    if plan.merge_first:
+        with store.ResultWriter(cfg.grid_path) as writer:
+            for info in plan.merge_first:
+                merged += store.copy_done_rows(info, writer)
+        for info in plan.merge_first:
+            info.path.unlink()
+        log.info(
+            "folded %d points from %d leftover shard file(s) into %s",
+            merged,
+            len(plan.merge_first),
+            cfg.grid_path,
+        )
+    return done, len(plan.merge_first)
+
+
+def _merge_files(
+    cfg: Config, grid: Grid, *, overwrite: bool, require_complete: bool
+) -> MergeSummary:
+    grid_path = cfg.grid_path
+    stale: list[Path] = []
+    base = None
+    try:
+        base = _compatible(grid_path, cfg)
+    except UserError:
+        if not overwrite:
+            raise
+        stale.append(grid_path)
+    infos = []
+    for path in store.find_shards(grid_path):
+        try:
+            info = _compatible(path, cfg)
+        except UserError:
+            if not overwrite:
+                raise
+            stale.append(path)
+            continue
+        infos.append(info)
+    if not infos:
+        if base is not None and base.done.all():
+            return MergeSummary(grid_path, grid.n_points, 0, 0, True)
+        raise UserError(
+            f"no shard files to merge in {grid_path.parent / store.SHARD_DIR}: run "
+            "`xrmodifier simulate CONFIG --shard i/n` for every i first",
+            str(grid_path),
+        )
+    done = base.done.copy() if base is not None else np.zeros(grid.n_points, dtype=bool)
+    for info in infos:
+        done |= info.done
+    if require_complete and not done.all():
+        raise UserError(_missing_message(cfg, done, infos), str(grid_path))
+    if base is None:
+        first = infos[0].meta
+        meta = _meta(
+            cfg,
+            grid,
+            str(first.get("backend", "")),
+            str(first.get("backend_version", "")),
+            infos[0].shard[1],
+            "merge",
+        )
+        store.create_grid_file(
+            grid_path,
+            grid,
+            cfg.simulation.fit_tgrid.array,
+            _result_shape(cfg),
+            meta,
+            cfg.modifier.family,
+            cfg.modifier.options,
+        )
+    versions = {str(i.meta.get("backend_version")) for i in infos}
+    if len(versions) > 1:
+        log.warning(
+            "shards were computed by different backend versions: %s", ", ".join(sorted(versions))
+        )
+    copied = 0
+    with store.ResultWriter(grid_path) as writer:
+        for info in infos:
+            copied += store.copy_done_rows(info, writer)
+    for path in [i.path for i in infos] + [p for p in stale if p != grid_path]:
+        path.unlink(missing_ok=True)
+    folder = grid_path.parent / store.SHARD_DIR
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    complete = bool(store.inspect_file(grid_path).done.all())
+    return MergeSummary(grid_path, grid.n_points, len(infos), copied, complete)
+
+
+def _missing_message(cfg: Config, done: np.ndarray, infos: list[store.FileInfo]) -> str:
+    counts = [i.shard[1] for i in infos]
+    count = max(set(counts), key=counts.count)
+    chunks = chunk_ranges(done.size, cfg.simulation.chunk_size)
+    missing = [i for i in range(count) if pending_chunks(chunks[i::count], done)]
+    listed = ", ".join(f"{i}/{count}" for i in missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return (
+        f"{int((~done).sum())} of {done.size} points are not done yet (shard {listed}): run "
+        f"`xrmodifier simulate {cfg.path.name} --shard i/{count}` for each, then merge again"
+    )
+
+
+def _is_complete(plan: _Plan, cfg: Config, mode: str) -> bool:
+    if mode == "array":
+        path = plan.targets[0].path
+        if not path.exists():  # every point of the shard was already in grid.h5
+            return True
+        info = store.inspect_file(path)
+        return all(bool(info.done[a:b].all()) for a, b in plan.targets[0].chunks)
+    return cfg.grid_path.exists() and bool(store.inspect_file(cfg.grid_path).done.all())
+
+
+def _result_shape(cfg: Config) -> store.ResultShape:
+    sim = cfg.simulation
+    return store.ResultShape(sim.realisations, len(sim.fit_tgrid) if sim.curves else None)
+
+
+def _meta(
+    cfg: Config, grid: Grid, backend: str, backend_version: str, n_ranks: int, writer: str
+) -> dict[str, Any]:
+    sim = cfg.simulation
+    return {
+        "config": cfg.text,
+        "config_path": str(cfg.path),
+        "simulation": cfg.simulation_summary(),
+        "fingerprint": cfg.simulation_fingerprint(),
+        "package_version": __version__,
+        "backend": backend,
+        "backend_version": backend_version,
+        "seed": sim.seed,
+        "mode": sim.mode,
+        "realisations": sim.realisations,
+        "n_points": grid.n_points,
+        "chunk_size": sim.chunk_size,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "n_ranks": n_ranks,
+        "writer": writer,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# computing
+# --------------------------------------------------------------------------------------------
+
+
+def _compute(
+    backend: Backend,
+    grid: Grid,
+    chunks: list[tuple[int, int]],
+    done: np.ndarray,
+    writer: store.ResultWriter | None,
+    channel: _ProgressChannel,
+    cfg: Config,
+) -> int:
+    """Evaluate the not-done points of ``chunks``; write each chunk before the next."""
+    sim = cfg.simulation
+    n_tgrid = len(sim.fit_tgrid) if sim.curves else None
+    computed = 0
+    for a, b in chunks:
+        index = np.arange(a, b)[~done[a:b]]
+        theta, t_true = grid.points(index)
+        results = backend.run(theta, t_true, index)
+        _check_results(results, index.size, sim.realisations, n_tgrid)
+        writer.write(index, _arrays(results))
+        computed += index.size
+        log.debug("points [%d, %d) written (%d computed)", a, b, index.size)
+        channel.report(index.size)
+    return computed
+
+
+def _arrays(results: PointResults) -> dict[str, np.ndarray]:
+    return {n: getattr(results, n) for n in store.RESULT_NAMES if getattr(results, n) is not None}
+
+
+def _check_results(res: PointResults, n: int, n_real: int, n_tgrid: int | None) -> None:
+    expected = {
+        "t_fit_orig": (n, n_real),
+        "t_fit_mod": (n, n_real),
+        "err_orig": (n, n_real, 2),
+        "err_mod": (n, n_real, 2),
+        "status": (n, n_real, 2),
+        "norm": (n,),
+        "counts": (n, n_real),
+    }
+    if n_tgrid is not None:
+        expected.update(curve_orig=(n, n_real, n_tgrid), curve_mod=(n, n_real, n_tgrid))
+    for name, shape in expected.items():
+        value = getattr(res, name)
+        if value is None or np.shape(value) != shape:
+            raise RuntimeError(
+                f"backend returned {name} of shape {np.shape(value) if value is not None else None}"
+                f", expected {shape}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Points done / total, rate and ETA: a tqdm bar on a terminal, else a log line every
+    ``every`` seconds (and one at the end). ``initial`` points were done before this run."""
+
+    def __init__(
+        self,
+        total: int,
+        initial: int = 0,
+        *,
+        interactive: bool = False,
+        every: float = LOG_EVERY,
+        label: str = "simulate",
+    ) -> None:
+        self.total = total
+        self.initial = initial
+        self.done = initial
+        self.every = every
+        self.label = label
+        self.start = time.monotonic()
+        self._last = self.start
+        self.bar = None
+        if interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="pt",
+                desc=label,
+                dynamic_ncols=True,
+                smoothing=0.05,
+            )
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Log a line if ``every`` seconds have passed since the last one."""
+        now = time.monotonic()
+        if self.bar is None and now - self._last >= self.every:
+            self._last = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = (now or time.monotonic()) - self.start
+        new = self.done - self.initial
+        rate = new / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done
+        eta = _duration(left / rate) if rate > 0 else "?"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return (
+            f"{self.label}: {self.done}/{self.total} points ({pct:.1f}%), "
+            f"{rate:.1f} points/s, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            log.info("%s", self.line())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _ProgressChannel:
+    """Counts from every rank to rank 0's :class:`Progress`.
+
+    Ranks send a small message after each chunk (non-blocking); rank 0 drains them between
+    its own chunks and, once done, until every rank has sent its 'finished' message.
+    """
+
+    def __init__(self, comm: Any, pending: int, already: int, env: JobEnvironment) -> None:
+        self.comm = comm
+        self.root = comm is None or comm.rank == 0
+        self.requests: list[Any] = []
+        self.finished = 0
+        self.progress = (
+            Progress(pending + already, already, interactive=env.interactive) if self.root else None
+        )
+
+    def report(self, n: int) -> None:
+        if self.root:
+            self.progress.update(n)
+            self._drain()
+        else:
+            self.requests.append(self.comm.isend(n, dest=0, tag=_TAG_PROGRESS))
+            # completed sends need no bookkeeping; keep the list short on long runs
+            if len(self.requests) > 64:
+                self.requests = [r for r in self.requests if not r.Test()]
+
+    def _drain(self) -> None:
+        if self.comm is None:
+            return
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            msg = self.comm.recv(source=status.Get_source(), tag=status.Get_tag())
+            if status.Get_tag() == _TAG_FINISHED:
+                self.finished += 1
+            else:
+                self.progress.update(msg)
+
+    def finish(self) -> None:
+        if not self.root:
+            self.requests.append(self.comm.isend(None, dest=0, tag=_TAG_FINISHED))
+            from mpi4py import MPI
+
+            MPI.Request.waitall(self.requests)
+            return
+        others = self.comm.size - 1 if self.comm is not None else 0
+        while True:
+            self._drain()
+            if self.finished >= others:
+                break
+            self.progress.tick()
+            time.sleep(0.02)  # polite polling: a blocking MPI_Recv would spin a core
+        self.progress.close()
+
+
+def _finish_message(summary: SimulateSummary, mode: str, shard: Shard | None) -> None:
+    if mode == "array":
+        summary.messages.append(
+            f"shard {shard} {'complete' if summary.complete else 'NOT complete'}; when every "
+            "shard is done run `xrmodifier merge CONFIG`"
+        )
+    elif not summary.complete:
+        summary.messages.append("NOT complete: rerun the same command to finish")
+
+
+def _summary(
+    cfg: Config, plan: _Plan, computed: int, seconds: float, size: int, complete: bool
+) -> SimulateSummary:
+    path = plan.targets[0].path if plan.mode == "array" else cfg.grid_path
+    return SimulateSummary(
+        path, plan.mode, size, plan.total, plan.total - plan.pending, computed, seconds, complete
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# MPI edges
+# --------------------------------------------------------------------------------------------
+
+
+def _choose_shard(shard: str | Shard | None, shards: bool, env: JobEnvironment) -> Shard | None:
+    if shard is not None and shards:
+        raise UserError("give either --shards (one shard per rank) or --shard i/n, not both")
+    if isinstance(shard, str):
+        return parse_shard(shard)
+    if shard is None and not shards and env.array_task_count is not None:
+        where = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
+        return parse_shard(f"{env.array_task_index}/{env.array_task_count}", where)
+    return shard
+
+
+def _choose_mode(shard: Shard | None, shards: bool, size: int, grid: Grid, cfg: Config) -> str:
+    if shard is not None:
+        _check_shard(shard, grid, cfg)
+        if size > 1 and not _h5py_mpi():
+            raise UserError(
+                "h5py here has no MPI support, so the ranks of one array task cannot share a "
+                "shard file: run one process per array task (or use --shards without --shard)"
+            )
+        return "array"
+    if shards or (size > 1 and not _h5py_mpi()):
+        return "shards"
+    return "single"
+
+
+def _check_shard(shard: Shard, grid: Grid, cfg: Config) -> None:
+    n_chunks = len(chunk_ranges(grid.n_points, cfg.simulation.chunk_size))
+    if shard.count > n_chunks:
+        raise UserError(
+            f"{shard.count} shards for {n_chunks} chunks of {cfg.simulation.chunk_size} points: "
+            "use at most as many array tasks as chunks (or a smaller [simulation] chunk_size)",
+            "--shard",
+        )
+
+
+def _h5py_mpi() -> bool:
+    import h5py
+
+    return bool(h5py.get_config().mpi)
+
+
+def _world(env: JobEnvironment) -> Any:
+    """COMM_WORLD when the launcher started several ranks, else None (no MPI at all)."""
+    if env.size <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - mpi4py is a dependency
+        raise UserError(
+            f"started as rank {env.rank} of {env.size} but mpi4py does not import ({exc})"
+        ) from None
+    comm = MPI.COMM_WORLD
+    if comm.size != env.size:
+        raise UserError(
+            f"the launcher started {env.size} processes but MPI sees {comm.size}: mpi4py was "
+            "built against a different MPI than this mpiexec/srun (check `which mpiexec` and "
+            "`python -c 'import mpi4py; print(mpi4py.get_config())'`)"
+        )
+    return comm
+
+
+class _Agreed(UserError):
+    """A UserError every rank raises at the same step: it ends the run without an abort."""
+
+
+def _agreed(message: str, where: str | None) -> _Agreed:
+    return _Agreed(message, where)
+
+
+def _on_root(comm: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 and give its value to every rank; its UserError is raised on all."""
+    if comm is None:
+        return fn()
+    payload: tuple[str, Any] | None = None
+    if comm.rank == 0:
+        try:
+            payload = ("ok", fn())
+        except UserError as exc:
+            payload = ("error", (exc.message, exc.where))
+        except BaseException as exc:
+            _abort(comm, exc)
+    _wait_politely(comm)
+    payload = comm.bcast(payload, root=0)
+    if payload[0] == "error":
+        raise _agreed(*payload[1])
+    return payload[1]
+
+
+def _agree(comm: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank. If it fails everywhere with a UserError, raise that on all
+    ranks; if it fails on some ranks only (or not with a UserError), abort the job."""
+    if comm is None:
+        return fn()
+    try:
+        value, outcome = fn(), None
+    except UserError as exc:
+        value, outcome = None, ("user", exc.message, exc.where, str(exc))
+    except Exception as exc:
+        value, outcome = (
+            None,
+            ("bug", f"{exc.__class__.__name__}: {exc}", None, traceback.format_exc()),
+        )
+    outcomes = comm.allgather(outcome)
+    if all(o is None for o in outcomes):
+        return value
+    if all(o is not None and o[0] == "user" for o in outcomes):
+        raise _agreed(outcome[1], outcome[2])
+    if comm.rank == 0:
+        text = "".join(
+            f"xrmodifier: error: rank {r}: {o[3]}\n"
+            for r, o in enumerate(outcomes)
+            if o is not None
+        )
+        _write_then_abort(
+            comm, text, 2 if all(o is None or o[0] == "user" for o in outcomes) else 1
+        )
+    time.sleep(60)  # rank 0 is aborting the job
+    raise RuntimeError("unreachable: the job was aborted")  # pragma: no cover
+
+
+def _abort(comm: Any, exc: BaseException) -> None:
+    """Print ``exc`` with this rank's number and abort every rank of the job."""
+    rank = comm.rank
+    if isinstance(exc, UserError):
+        text, code = f"xrmodifier: error: rank {rank}: {exc}\n", exc.exit_code
+    elif isinstance(exc, KeyboardInterrupt):
+        text, code = f"xrmodifier: rank {rank}: interrupted\n", 130
+    else:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = f"{tb}xrmodifier: error: rank {rank}: {exc.__class__.__name__}: {exc}\n"
+        code = 1
+    _write_then_abort(comm, text, code)
+
+
+def _write_then_abort(comm: Any, text: str, code: int) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    # the launcher forwards our stderr through a pipe; an immediate abort can tear the job
+    # down before the message gets through, leaving the user with no reason at all
+    time.sleep(0.5)
+    comm.Abort(code)
+
+
+@contextmanager
+def _fail_fast(comm: Any) -> Iterator[None]:
+    """Turn an exception on one rank into an abort of all ranks (others would wait forever)."""
+    try:
+        yield
+    except _Agreed:
+        raise
+    except BaseException as exc:
+        if comm is None:
+            raise
+        _abort(comm, exc)
+
+
+def _wait_politely(comm: Any) -> None:
+    """A barrier that sleeps while it waits: MPICH spins a core in blocking calls, which on a
+    shared or oversubscribed node slows the ranks that still compute."""
+    if comm is None:
+        return
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(0.005)
+
+
+def _sum(comm: Any, value: int) -> int:
+    return value if comm is None else int(comm.allreduce(value))
