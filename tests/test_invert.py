@@ -423,7 +423,7 @@ def test_allocate_walkers_follows_laplace_masses() -> None:
     assert [m.walkers for m in live] == [12, 4]
     # by default every live mode keeps two walkers, so walkers can hop between the modes
     modes.append(inv.Mode(np.ones(2) / 3, -11.0, None, math.log(1e-6)))
-    live = inv.allocate_walkers(modes, 16)
+    live = inv.allocate_walkers(modes, 18)
     assert [m.walkers for m in live] == [2 + 9, 2 + 3, 2]
 
 

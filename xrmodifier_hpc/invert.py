@@ -722,14 +722,13 @@ def allocate_walkers(
 
 
 def start_walkers(modes: list[Mode], rng: np.random.Generator) -> np.ndarray:
-    """Walker positions (sum of walkers, d): around each mode from N(u, cov / 4) (a small ball
-    when cov is unknown), kept strictly inside the unit cube."""
+    """Walker positions (sum of walkers, d): around each mode from its Laplace approximation
+    N(u, cov) (a small ball when cov is unknown), redrawn until strictly inside the unit cube
+    (the prior's support)."""
     rows = []
     for m in modes:
         d = m.u.size
         cov = m.cov if m.cov is not None else np.eye(d) * 1e-6
-        # narrower than the Laplace width keeps walkers off the cube's faces; the ensemble
-        # expands to the posterior's width within a few autocorrelation times
         chol = np.linalg.cholesky(cov + np.eye(d) * 1e-14)
         for _ in range(m.walkers):
             for _ in range(100):
