@@ -82,10 +82,20 @@ def _mock_parser(sub: argparse._SubParsersAction) -> None:
         "mock", help="synthetic observations of both telescopes by the full forward model"
     )
     p.add_argument("config", type=Path)
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="observations CSV to write (default: WORKDIR/observations.csv)")
-    p.add_argument("--theta", action="append", metavar="NAME=VALUE", default=None,
-                   help="true modifier parameter (repeatable; overrides [mock] theta)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="observations CSV to write (default: WORKDIR/observations.csv)",
+    )
+    p.add_argument(
+        "--theta",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="true modifier parameter (repeatable; overrides [mock] theta)",
+    )
     p.add_argument("--n-sources", type=int, default=None, help="overrides [mock] n_sources")
     p.add_argument("--seed", type=int, default=None, help="overrides [mock] seed")
     p.set_defaults(func=_run_mock)
@@ -94,10 +104,17 @@ def _mock_parser(sub: argparse._SubParsersAction) -> None:
 def _run_mock(args: argparse.Namespace) -> int:
     from .mock import mock, parse_theta_overrides
 
-    result = mock(args.config, output=args.output, theta=parse_theta_overrides(args.theta),
-                  n_sources=args.n_sources, seed=args.seed)
-    print(f"wrote {result.observations.n} sources to {result.path} "
-          f"(truth: {result.truth_path}; {len(result.dropped)} dropped)")
+    result = mock(
+        args.config,
+        output=args.output,
+        theta=parse_theta_overrides(args.theta),
+        n_sources=args.n_sources,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {result.observations.n} sources to {result.path} "
+        f"(truth: {result.truth_path}; {len(result.dropped)} dropped)"
+    )
     return 0
 
 
@@ -133,13 +150,30 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arf", type=Path, default=None, help="ARF (default: the PHA's ANCRFILE)")
     p.add_argument("--rmf", type=Path, default=None, help="RMF (default: the PHA's RESPFILE)")
     p.add_argument("--model", default="wabs*bremss", help="source model (default wabs*bremss)")
-    p.add_argument("--band", type=float, nargs=2, default=(0.5, 7.0), metavar=("LOW", "HIGH"),
-                   help="fitted band in keV (default 0.5 7.0)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", default=None,
-                   help="frozen parameter value, e.g. nH=0.05 (repeatable)")
+    p.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=(0.5, 7.0),
+        metavar=("LOW", "HIGH"),
+        help="fitted band in keV (default 0.5 7.0)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="frozen parameter value, e.g. nH=0.05 (repeatable)",
+    )
     p.add_argument("--temperature", default="kT", help="the free temperature parameter")
-    p.add_argument("--tgrid", type=float, nargs=3, default=None, metavar=("LOW", "HIGH", "N"),
-                   help="profile grid: N log-spaced keV values (default 0.08 80 256)")
+    p.add_argument(
+        "--tgrid",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("LOW", "HIGH", "N"),
+        help="profile grid: N log-spaced keV values (default 0.08 80 256)",
+    )
     p.add_argument("--curve", action="store_true", help="include the profile C(kT)")
     p.set_defaults(func=_run_fit)
 
@@ -147,9 +181,17 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     from .spectrum_fit import fit, parse_set
 
-    result = fit(args.spectrum, arf=args.arf, rmf=args.rmf, model=args.model,
-                 band=tuple(args.band), params=parse_set(args.set), curve=args.curve,
-                 temperature=args.temperature, tgrid=args.tgrid)
+    result = fit(
+        args.spectrum,
+        arf=args.arf,
+        rmf=args.rmf,
+        model=args.model,
+        band=tuple(args.band),
+        params=parse_set(args.set),
+        curve=args.curve,
+        temperature=args.temperature,
+        tgrid=args.tgrid,
+    )
     print(json.dumps(result))
     return 0
 
@@ -165,21 +207,28 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         help="evaluate the (theta, T_true) grid into WORKDIR/grid.h5 (mpiexec/srun for ranks)",
     )
     p.add_argument("config", type=Path)
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard existing results (grid.h5 and shards) and start again")
-    p.add_argument("--shards", action="store_true",
-                   help="one shard file per rank, merged by rank 0 at the end")
-    p.add_argument("--shard", metavar="I/N", default=None,
-                   help="compute shard I of N only (Slurm arrays; default from "
-                   "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT), then `xrmodifier merge`")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard existing results (grid.h5 and shards) and start again",
+    )
+    p.add_argument(
+        "--shards", action="store_true", help="one shard file per rank, merged by rank 0 at the end"
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="compute shard I of N only (Slurm arrays; default from "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT), then `xrmodifier merge`",
+    )
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
-    summary = simulate(args.config, overwrite=args.overwrite, shards=args.shards,
-                       shard=args.shard)
+    summary = simulate(args.config, overwrite=args.overwrite, shards=args.shards, shard=args.shard)
     if detect().rank == 0:
         print(summary.describe())
     return 0
@@ -188,8 +237,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
 def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="join the shard files of `simulate --shard` into grid.h5")
     p.add_argument("config", type=Path)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a grid.h5 or shards left by a different config")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a grid.h5 or shards left by a different config",
+    )
     p.set_defaults(func=_run_merge)
 
 
@@ -209,17 +261,36 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "local processes, debug)",
     )
     p.add_argument("config", type=Path)
-    p.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
-                   help="submit with submitit: slurm (resources from [slurm]), local "
-                   "(--tasks processes here) or debug (this process); default: train here")
-    p.add_argument("--tasks", type=int, default=None,
-                   help="processes for --executor local (DDP over gloo, or NCCL with GPUs)")
-    p.add_argument("--no-wait", action="store_true",
-                   help="print the job id and return instead of waiting for the job")
-    p.add_argument("--restart", action="store_true",
-                   help="discard a previous training checkpoint instead of resuming from it")
-    p.add_argument("--epochs-this-run", type=int, default=None, metavar="N",
-                   help="stop after N epochs, keeping the checkpoint (run again to continue)")
+    p.add_argument(
+        "--executor",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="submit with submitit: slurm (resources from [slurm]), local "
+        "(--tasks processes here) or debug (this process); default: train here",
+    )
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="processes for --executor local (DDP over gloo, or NCCL with GPUs)",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="print the job id and return instead of waiting for the job",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard a previous training checkpoint instead of resuming from it",
+    )
+    p.add_argument(
+        "--epochs-this-run",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs, keeping the checkpoint (run again to continue)",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -229,8 +300,14 @@ def _run_train(args: argparse.Namespace) -> int:
     from .launch import train
 
     cfg = load_config(args.config)
-    out = train(cfg, executor=args.executor, tasks=args.tasks, wait=not args.no_wait,
-                restart=args.restart, epochs_this_run=args.epochs_this_run)
+    out = train(
+        cfg,
+        executor=args.executor,
+        tasks=args.tasks,
+        wait=not args.no_wait,
+        restart=args.restart,
+        epochs_this_run=args.epochs_this_run,
+    )
     if args.no_wait:
         print(f"submitted {out.executor} job {out.job_id}; logs in {out.log_folder}")
         return 0
@@ -238,8 +315,10 @@ def _run_train(args: argparse.Namespace) -> int:
     if first is None or first.get("rank", 0) != 0:
         return 0
     if not first["completed"]:
-        print(f"stopped at epoch {first['epochs_run']}; the checkpoint is in {cfg.workdir}: "
-              f"run `xrmodifier train {args.config}` again to continue")
+        print(
+            f"stopped at epoch {first['epochs_run']}; the checkpoint is in {cfg.workdir}: "
+            f"run `xrmodifier train {args.config}` again to continue"
+        )
         return 0
     print(describe_metrics(first["metrics"]))
     print(f"emulator: {first['emulator_path']}\nmetrics:  {first['metrics_path']}")
@@ -247,11 +326,42 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="figures (PNG) and a summary table from the artefacts, in WORKDIR/figures"
+    )
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    summary = report(args.config)
+    if summary is not None:
+        print(summary.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
-PARSERS = (_init_parser, _check_parser, _mock_parser, _invert_parser, _fit_parser,
-           _simulate_parser, _merge_parser, _train_parser)
+PARSERS = (
+    _init_parser,
+    _check_parser,
+    _mock_parser,
+    _invert_parser,
+    _fit_parser,
+    _simulate_parser,
+    _merge_parser,
+    _train_parser,
+    _report_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -166,7 +166,7 @@ class ModifierConfig:
 class TemperaturesConfig:
     """True temperatures (keV) at which telescope 1 is simulated."""
 
-    t_true: Axis = Axis(tuple(np.geomspace(1.0, 12.0, 16)), "logspace")
+    t_true: Axis = Axis(tuple(np.geomspace(1.0, 10.0, 20)), "logspace")
 
     def _check(self, at: Callable[[str], str]) -> None:
         if self.t_true.bounds[0] <= 0:
@@ -185,7 +185,7 @@ class SimulationConfig:
     mode: str = "poisson"
     realisations: int = 4
     seed: int = 20261124
-    counts: float | None = 20_000.0
+    counts: float | None = 50_000.0
     norm: float | None = None
     band: tuple[float, float] = (0.5, 7.0)
     fit_tgrid: Axis = Axis(tuple(np.geomspace(0.2, 50.0, 128)), "logspace")
@@ -327,8 +327,8 @@ class MockConfig:
 
     n_sources: int = 40
     theta: dict[str, float] = field(default_factory=dict)
-    t_range: tuple[float, float] = (1.5, 10.0)
-    counts: tuple[float, float] = (8_000.0, 30_000.0)
+    t_range: tuple[float, float] = (1.5, 9.0)
+    counts: tuple[float, float] = (30_000.0, 80_000.0)
     seed: int = 99
 
     def _check(self, at: Callable[[str], str]) -> None:

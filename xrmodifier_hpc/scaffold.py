@@ -31,17 +31,17 @@ family = "gaussian"               # 1 + A exp(-(E-mu)^2/(2 sigma^2)); or multi_g
 [modifier.grid]   # per parameter: {linspace|logspace = [start, stop, n]} or {values = [...]}
 mu = { linspace = [0.8, 3.0, 12] }
 sigma = { logspace = [0.15, 0.8, 6] }
-A = { linspace = [-0.3, 0.3, 7] }
+A = { linspace = [-0.2, 0.2, 7] }
 
 [temperatures]
-t_true = { logspace = [1.0, 12.0, 20] }   # true temperatures simulated (keV)
+t_true = { logspace = [1.0, 10.0, 20] }   # true temperatures simulated (keV)
 
 [simulation]
 backend = "native"               # native (numpy/torch) or xspec (PyXspec, in the container)
 mode = "poisson"                 # poisson (fakeit with noise) or asimov (expected counts)
 realisations = 2                 # fakeit spectra per grid point
 seed = 20261124
-counts = 20000.0                 # expected counts in band per spectrum (or: norm = 0.01)
+counts = 50000.0                 # expected counts in band per spectrum (or: norm = 0.01)
 band = [0.5, 7.0]                # fitted energy band (keV)
 fit_tgrid = { logspace = [0.3, 40.0, 96] }  # temperatures (keV) of the C(T) profile curves
 curves = true                    # store C(T) of both fits
@@ -70,8 +70,8 @@ burn = 1000
 [mock]                           # synthetic observations: xrmodifier mock
 n_sources = 40
 theta = { mu = 1.6, sigma = 0.35, A = 0.15 }
-t_range = [1.5, 10.0]
-counts = [8000.0, 30000.0]
+t_range = [1.5, 9.0]
+counts = [30000.0, 80000.0]
 seed = 99
 
 [slurm]                          # used by: xrmodifier train --executor slurm

@@ -1,0 +1,244 @@
+"""benchmarks/results.py renders RESULTS.md from the benchmarks' JSON (no benchmark is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+MACHINE = {
+    "cpu": "Test CPU 9000",
+    "cores": 2,
+    "cores_usable": 2,
+    "memory_gib": 23.5,
+    "load_average": [0.5, 1.25, 2.0],
+    "os": "Linux-test",
+    "python": "3.11.7",
+    "torch": "2.13.0+cpu",
+    "date": "2026-11-24 09:00 UTC",
+}
+
+BACKEND = {
+    "machine": "x86_64",
+    "threads": "1",
+    "xspec_reference": {"ms_per_fakeit_fit": 75.0, "points_per_s": 7.0},
+    "instruments": {
+        "acis": {
+            "native": {
+                "points_per_s": 7978.6,
+                "us_per_point": 125.3,
+                "rss_mb_after_last_batch": 126.3,
+                "rss_growth_mb": 1.57,
+            },
+            "sherpa": {
+                "points_per_s": 21.77,
+                "points": 20,
+                "median_abs_rel_error_t_fit_mod": 0.0169,
+                "version": "4.19.0",
+            },
+            "scipy": {"points_per_s": 5.212},
+            "speedup_vs_xspec": 1139.8,
+            "speedup_vs_scipy": 1530.7,
+            "speedup_vs_sherpa": 366.54,
+        },
+        "epn": {
+            "native": {"points_per_s": 3194.4, "us_per_point": 313.0},
+            "sherpa": {"skipped": "sherpa not importable (No module named 'sherpa')"},
+            "scipy": {"points_per_s": 5.05},
+            "speedup_vs_xspec": 456.3,
+            "speedup_vs_scipy": 632.9,
+        },
+    },
+}
+
+SCALING = {
+    "quick": False,
+    "scaling": {
+        "points": 100000,
+        "realisations": 2,
+        "fit_tgrid": 96,
+        "runs": {
+            "1": [{"wall_s": 19.27, "in_run_s": 19.0, "cpu_s": 19.25, "peak_rss_mb": [145.4]}],
+            "2": [
+                {"wall_s": 10.26, "in_run_s": 10.0, "cpu_s": 20.05, "peak_rss_mb": [158.2, 157.4]}
+            ],
+        },
+        "load_average_before_runs": [0.71, 0.79],
+        "points_per_s": {"1": 5189.4, "2": 9746.6},
+        "speedup_wall": 1.878,
+        "speedup_in_run": 1.9,
+        "target_speedup": 1.8,
+    },
+    "memory": {
+        "1e4": {
+            "points": 10000,
+            "ranks": 2,
+            "peak_rss_mb_per_rank": [157.9, 156.3],
+            "grid_h5_mb": 15.6,
+        },
+        "1e5": {
+            "points": 100000,
+            "ranks": 2,
+            "peak_rss_mb_per_rank": [158.2, 157.4],
+            "grid_h5_mb": 156.1,
+        },
+    },
+    "memory_growth_mb": 0.3,
+}
+
+TRAINING = {
+    "date": "2026-11-24 08:25:05",
+    "quick": False,
+    "grid": "synthetic analytic map",
+    "training": {
+        "grid_points": 100000,
+        "n_train": 90000,
+        "n_val": 10000,
+        "settings": {"hidden": [128, 128, 128], "activation": "gelu", "batch_size": 512},
+        "threads": 1,
+        "train_seconds": 33.3,
+        "total_seconds": 33.35,
+        "epochs_run": 66,
+        "stopped_early": True,
+        "best_epoch": 26,
+        "seconds_per_epoch": 0.5046,
+        "seconds_for_all_epochs": 151.4,
+        "target_seconds": 300.0,
+        "target_met": True,
+        "offgrid_rms_rel_vs_analytic_truth": {
+            "emulator": {"t_fit_orig": 0.000437, "t_fit_mod": 0.000371},
+            "interpolator": {"t_fit_orig": 0.00946, "t_fit_mod": 0.00945},
+        },
+    },
+    "inference": {
+        "float64_batch1": {"forward_per_s": 10269.2, "forward_backward_per_s": 3827.9},
+        "float32_batch10000": {"forward_per_s": 1047871.0, "forward_backward_per_s": 452939.3},
+    },
+}
+
+
+def _inversion_run(ranks: int, wall: float) -> dict:
+    return {
+        "ranks": ranks,
+        "wall_s": wall,
+        "load_before": 1.57,
+        "stage": {"multistart_s": 6.52, "posterior_s": 13.13, "total_s": 20.53},
+        "n_starts": 64,
+        "distinct_optima": 3,
+        "walkers": 32,
+        "steps": 3000,
+        "max_tau": 22.38,
+    }
+
+
+INVERSION = {
+    "benchmark": "inversion: 64 starts + posterior on 50 sources",
+    "target_s": 60.0,
+    "date": "2026-11-24 08:29:09",
+    "best": {"1": _inversion_run(1, 22.44), "2": _inversion_run(2, 21.36)},
+    "met": True,
+}
+
+
+@pytest.fixture(scope="module")
+def results():
+    """benchmarks/results.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_results", REPO / "benchmarks" / "results.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(folder: Path, **files: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, data in files.items():
+        (folder / f"{stem}.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_renders_every_section_from_the_json(results, tmp_path: Path) -> None:
+    out = _write(
+        tmp_path / "out",
+        bench_backend=BACKEND,
+        bench_scaling=SCALING,
+        bench_training=TRAINING,
+        bench_inversion=INVERSION,
+    )
+    page = results.render(out, MACHINE)
+    # machine details and the date
+    assert "| Test CPU 9000 | 2 (2) | 23.5 GiB | 0.50 / 1.25 / 2.00 |" in page
+    assert "Rendered 2026-11-24 09:00 UTC" in page
+    # the benchmarks' own dates: their field, else the file's time
+    assert (
+        "| Emulator training and inference | `benchmarks/bench_training.py` | "
+        "2026-11-24 08:25:05 |" in page
+    )
+    assert "(file time)" in page
+    # backend: native vs Sherpa, scipy and XSPEC's quoted 75 ms
+    assert "| acis | 7979 | 125 | 21.8 | 5.21 | 7 | 1140x | 367x | 1531x |" in page
+    assert "| epn | 3194 | 313 | – | 5.05 | 7 | 456x | – | 633x |" in page
+    assert "75 ms per fakeit + fit" in page
+    assert "Sherpa on epn: skipped (sherpa not importable" in page
+    # MPI scaling and memory
+    assert "| 1 | 19.3 | 19.0 | 19.2 | 5189 | 145 |" in page
+    assert "| 2 | 10.3 | 10.0 | 20.1 | 9747 | 158 / 157 |" in page
+    assert "**1.88x** whole command" in page
+    assert "| 1e5 | 100000 | 2 | 158 / 157 | 156.1 |" in page
+    assert "+0.3 MB" in page
+    # training time and inference throughput
+    assert "| training time (incl. reading the grid) | **33 s** |" in page
+    assert "| target | < 300 s (met) |" in page
+    assert "0.044% / 0.037%" in page
+    assert "| float32 | 10000 | 1,047,871 | 452,939 |" in page
+    # inversion
+    assert "| 2 | **21.4** | 6.5 | 13.1 | 20.5 | 3 | 22.4 | 1.57 |" in page
+    assert "Target: under 60 s on 2 cores: met" in page
+    # the sections come in order, numbered
+    heads = [line for line in page.splitlines() if line.startswith("## ")]
+    assert heads == [
+        "## Machine",
+        "## 1. Backend throughput",
+        "## 2. simulate under MPI: 1 vs 2 ranks, memory",
+        "## 3. Emulator training and inference",
+        "## 4. Inversion",
+    ]
+
+
+def test_a_missing_benchmark_says_how_to_run_it(results, tmp_path: Path) -> None:
+    out = _write(tmp_path / "out", bench_training=TRAINING)
+    page = results.render(out, MACHINE)
+    assert "Not run: `.venv/bin/python benchmarks/bench_inversion.py` writes" in page
+    assert page.count("Not run:") == 3
+    assert "**33 s**" in page
+
+
+def test_main_writes_the_page_atomically(results, tmp_path: Path) -> None:
+    out = _write(tmp_path / "out", bench_inversion=INVERSION, bench_scaling=SCALING)
+    target = tmp_path / "RESULTS.md"
+    assert results.main(["--out-dir", str(out), "--output", str(target)]) == 0
+    text = target.read_text()
+    assert text.startswith("# Benchmarks\n") and "## 4. Inversion" in text
+    assert sorted(os.listdir(tmp_path)) == ["RESULTS.md", "out"]
+    # real machine details were filled in
+    assert "## Machine" in text and "GiB" in text
+    # nothing to render: exit 2, nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other.md"
+    assert results.main(["--out-dir", str(empty), "--output", str(other)]) == 2
+    assert not other.exists()
+
+
+def test_machine_info_describes_this_machine(results) -> None:
+    info = results.machine_info()
+    assert info["cores"] >= 1 and 1 <= info["cores_usable"] <= info["cores"]
+    assert info["memory_gib"] is None or info["memory_gib"] > 0.1
+    assert len(info["load_average"]) == 3
+    assert info["cpu"]
+    assert info["date"].endswith("UTC")
