@@ -290,8 +290,19 @@ def test_profile_curves_are_the_grid_curves(demo_run: DemoRun, artefacts) -> Non
     assert data.index.size == N_PROFILE_EXAMPLES
     c_orig = grid.curve_orig[data.index, 0, :]
     c_mod = grid.curve_mod[data.index, 0, :]
-    np.testing.assert_allclose(data.delta_orig, c_orig - c_orig.min(axis=1, keepdims=True))
-    np.testing.assert_allclose(data.delta_mod, c_mod - c_mod.min(axis=1, keepdims=True))
+    # the stored curves, minus the interpolant's minimum: C at the best fit
+    for delta, fine, stored, t_fit in (
+        (data.delta_orig, data.fine_orig, c_orig, data.t_fit_orig),
+        (data.delta_mod, data.fine_mod, c_mod, data.t_fit_mod),
+    ):
+        shift = stored - delta
+        np.testing.assert_allclose(shift, shift[:, :1] * np.ones_like(shift), rtol=1e-12)
+        np.testing.assert_allclose(fine.min(axis=1), 0.0, atol=1e-9)
+        assert np.all(delta.min(axis=1) >= -1e-6)  # the grid minimum is above the true one
+        # the drawn interpolant bottoms out where the fit found its minimum
+        step = np.log(data.t_fine[1] / data.t_fine[0])
+        at_min = data.t_fine[np.argmin(fine, axis=1)]
+        assert np.all(np.abs(np.log(at_min / t_fit)) <= step)
     np.testing.assert_array_equal(data.tgrid, grid.fit_tgrid)
     np.testing.assert_array_equal(data.t_fit_orig, grid.t_fit_orig[data.index, 0])
     np.testing.assert_array_equal(data.t_fit_mod, grid.t_fit_mod[data.index, 0])

@@ -44,6 +44,7 @@ import numpy as np
 from .config import Config, load_config
 from .environment import detect
 from .errors import UserError
+from .fitstat import LocalPolyGrid
 
 log = logging.getLogger("xrmodifier.report")
 
@@ -62,6 +63,8 @@ MAX_BAND_SAMPLES = 4000
 #: posterior percentiles of the band (the 68% interval and the median)
 BAND_PERCENTILES = (16.0, 50.0, 84.0)
 #: profile-curve examples drawn in figure 5
+#: points of the drawn interpolant per fit-grid node (figure 5)
+PROFILE_FINE_PER_NODE = 20
 N_PROFILE_EXAMPLES = 4
 #: figure 4's axes leave out this fraction of the samples at each end (per parameter)
 CORNER_TAIL = 0.005
@@ -391,13 +394,19 @@ def figure_data_corner(art: Artefacts) -> CornerFigureData:
 @dataclass
 class ProfileFigureData:
     """Figure 5: ``tgrid`` (n_T,) keV; for each example k: ``index`` its grid point,
-    ``delta_orig``/``delta_mod`` (k, n_T) C(T) - min C of realisation 0, ``t_fit_orig`` /
-    ``t_fit_mod`` (k,) its best fits, ``t_true`` (k,) keV and ``theta`` (k, d)."""
+    ``delta_orig``/``delta_mod`` (k, n_T) the stored C(T) of realisation 0 minus its minimum,
+    ``fine_orig``/``fine_mod`` (k, n_fine) the interpolant the fit refines on (local
+    polynomials in ln T, fitstat.LocalPolyGrid) at ``t_fine`` (n_fine,) keV minus the same
+    minimum (the interpolant's, i.e. C at the best fit), ``t_fit_orig`` / ``t_fit_mod`` (k,)
+    the best fits, ``t_true`` (k,) keV and ``theta`` (k, d)."""
 
     tgrid: np.ndarray
     index: np.ndarray
     delta_orig: np.ndarray
     delta_mod: np.ndarray
+    t_fine: np.ndarray
+    fine_orig: np.ndarray
+    fine_mod: np.ndarray
     t_fit_orig: np.ndarray
     t_fit_mod: np.ndarray
     t_true: np.ndarray
@@ -472,11 +481,21 @@ def figure_data_profiles(
         return None
     c_orig = grid.curve_orig[idx, 0, :].astype(float)
     c_mod = grid.curve_mod[idx, 0, :].astype(float)
+    tgrid = np.asarray(grid.fit_tgrid, dtype=float)
+    interpolant = LocalPolyGrid.build(np.log(tgrid))
+    t_fine = np.geomspace(tgrid[0], tgrid[-1], PROFILE_FINE_PER_NODE * tgrid.size)
+    fine_orig = interpolant.interpolate(c_orig, np.log(t_fine))
+    fine_mod = interpolant.interpolate(c_mod, np.log(t_fine))
+    min_orig = fine_orig.min(axis=1, keepdims=True)
+    min_mod = fine_mod.min(axis=1, keepdims=True)
     return ProfileFigureData(
-        tgrid=np.asarray(grid.fit_tgrid, dtype=float),
+        tgrid=tgrid,
         index=idx,
-        delta_orig=c_orig - c_orig.min(axis=1, keepdims=True),
-        delta_mod=c_mod - c_mod.min(axis=1, keepdims=True),
+        delta_orig=c_orig - min_orig,
+        delta_mod=c_mod - min_mod,
+        t_fine=t_fine,
+        fine_orig=fine_orig - min_orig,
+        fine_mod=fine_mod - min_mod,
         t_fit_orig=grid.t_fit_orig[idx, 0].astype(float),
         t_fit_mod=grid.t_fit_mod[idx, 0].astype(float),
         t_true=grid.t_true[idx].astype(float),
@@ -906,11 +925,14 @@ def plot_profiles(data: ProfileFigureData) -> Any:
     rows = math.ceil(k / cols)
     fig = _new_figure(5.2 * cols, 3.6 * rows + 0.6)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    line = dict(lw=1.3, marker="o", ms=2.5)
     for i in range(k):
         ax = axes[i]
-        ax.plot(data.tgrid, data.delta_orig[i], color=C_ORIG, **line)
-        ax.plot(data.tgrid, data.delta_mod[i], color=C_CORR, **line)
+        for fine, nodes, colour in (
+            (data.fine_orig[i], data.delta_orig[i], C_ORIG),
+            (data.fine_mod[i], data.delta_mod[i], C_CORR),
+        ):
+            ax.plot(data.t_fine, fine, color=colour, lw=1.3)
+            ax.plot(data.tgrid, nodes, color=colour, lw=0, marker="o", ms=3)
         ax.axvline(data.t_true[i], color=C_TRUE, lw=1.2, ls=":")
         ax.axvline(data.t_fit_orig[i], color=C_ORIG, lw=0.9, ls="--")
         ax.axvline(data.t_fit_mod[i], color=C_CORR, lw=0.9, ls="--")
@@ -943,8 +965,8 @@ def plot_profiles(data: ProfileFigureData) -> Any:
         h.set_markersize(4)
     fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
     fig.suptitle(
-        "Profile C-statistic of one simulated spectrum per grid point, at the fit-temperature "
-        "grid's points (minimum over the grid subtracted)",
+        "Profile C-statistic of one simulated spectrum per grid point, minus C at the best fit\n"
+        "dots: the fit-temperature grid; lines: the interpolant the fit refines on",
         fontsize=10,
     )
     return fig

@@ -164,6 +164,9 @@ def _simulate(
         summary.messages.append("nothing to do: every point is already done")
         _finish_message(summary, mode, shard)
         return summary
+    # the backend first: one that cannot start (XSPEC outside the container) is a one-line
+    # error before anything is announced
+    backend = _agree(comm, lambda: make_backend(cfg))
     if rank == 0:
         where = plan.targets[0].path if mode == "array" else cfg.grid_path
         resumed = plan.total - plan.pending
@@ -177,7 +180,6 @@ def _simulate(
             f"; resuming, {resumed} already done" if resumed else "",
         )
 
-    backend = _agree(comm, lambda: make_backend(cfg))
     try:
         writer_kind = {"single": "mpio" if comm is not None else "serial"}.get(mode, mode)
         meta = _meta(cfg, grid, backend.name, backend.version(), size, writer_kind)
