@@ -454,6 +454,10 @@ def provenance_cards(provenance: Mapping[str, Any]) -> list[tuple[str, Any, str]
         ("DATE", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC"),
     ]
     for key, (value, comment) in provenance.items():
+        # a long string value (a path) continues over CONTINUE cards; a comment beside it
+        # would be truncated, so it is left out
+        if isinstance(value, str) and len(value) + len(comment) > 60:
+            comment = ""
         cards.append((key, value, comment))
     return cards
 
