@@ -25,10 +25,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from xrmodifier_hpc.atomic import write_text
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "out"
@@ -439,20 +440,6 @@ def render(out_dir: Path, machine: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="the benchmarks' JSON")
@@ -461,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(load_results(args.out_dir).values()):
         print(f"results: no benchmark results in {args.out_dir}: run `make bench`", file=sys.stderr)
         return 2
-    write_atomic(args.output, render(args.out_dir, machine_info()))
+    write_text(args.output, render(args.out_dir, machine_info()))
     print(f"wrote {args.output}")
     return 0
 

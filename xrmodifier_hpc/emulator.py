@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .atomic import replacing, write_bytes, write_text
 from .config import Config, EmulatorConfig
 from .errors import UserError
 
@@ -473,22 +473,9 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes(path, buf.getvalue())
 
 
 def _fmt_seconds(s: float) -> str:
@@ -1001,11 +988,8 @@ def simulate_offgrid(
                 f"off-grid truth: {done}/{n} asimov points  {_fmt_seconds(el)} elapsed, "
                 f"ETA {_fmt_seconds(el / done * (n - done))}"
             )
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, key=np.array(key), truth=truth, usable=usable)
-    os.replace(tmp, cache)
+    with replacing(cache, suffix=".npz") as tmp:
+        np.savez(tmp, key=np.array(key), truth=truth, usable=usable)
     return truth, usable
 
 
@@ -1316,7 +1300,7 @@ def train(
     model.offgrid = arrays
     emu_path = save(model, cfg.emulator_path)
     met_path = metrics_path(cfg)
-    _atomic_write_text(json.dumps(metrics, indent=2) + "\n", met_path)
+    write_text(met_path, json.dumps(metrics, indent=2) + "\n")
     discard_checkpoint(cfg)
     log.info(f"wrote {emu_path} and {met_path}")
     result.emulator_path = emu_path

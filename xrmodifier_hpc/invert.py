@@ -58,8 +58,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -71,10 +69,11 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import replacing, write_text
 from .config import Config, load_config
 from .environment import detect
 from .errors import UserError
-from .observations import Observations, atomic_write_text, read_observations
+from .observations import Observations, read_observations
 
 log = logging.getLogger("xrmodifier.invert")
 
@@ -1205,19 +1204,13 @@ def _write_outputs(
             "XRMNSRC": (result["n_sources"], "number of sources inverted"),
         },
     )
-    atomic_write_text(cfg.result_path, json.dumps(result, indent=2, allow_nan=True) + "\n")
+    write_text(cfg.result_path, json.dumps(result, indent=2, allow_nan=True) + "\n")
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
-    """``np.savez`` into a unique temporary file beside ``path``, renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    """``np.savez`` into a temporary file beside ``path``, renamed into place."""
+    with replacing(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def format_summary(result: dict[str, Any]) -> str:

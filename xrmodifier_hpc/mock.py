@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import write_text
 from .config import Config, load_config
 from .errors import UserError
 from .grid import MOCK_STREAM, point_rng
-from .observations import Observations, atomic_write_text, write_observations
+from .observations import Observations, write_observations
 
 log = logging.getLogger("xrmodifier.mock")
 
@@ -259,7 +260,7 @@ def mock(
         "t0: telescope 0 (reference); t1: telescope 1 fitted with its original ARF; keV, "
         "1-sigma (delta-C = 1) errors",
     )
-    atomic_write_text(truth_path, json.dumps(truth, indent=2) + "\n")
+    write_text(truth_path, json.dumps(truth, indent=2) + "\n")
     write_observations(path, obs, comments)
     log.info(
         "mock: wrote %d sources to %s (%d dropped), truth in %s", obs.n, path, n - obs.n, truth_path

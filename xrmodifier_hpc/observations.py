@@ -18,13 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .errors import UserError
 
 #: columns every table needs (errors may instead come as *_err_lo / *_err_hi pairs)
@@ -346,20 +345,5 @@ def format_csv(obs: Observations, comments: tuple[str, ...] = ()) -> str:
 def write_observations(path: str | Path, obs: Observations, comments: tuple[str, ...] = ()) -> Path:
     """Write ``obs`` as CSV atomically (temporary file renamed into place)."""
     path = Path(path)
-    atomic_write_text(path, format_csv(obs, comments))
+    write_text(path, format_csv(obs, comments))
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
-    reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,8 +10,6 @@ in (HDUCLAS3 = FULL) and ARF/RMF energy grids that differ by rounding. Every pro
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +20,7 @@ import scipy.sparse as sp
 from astropy.io import fits
 
 from . import __version__
+from .atomic import replacing
 from .errors import ResponseError
 
 #: accepted names of the redistribution-matrix extension
@@ -427,23 +426,8 @@ def _filename_keyword(header: fits.Header, key: str) -> str | None:
 
 
 def _atomic_write(hdul: fits.HDUList, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         hdul.writeto(tmp, overwrite=True, checksum=True)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def provenance_cards(provenance: Mapping[str, Any]) -> list[tuple[str, Any, str]]:

@@ -33,14 +33,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import replacing, write_text
 from .config import Config, load_config
 from .environment import detect
 from .errors import UserError
@@ -579,16 +578,8 @@ def _new_figure(width: float, height: float) -> Any:
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write ``fig`` as PNG through a temporary file renamed into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -1073,8 +1064,7 @@ def report(config: Config | str | Path) -> ReportSummary | None:
         )
 
     summary.table = summary_table(art, out)
-    from .observations import atomic_write_text
 
     summary.summary_path = out / SUMMARY_NAME
-    atomic_write_text(summary.summary_path, summary.describe() + "\n")
+    write_text(summary.summary_path, summary.describe() + "\n")
     return summary

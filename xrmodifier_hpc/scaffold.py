@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import UserError
 from .synthetic import write_pair
 
@@ -101,7 +102,5 @@ def init(directory: str | Path, force: bool = False) -> Path:
         raise UserError("exists and is not a folder", str(directory))
     directory.mkdir(parents=True, exist_ok=True)
     write_pair(directory / "instruments")
-    tmp = config_path.with_suffix(".toml.tmp")
-    tmp.write_text(EXAMPLE_CONFIG)
-    tmp.replace(config_path)
+    write_text(config_path, EXAMPLE_CONFIG)
     return config_path
