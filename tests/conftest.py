@@ -67,10 +67,9 @@ def demo_config(tmp_path: Path) -> Path:
     return init(tmp_path / "project")
 
 
-@pytest.fixture
-def small_config(demo_config: Path) -> Path:
-    """The example config shrunk to a grid of 3 x 2 x 3 thetas x 4 temperatures (72 points)."""
-    text = demo_config.read_text()
+def shrink_to_small(text: str) -> str:
+    """A config text with the grid cut to 3 x 2 x 3 thetas x 4 temperatures (72 points), a
+    48-point fit grid and chunks of 16 points."""
     for key, value in (
         ("mu", "{ linspace = [1.0, 2.5, 3] }"),
         ("sigma", "{ values = [0.2, 0.5] }"),
@@ -79,8 +78,13 @@ def small_config(demo_config: Path) -> Path:
         text = edit_config(text, "modifier.grid", key, value)
     text = edit_config(text, "temperatures", "t_true", "{ logspace = [1.5, 8.0, 4] }")
     text = edit_config(text, "simulation", "fit_tgrid", "{ logspace = [0.5, 30.0, 48] }")
-    text = edit_config(text, "simulation", "chunk_size", "16")
-    demo_config.write_text(text)
+    return edit_config(text, "simulation", "chunk_size", "16")
+
+
+@pytest.fixture
+def small_config(demo_config: Path) -> Path:
+    """The example config shrunk to a 72-point grid (:func:`shrink_to_small`)."""
+    demo_config.write_text(shrink_to_small(demo_config.read_text()))
     return demo_config
 
 

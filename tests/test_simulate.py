@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import psutil
 import pytest
-from conftest import XRMODIFIER, edit_config, mpiexec
+from conftest import XRMODIFIER, edit_config, mpiexec, shrink_to_small
 
 from xrmodifier_hpc import store
 from xrmodifier_hpc.backends import make_backend
@@ -84,15 +84,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def shrink(text: str, workdir: str, **simulation: str) -> str:
     """The 72-point grid of conftest's small_config, results under ``workdir``."""
-    for key, value in (
-        ("mu", "{ linspace = [1.0, 2.5, 3] }"),
-        ("sigma", "{ values = [0.2, 0.5] }"),
-        ("A", "{ linspace = [-0.2, 0.2, 3] }"),
-    ):
-        text = edit_config(text, "modifier.grid", key, value)
-    text = edit_config(text, "temperatures", "t_true", "{ logspace = [1.5, 8.0, 4] }")
-    text = edit_config(text, "simulation", "fit_tgrid", "{ logspace = [0.5, 30.0, 48] }")
-    text = edit_config(text, "simulation", "chunk_size", "16")
+    text = shrink_to_small(text)
     for key, value in simulation.items():
         text = edit_config(text, "simulation", key, value)
     return edit_config(text, "paths", "workdir", f'"{workdir}"')
