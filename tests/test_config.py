@@ -168,15 +168,56 @@ def test_missing_config_file_and_bad_toml(tmp_path):
     assert out.returncode == 2 and "not valid TOML" in out.stderr
 
 
-def test_response_that_is_not_fits(demo_config):
-    (demo_config.parent / "instruments" / "target.rmf").write_text("hello")
-    # config validation only checks existence; reading the response names the file
-    from xrmodifier_hpc.errors import ResponseError
-    from xrmodifier_hpc.ogip import Instrument
+def _strip_hdu(path, extname):
+    from astropy.io import fits
 
-    cfg = load_config(demo_config)
-    with pytest.raises(ResponseError, match="target.rmf: not a readable FITS file"):
-        Instrument.load(cfg.instruments.target.arf, cfg.instruments.target.rmf)
+    with fits.open(path) as hdul:
+        kept = [h for h in hdul if h.name != extname]
+        fits.HDUList(kept).writeto(path, overwrite=True)
+
+
+def _drop_column(path, extname, column):
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        hdu = hdul[extname]
+        cols = [c for c in hdu.columns if c.name != column]
+        hdul[extname] = fits.BinTableHDU.from_columns(cols, header=hdu.header)
+        hdul.writeto(path, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "target.rmf").write_text("hello"), "target.rmf: not a readable FITS file"),
+        (lambda d: _strip_hdu(d / "target.rmf", "EBOUNDS"), "target.rmf: no EBOUNDS extension"),
+        (lambda d: _strip_hdu(d / "reference.arf", "SPECRESP"), "reference.arf: no SPECRESP"),
+        (
+            lambda d: _drop_column(d / "target.arf", "SPECRESP", "SPECRESP"),
+            "target.arf: HDU 'SPECRESP' has no column SPECRESP",
+        ),
+        (lambda d: (d / "reference.rmf").unlink(), "RMF file"),
+    ],
+)
+def test_check_reads_the_responses(demo_config, damage, message):
+    """`xrmodifier check` reads every file the config names: bad ones are one line, exit 2."""
+    damage(demo_config.parent / "instruments")
+    out = run_cli("check", str(demo_config))
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_check_reports_the_instruments(demo_config):
+    import json
+
+    out = run_cli("check", str(demo_config))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    for role in ("reference", "target"):
+        inst = summary["instruments"][role]
+        assert inst["channels"] == 1024 and 300 < inst["channels_in_band"] < 500
+    assert summary["model"] == "wabs*bremss"
 
 
 def test_multi_gaussian_and_spline_configs(demo_config):

@@ -40,35 +40,17 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _check_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="validate a config and print what it describes")
+    p = sub.add_parser(
+        "check", help="validate a config and the files it names; print what it describes"
+    )
     p.add_argument("config", type=Path)
     p.set_defaults(func=_run_check)
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .grid import Grid
+    from .check import check
 
-    cfg = load_config(args.config)
-    grid = Grid.from_config(cfg)
-    summary = {
-        "config": str(cfg.path),
-        "modifier": cfg.modifier.family,
-        "parameters": {
-            n: [float(a.min()), float(a.max()), int(a.size)]
-            for n, a in zip(grid.param_names, grid.param_axes)
-        },
-        "t_true": [
-            float(grid.t_true_axis.min()),
-            float(grid.t_true_axis.max()),
-            int(grid.t_true_axis.size),
-        ],
-        "grid_points": grid.n_points,
-        "realisations": cfg.simulation.realisations,
-        "backend": cfg.simulation.backend,
-        "workdir": str(cfg.workdir),
-    }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(check(args.config), indent=2))
     return 0
 
 
