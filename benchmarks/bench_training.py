@@ -102,16 +102,7 @@ def synthesise_grid(path: Path, quick: bool, seed: int = 5) -> Grid:
 
 def bench_training(grid_path: Path, workdir: Path, quick: bool) -> tuple[dict, Path]:
     t0 = time.perf_counter()
-    g = load_grid(grid_path, curves=False)
-    data = emulator.TrainingData.from_arrays(
-        tuple(g.param_names),
-        dict(g.axes),
-        g.theta,
-        g.t_true,
-        g.t_fit_orig,
-        g.t_fit_mod,
-        g.status,
-    )
+    data = emulator.TrainingData.from_grid(load_grid(grid_path, curves=False))
     t_read = time.perf_counter() - t0
     ecfg = EmulatorConfig(epochs=30 if quick else EmulatorConfig.epochs)
     threads = emulator._set_threads(ecfg)

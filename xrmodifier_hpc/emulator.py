@@ -136,6 +136,20 @@ class TrainingData:
         return h.hexdigest()
 
     @classmethod
+    def from_grid(cls, g: Any) -> TrainingData:
+        """From ``store.load_grid``'s :class:`~xrmodifier_hpc.store.GridData`."""
+        return cls.from_arrays(
+            tuple(g.param_names),
+            dict(g.axes),
+            g.theta,
+            g.t_true,
+            g.t_fit_orig,
+            g.t_fit_mod,
+            g.status,
+            param_units=tuple(getattr(g, "param_units", ()) or ()) or None,
+        )
+
+    @classmethod
     def from_arrays(
         cls,
         param_names: tuple[str, ...],
@@ -235,17 +249,7 @@ def check_grid(cfg: Config) -> Any:
 
 def load_training_data(cfg: Config) -> TrainingData:
     """The config's ``grid.h5`` reduced to per-point training targets."""
-    g = check_grid(cfg)
-    data = TrainingData.from_arrays(
-        tuple(g.param_names),
-        dict(g.axes),
-        g.theta,
-        g.t_true,
-        g.t_fit_orig,
-        g.t_fit_mod,
-        g.status,
-        param_units=tuple(getattr(g, "param_units", ()) or ()) or None,
-    )
+    data = TrainingData.from_grid(check_grid(cfg))
     if data.n < 4:
         raise UserError(
             f"only {data.n} grid points have usable fits for both T1 and T1' "
