@@ -23,13 +23,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from xrmodifier_hpc.config import set_key
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "bench_inversion.json"
@@ -48,21 +49,6 @@ GRID_EDITS = (
     ("emulator", "predict_scatter", "false"),
     ("emulator", "offgrid_points", "200"),
 )
-
-
-def _set(text: str, section: str, key: str, value: str) -> str:
-    """Set ``key = value`` in ``[section]`` of a TOML text (added under the header if absent)."""
-    pattern = re.compile(
-        rf"(^\[{re.escape(section)}\][^\n]*\n(?:(?!\[).*\n)*?){re.escape(key)}\s*=[^\n]*", re.M
-    )
-    new, n = pattern.subn(lambda m: f"{m.group(1)}{key} = {value}", text, count=1)
-    if n == 1:
-        return new
-    header = re.compile(rf"^\[{re.escape(section)}\][^\n]*$", re.M)
-    new, n = header.subn(lambda m: f"{m.group(0)}\n{key} = {value}", text, count=1)
-    if n != 1:
-        raise SystemExit(f"bench: no [{section}] section in the config")
-    return new
 
 
 def _run(*args: str, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -85,7 +71,7 @@ def prepare(workdir: Path, project: Path | None) -> Path:
     config = workdir / "project" / "config.toml"
     text = config.read_text()
     for section, key, value in GRID_EDITS:
-        text = _set(text, section, key, value)
+        text = set_key(text, section, key, value)
     config.write_text(text)
     for stage in ("simulate", "train"):
         wall, _ = _run(XRMODIFIER, stage, str(config))

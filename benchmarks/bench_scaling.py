@@ -28,31 +28,22 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from xrmodifier_hpc.config import set_key
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
-
-
-def _set(text: str, section: str, key: str, value: str) -> str:
-    """Set ``key = value`` inside ``[section]`` of a TOML text (the key must exist there)."""
-    pattern = re.compile(
-        rf"(^\[{re.escape(section)}\][^\n]*\n(?:(?!\[).*\n)*?){re.escape(key)}\s*=[^\n]*", re.M
-    )
-    new, n = pattern.subn(lambda m: f"{m.group(1)}{key} = {value}", text, count=1)
-    if n != 1:
-        raise SystemExit(f"bench: cannot set [{section}] {key} in the example config")
-    return new
 
 
 def make_config(project: Path, name: str, axes: tuple[int, int, int, int], chunk: int) -> Path:
     """The example config with ``axes`` = points along (mu, sigma, A, T_true)."""
     text = (project / "config.toml").read_text()
     mu, sigma, amp, temps = axes
-    text = _set(text, "modifier.grid", "mu", f"{{ linspace = [0.8, 3.0, {mu}] }}")
-    text = _set(text, "modifier.grid", "sigma", f"{{ logspace = [0.15, 0.8, {sigma}] }}")
-    text = _set(text, "modifier.grid", "A", f"{{ linspace = [-0.3, 0.3, {amp}] }}")
-    text = _set(text, "temperatures", "t_true", f"{{ logspace = [1.0, 12.0, {temps}] }}")
-    text = _set(text, "simulation", "chunk_size", str(chunk))
-    text = _set(text, "paths", "workdir", f'"run_{name}"')
+    text = set_key(text, "modifier.grid", "mu", f"{{ linspace = [0.8, 3.0, {mu}] }}")
+    text = set_key(text, "modifier.grid", "sigma", f"{{ logspace = [0.15, 0.8, {sigma}] }}")
+    text = set_key(text, "modifier.grid", "A", f"{{ linspace = [-0.3, 0.3, {amp}] }}")
+    text = set_key(text, "temperatures", "t_true", f"{{ logspace = [1.0, 12.0, {temps}] }}")
+    text = set_key(text, "simulation", "chunk_size", str(chunk))
+    text = set_key(text, "paths", "workdir", f'"run_{name}"')
     path = project / f"{name}.toml"
     path.write_text(text)
     return path

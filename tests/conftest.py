@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from xrmodifier_hpc.config import set_key
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -46,17 +47,8 @@ def synthetic_pair(tmp_path_factory) -> dict[str, Path]:
     return write_pair(tmp_path_factory.mktemp("instruments"))
 
 
-def edit_config(text: str, section: str, key: str, value: str) -> str:
-    """Set ``key = value`` (TOML source) inside ``[section]`` of a config text."""
-    pattern = re.compile(
-        rf"(^\[{re.escape(section)}\][^\n]*\n(?:(?!\[).*\n)*?){re.escape(key)}\s*=.*$", re.M
-    )
-    if pattern.search(text):
-        return pattern.sub(lambda m: f"{m.group(1)}{key} = {value}", text, count=1)
-    header = re.compile(rf"^\[{re.escape(section)}\][^\n]*$", re.M)
-    if not header.search(text):
-        return text + f"\n[{section}]\n{key} = {value}\n"
-    return header.sub(lambda m: f"{m.group(0)}\n{key} = {value}", text, count=1)
+#: set ``key = value`` in ``[section]`` of a config text
+edit_config = set_key
 
 
 @pytest.fixture

@@ -241,3 +241,16 @@ def test_multi_gaussian_and_spline_configs(demo_config):
     )
     cfg = load_config(demo_config)
     assert list(cfg.modifier.grid) == ["mu1", "sigma1", "A1", "mu2", "sigma2", "A2"]
+
+
+def test_set_key_replaces_adds_and_appends():
+    from xrmodifier_hpc.config import set_key
+
+    text = "[a]\nx = 1 # keep\n[b]\ny = { values = [1, 2] }\nz = 3\n"
+    assert (
+        set_key(text, "b", "z", "4") == "[a]\nx = 1 # keep\n[b]\ny = { values = [1, 2] }\nz = 4\n"
+    )
+    assert set_key(text, "a", "w", "5").startswith("[a]\nw = 5\nx = 1 # keep\n")
+    assert set_key(text, "c", "q", '"s"').endswith('\n[c]\nq = "s"\n')
+    # a key of the same name in another section is left alone
+    assert set_key(text, "a", "z", "9").count("z = 3") == 1

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -430,6 +431,22 @@ class Config:
     def simulation_summary(self) -> str:
         """The sections that determine ``grid.h5``, as canonical JSON (stored in its /meta)."""
         return json.dumps(_resolved_sections(self, SIMULATION_SECTIONS), sort_keys=True)
+
+
+def set_key(text: str, section: str, key: str, value: str) -> str:
+    """A config text with ``key = value`` (TOML source) set in ``[section]``: the existing line
+    replaced, else added under the section's header, else a new section appended. For
+    scripts that derive configs from the example (tests, benchmarks); comments elsewhere
+    survive."""
+    pattern = re.compile(
+        rf"(^\[{re.escape(section)}\][^\n]*\n(?:(?!\[).*\n)*?){re.escape(key)}\s*=.*$", re.M
+    )
+    if pattern.search(text):
+        return pattern.sub(lambda m: f"{m.group(1)}{key} = {value}", text, count=1)
+    header = re.compile(rf"^\[{re.escape(section)}\][^\n]*$", re.M)
+    if not header.search(text):
+        return text + f"\n[{section}]\n{key} = {value}\n"
+    return header.sub(lambda m: f"{m.group(0)}\n{key} = {value}", text, count=1)
 
 
 # --------------------------------------------------------------------------------------------
