@@ -41,10 +41,10 @@ from scipy.optimize import minimize  # noqa: E402
 
 from xrmodifier_hpc.backends.base import SimulationSettings  # noqa: E402
 from xrmodifier_hpc.backends.native import NativeBackend  # noqa: E402
-from xrmodifier_hpc.grid import point_rng  # noqa: E402
-from xrmodifier_hpc.modifiers import get_modifier  # noqa: E402
-from xrmodifier_hpc.ogip import Instrument  # noqa: E402
-from xrmodifier_hpc.spectra import parse_model  # noqa: E402
+from xrmodifier_hpc.config.grid import point_rng  # noqa: E402
+from xrmodifier_hpc.io.ogip import Instrument  # noqa: E402
+from xrmodifier_hpc.physics.modifiers import get_modifier  # noqa: E402
+from xrmodifier_hpc.physics.spectra import parse_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESPONSES = HERE.parent.parent / "shared" / "responses"

@@ -91,7 +91,7 @@ def run(config: Path, ranks: int, rss_dir: Path) -> Run:
 def child(rss_dir: str, argv: list[str]) -> int:
     """One rank: run the CLI in this process, then record its peak resident memory."""
     from xrmodifier_hpc.cli import main
-    from xrmodifier_hpc.environment import detect
+    from xrmodifier_hpc.runtime.environment import detect
 
     code = main(argv)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -109,8 +109,8 @@ def main() -> int:
         return child(args.child[0], args.child[1:])
 
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.grid import Grid
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.config.grid import Grid
+    from xrmodifier_hpc.stages.init import init
 
     work = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     project = init(work / "project").parent

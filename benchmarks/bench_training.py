@@ -37,8 +37,8 @@ import torch
 
 from xrmodifier_hpc import emulator
 from xrmodifier_hpc.config import EmulatorConfig
-from xrmodifier_hpc.grid import Grid
-from xrmodifier_hpc.store import ResultShape, ResultWriter, create_grid_file, load_grid
+from xrmodifier_hpc.config.grid import Grid
+from xrmodifier_hpc.io.store import ResultShape, ResultWriter, create_grid_file, load_grid
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "bench_training.json"

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xrmodifier_hpc.atomic import write_text
+from xrmodifier_hpc.io.atomic import write_text
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "out"

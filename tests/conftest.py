@@ -42,7 +42,7 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_pair(tmp_path_factory) -> dict[str, Path]:
     """The synthetic reference/target OGIP files, written once per session."""
-    from xrmodifier_hpc.synthetic import write_pair
+    from xrmodifier_hpc.io.synthetic import write_pair
 
     return write_pair(tmp_path_factory.mktemp("instruments"))
 
@@ -54,7 +54,7 @@ edit_config = set_key
 @pytest.fixture
 def demo_config(tmp_path: Path) -> Path:
     """``xrmodifier init`` output: the example config plus synthetic instruments."""
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     return init(tmp_path / "project")
 
@@ -118,7 +118,7 @@ INJECTION_EDITS = (
 def injection_project(tmp_path_factory) -> Path:
     """A project that went through ``xrmodifier simulate`` and ``xrmodifier train`` for real
     (shared by the inversion tests); returns its config path."""
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     config = init(tmp_path_factory.mktemp("injection") / "project")
     text = config.read_text()
@@ -156,8 +156,8 @@ EMULATOR_EDITS = (
 def emulator_grid_project(tmp_path_factory) -> Path:
     """A project with a real ``grid.h5`` from ``simulate`` (EMULATOR_EDITS), made once per
     session; copy the folder (``copy_project``) before training in it."""
-    from xrmodifier_hpc.scaffold import init
-    from xrmodifier_hpc.simulate import simulate
+    from xrmodifier_hpc.stages.init import init
+    from xrmodifier_hpc.stages.simulate import simulate
 
     config = init(tmp_path_factory.mktemp("emulator") / "project")
     text = config.read_text()

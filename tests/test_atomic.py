@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from xrmodifier_hpc.atomic import replacing, write_bytes, write_text
+from xrmodifier_hpc.io.atomic import replacing, write_bytes, write_text
 
 
 def test_success_replaces_the_file_with_normal_permissions(tmp_path):

@@ -12,7 +12,7 @@ from xrmodifier_hpc.backends.base import (
     STATUS_TOO_FEW_COUNTS,
 )
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.grid import Grid
+from xrmodifier_hpc.config.grid import Grid
 
 ALL_BITS = sum(STATUS_NAMES)
 
@@ -125,7 +125,7 @@ def test_results_do_not_depend_on_batching(backend_name, cfg):
 
 def test_asimov_identity_recovers_t_true(backend_name, cfg):
     grid = Grid.from_config(cfg)
-    from xrmodifier_hpc.modifiers import get_modifier
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     identity = get_modifier(cfg.modifier.family, cfg.modifier.options).identity()
     t_true = grid.t_true_axis

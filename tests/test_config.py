@@ -8,7 +8,7 @@ from conftest import edit_config, run_cli
 
 from xrmodifier_hpc.config import load_config, parse_axis
 from xrmodifier_hpc.errors import ConfigError
-from xrmodifier_hpc.scaffold import EXAMPLE_CONFIG
+from xrmodifier_hpc.stages.init import EXAMPLE_CONFIG
 
 
 def test_example_config_loads_and_resolves_paths(demo_config):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.grid import (
+from xrmodifier_hpc.config.grid import (
     GRID_STREAM,
     MOCK_STREAM,
     Grid,

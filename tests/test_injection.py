@@ -147,8 +147,8 @@ def _one_injection(config: str, emulator_path: str, k: int, theta: dict[str, flo
     import torch
 
     from xrmodifier_hpc.emulator import load
-    from xrmodifier_hpc.invert import invert
-    from xrmodifier_hpc.mock import mock
+    from xrmodifier_hpc.stages.invert import invert
+    from xrmodifier_hpc.stages.mock import mock
 
     torch.set_num_threads(1)
     cfg = load_config(config)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from astropy.io import fits
 
-from xrmodifier_hpc import invert as inv
-from xrmodifier_hpc.observations import Observations, read_observations, write_observations
+from xrmodifier_hpc.io.observations import Observations, read_observations, write_observations
+from xrmodifier_hpc.stages import invert as inv
 
 THETA_TRUE = np.array([1.6, 0.35, 0.15])
 
@@ -313,8 +313,8 @@ def test_invert_stage_writes_result_posterior_and_corrected_arf(
     emu, analytic_project: Path, tmp_path: Path
 ) -> None:
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.modifiers import get_modifier
-    from xrmodifier_hpc.ogip import read_arf
+    from xrmodifier_hpc.io.ogip import read_arf
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     obs, _ = make_obs(emu, THETA_TRUE, n=40, rel_err=0.02, seed=5)
     obs_path = write_observations(tmp_path / "obs.csv", obs)

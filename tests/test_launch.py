@@ -19,11 +19,12 @@ import psutil
 import pytest
 from conftest import copy_project, edit_config, run_cli
 
-from xrmodifier_hpc import emulator, launch
+from xrmodifier_hpc import emulator
 from xrmodifier_hpc.cli import main
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.environment import torch_distributed
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.runtime import launch
+from xrmodifier_hpc.runtime.environment import torch_distributed
 
 #: longer than the fixture's default so that a preemption lands mid-training
 LAUNCH_EPOCHS = "120"

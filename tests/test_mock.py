@@ -12,9 +12,9 @@ from conftest import edit_config
 
 from xrmodifier_hpc.cli import main
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.grid import MOCK_STREAM
-from xrmodifier_hpc.mock import draw_sources, mock, norms_for_counts, parse_theta_overrides
-from xrmodifier_hpc.observations import read_observations
+from xrmodifier_hpc.config.grid import MOCK_STREAM
+from xrmodifier_hpc.io.observations import read_observations
+from xrmodifier_hpc.stages.mock import draw_sources, mock, norms_for_counts, parse_theta_overrides
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrmodifier_hpc.modifiers import ModifierError, families, get_modifier
+from xrmodifier_hpc.physics.modifiers import ModifierError, families, get_modifier
 
 ENERGY = np.linspace(0.2, 12.0, 600)
 

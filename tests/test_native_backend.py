@@ -17,10 +17,17 @@ from xrmodifier_hpc.backends.base import (
 )
 from xrmodifier_hpc.backends.native import NativeBackend, SpectrumFitter
 from xrmodifier_hpc.errors import ResponseError
-from xrmodifier_hpc.fitstat import cstat_at_norm
-from xrmodifier_hpc.modifiers import get_modifier
-from xrmodifier_hpc.ogip import Instrument
-from xrmodifier_hpc.spectra import Component, Model, ModelError, Wabs, parse_model, trapezoid_bins
+from xrmodifier_hpc.io.ogip import Instrument
+from xrmodifier_hpc.physics.fitstat import cstat_at_norm
+from xrmodifier_hpc.physics.modifiers import get_modifier
+from xrmodifier_hpc.physics.spectra import (
+    Component,
+    Model,
+    ModelError,
+    Wabs,
+    parse_model,
+    trapezoid_bins,
+)
 
 GAUSSIAN = get_modifier("gaussian")
 IDENTITY = GAUSSIAN.identity()

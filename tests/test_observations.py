@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 
 from xrmodifier_hpc.cli import main
-from xrmodifier_hpc.observations import (
+from xrmodifier_hpc.io.observations import (
     ObservationError,
     Observations,
     format_csv,

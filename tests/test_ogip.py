@@ -12,8 +12,7 @@ from astropy.io import fits
 
 from xrmodifier_hpc import __version__
 from xrmodifier_hpc.errors import ResponseError
-from xrmodifier_hpc.modifiers import get_modifier
-from xrmodifier_hpc.ogip import (
+from xrmodifier_hpc.io.ogip import (
     Instrument,
     read_arf,
     read_pha,
@@ -23,6 +22,7 @@ from xrmodifier_hpc.ogip import (
     write_pha,
     write_rmf,
 )
+from xrmodifier_hpc.physics.modifiers import get_modifier
 
 REAL_PAIRS = [
     ("chandra_acis_9774.arf", "chandra_acis_9774.rmf", 1078, 1024, 1),

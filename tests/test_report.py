@@ -64,7 +64,7 @@ class DemoRun:
 def demo_run(tmp_path_factory) -> DemoRun:
     """``tools/demo.sh DIR`` on a shrunken copy of the embedded default (the script reuses
     an existing DIR/config.toml, which is how the config is shrunk here)."""
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     directory = tmp_path_factory.mktemp("demo") / "demo"
     config = init(directory)
@@ -86,7 +86,7 @@ def demo_run(tmp_path_factory) -> DemoRun:
 @pytest.fixture(scope="session")
 def artefacts(demo_run: DemoRun):
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.report import load_artefacts
+    from xrmodifier_hpc.stages.report import load_artefacts
 
     return load_artefacts(load_config(demo_run.config))
 
@@ -152,7 +152,7 @@ def test_every_figure_is_a_plausible_png(demo_run: DemoRun) -> None:
 
 
 def test_report_changes_no_artefact(demo_run: DemoRun) -> None:
-    from xrmodifier_hpc.report import report
+    from xrmodifier_hpc.stages.report import report
 
     before = _hashes(demo_run.workdir)
     assert {"grid.h5", "emulator.pt", "result.json", "posterior.npz", "corrected.arf"} <= set(
@@ -177,9 +177,9 @@ def test_report_changes_no_artefact(demo_run: DemoRun) -> None:
 
 
 def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.modifiers import get_modifier
-    from xrmodifier_hpc.ogip import read_arf
-    from xrmodifier_hpc.report import MAX_BAND_SAMPLES, figure_data_arf
+    from xrmodifier_hpc.io.ogip import read_arf
+    from xrmodifier_hpc.physics.modifiers import get_modifier
+    from xrmodifier_hpc.stages.report import MAX_BAND_SAMPLES, figure_data_arf
 
     data = figure_data_arf(artefacts)
     result = json.loads((demo_run.workdir / "result.json").read_text())
@@ -222,8 +222,8 @@ def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts)
 
 
 def test_temperature_points_are_the_observations(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.observations import read_observations
-    from xrmodifier_hpc.report import figure_data_temperatures
+    from xrmodifier_hpc.io.observations import read_observations
+    from xrmodifier_hpc.stages.report import figure_data_temperatures
 
     data = figure_data_temperatures(artefacts.result)
     obs = read_observations(demo_run.workdir / "observations.csv")
@@ -244,7 +244,7 @@ def test_temperature_points_are_the_observations(demo_run: DemoRun, artefacts) -
 
 def test_parity_points_are_the_emulator_offgrid_check(demo_run: DemoRun, artefacts) -> None:
     from xrmodifier_hpc.emulator import load
-    from xrmodifier_hpc.report import figure_data_parity
+    from xrmodifier_hpc.stages.report import figure_data_parity
 
     module = load(demo_run.workdir / "emulator.pt")
     off = module.offgrid
@@ -264,7 +264,7 @@ def test_parity_points_are_the_emulator_offgrid_check(demo_run: DemoRun, artefac
 
 
 def test_corner_shows_the_samples_and_the_mock_truth(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.report import CORNER_TAIL, corner_ranges, figure_data_corner
+    from xrmodifier_hpc.stages.report import CORNER_TAIL, corner_ranges, figure_data_corner
 
     data = figure_data_corner(artefacts)
     with np.load(demo_run.workdir / "posterior.npz") as npz:
@@ -282,8 +282,8 @@ def test_corner_shows_the_samples_and_the_mock_truth(demo_run: DemoRun, artefact
 
 
 def test_profile_curves_are_the_grid_curves(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.report import N_PROFILE_EXAMPLES, figure_data_profiles
-    from xrmodifier_hpc.store import load_grid
+    from xrmodifier_hpc.io.store import load_grid
+    from xrmodifier_hpc.stages.report import N_PROFILE_EXAMPLES, figure_data_profiles
 
     grid = load_grid(demo_run.workdir / "grid.h5")
     data = figure_data_profiles(grid, artefacts.theta_best)
@@ -359,8 +359,8 @@ def test_figures_without_input_are_skipped(
 ) -> None:
     """No curves in grid.h5 and no off-grid points in the emulator: figures 3 and 5 are
     skipped with a reason, the others drawn."""
-    from xrmodifier_hpc import report as report_mod
-    from xrmodifier_hpc import store
+    from xrmodifier_hpc.io import store
+    from xrmodifier_hpc.stages import report as report_mod
 
     project = tmp_path / "project"
     shutil.copytree(demo_run.config.parent, project, ignore=shutil.ignore_patterns("figures"))
@@ -390,7 +390,7 @@ def test_figures_without_input_are_skipped(
 
 
 def test_log_ticks_are_round_and_inside() -> None:
-    from xrmodifier_hpc.report import log_ticks
+    from xrmodifier_hpc.stages.report import log_ticks
 
     for lo, hi in ((0.1, 12.0), (1.0, 12.0), (1.5, 10.5), (2.05, 2.45), (0.95, 1.25)):
         ticks = log_ticks(lo, hi, max_ticks=7)
@@ -402,7 +402,7 @@ def test_log_ticks_are_round_and_inside() -> None:
 
 def test_without_a_mock_truth_nothing_is_marked(demo_run: DemoRun, tmp_path: Path) -> None:
     """Real observations have no truth sidecar: the report draws the rest, marks nothing."""
-    from xrmodifier_hpc.report import report
+    from xrmodifier_hpc.stages.report import report
 
     project = tmp_path / "project"
     shutil.copytree(demo_run.config.parent, project, ignore=shutil.ignore_patterns("figures"))

@@ -26,11 +26,11 @@ import psutil
 import pytest
 from conftest import XRMODIFIER, edit_config, mpiexec, shrink_to_small
 
-from xrmodifier_hpc import store
 from xrmodifier_hpc.backends import make_backend
 from xrmodifier_hpc.config import load_config
+from xrmodifier_hpc.config.grid import Grid
 from xrmodifier_hpc.errors import UserError
-from xrmodifier_hpc.grid import Grid
+from xrmodifier_hpc.io import store
 
 RESULT_NAMES = (*store.RESULT_NAMES, "done")
 GRID_NAMES = (
@@ -105,7 +105,7 @@ def assert_identical(path: Path, reference: dict[str, np.ndarray]) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """An ``xrmodifier init`` project folder; tests add their own configs to it."""
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     return init(tmp_path_factory.mktemp("sim") / "project").parent
 
@@ -368,7 +368,7 @@ def test_killed_then_resumed_run_is_identical(project, reference):
 
 
 def test_progress_log_lines_have_count_rate_and_eta(caplog):
-    from xrmodifier_hpc.simulate import Progress
+    from xrmodifier_hpc.runtime.progress import Progress
 
     caplog.set_level(logging.INFO, logger="xrmodifier.simulate")
     quiet = Progress(100, 40, every=3600.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from xrmodifier_hpc.spectra import (
+from xrmodifier_hpc.physics.spectra import (
     Bremss,
     ModelError,
     bremss_density,

@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from xrmodifier_hpc import store
+from xrmodifier_hpc.config.grid import Grid
 from xrmodifier_hpc.errors import UserError
-from xrmodifier_hpc.grid import Grid
+from xrmodifier_hpc.io import store
 
 N_REAL, N_TGRID = 2, 8
 META = {

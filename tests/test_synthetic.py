@@ -7,8 +7,8 @@ import pytest
 from conftest import run_cli
 
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.ogip import Instrument, read_arf
-from xrmodifier_hpc.synthetic import (
+from xrmodifier_hpc.io.ogip import Instrument, read_arf
+from xrmodifier_hpc.io.synthetic import (
     EDGE_AU_M,
     EDGE_C_K,
     EDGE_O_K,

@@ -38,8 +38,8 @@ from xrmodifier_hpc.backends.xspec import (
     xspec_environment,
     xspec_expression,
 )
-from xrmodifier_hpc.environment import process_scratch_dir
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.runtime.environment import process_scratch_dir
 
 # --------------------------------------------------------------------------------------------
 # plain helpers
@@ -446,7 +446,7 @@ def _backend(config: Path, **overrides):
 
 def _points(config: Path, indices):
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.grid import Grid
+    from xrmodifier_hpc.config.grid import Grid
 
     grid = Grid.from_config(load_config(config))
     theta, t_true = grid.points(indices)
@@ -608,8 +608,8 @@ def test_model_xspec_cannot_use_is_user_error_and_cleans_up(fake_pyxspec, small_
     from xrmodifier_hpc.backends.xspec import XspecBackend
     from xrmodifier_hpc.config import load_config
     from xrmodifier_hpc.errors import UserError
-    from xrmodifier_hpc.modifiers import get_modifier
-    from xrmodifier_hpc.ogip import Instrument
+    from xrmodifier_hpc.io.ogip import Instrument
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg = load_config(small_config)
     inst = Instrument.load(cfg.instruments.target.arf, cfg.instruments.target.rmf)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from xrmodifier_hpc.fitstat import LocalPolyGrid
-from xrmodifier_hpc.spectrum_fit import fit
+from xrmodifier_hpc.physics.fitstat import LocalPolyGrid
+from xrmodifier_hpc.stages.fit import fit
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_fit_bad_input(reference_dir, responses_dir, kwargs, match):
 
 def test_zero_count_spectrum_is_refused(reference_dir, responses_dir, tmp_path):
     from xrmodifier_hpc.errors import UserError
-    from xrmodifier_hpc.ogip import read_pha, write_pha
+    from xrmodifier_hpc.io.ogip import read_pha, write_pha
 
     src = read_pha(reference_dir / "xspec_fits" / "acis_kT2.268.pha")
     empty = write_pha(

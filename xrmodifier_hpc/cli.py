@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .environment import detect
-from .errors import UserError
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.runtime.environment import detect
 
 log = logging.getLogger("xrmodifier")
 
@@ -32,7 +32,7 @@ def _init_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_init(args: argparse.Namespace) -> int:
-    from .scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     path = init(args.directory, force=args.force)
     print(f"wrote {path} and {path.parent / 'instruments'}/ (synthetic reference/target pair)")
@@ -48,7 +48,7 @@ def _check_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from xrmodifier_hpc.stages.check import check
 
     print(json.dumps(check(args.config), indent=2))
     return 0
@@ -84,7 +84,7 @@ def _mock_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_mock(args: argparse.Namespace) -> int:
-    from .mock import mock, parse_theta_overrides
+    from xrmodifier_hpc.stages.mock import mock, parse_theta_overrides
 
     result = mock(
         args.config,
@@ -110,7 +110,7 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_invert(args: argparse.Namespace) -> int:
-    from .invert import format_summary, invert
+    from xrmodifier_hpc.stages.invert import format_summary, invert
 
     result = invert(args.config, args.observations)
     if result is not None:
@@ -161,7 +161,7 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from .spectrum_fit import fit, parse_set
+    from xrmodifier_hpc.stages.fit import fit, parse_set
 
     result = fit(
         args.spectrum,
@@ -208,7 +208,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from .simulate import simulate
+    from xrmodifier_hpc.stages.simulate import simulate
 
     summary = simulate(args.config, overwrite=args.overwrite, shards=args.shards, shard=args.shard)
     if detect().rank == 0:
@@ -228,7 +228,7 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .simulate import merge
+    from xrmodifier_hpc.stages.simulate import merge
 
     summary = merge(args.config, overwrite=args.overwrite)
     if detect().rank == 0:
@@ -277,9 +277,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .emulator import describe_metrics
-    from .launch import train
+    from xrmodifier_hpc.config import load_config
+    from xrmodifier_hpc.emulator import describe_metrics
+    from xrmodifier_hpc.runtime.launch import train
 
     cfg = load_config(args.config)
     out = train(
@@ -321,7 +321,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import report
+    from xrmodifier_hpc.stages.report import report
 
     summary = report(args.config)
     if summary is not None:

@@ -439,7 +439,7 @@ def tiny_project(tmp_path_factory) -> Path:
     shared by the tests, each giving its own ``[paths] workdir`` in a copy of the config."""
     from conftest import edit_config
 
-    from xrmodifier_hpc.scaffold import init
+    from xrmodifier_hpc.stages.init import init
 
     config = init(tmp_path_factory.mktemp("slurm-project") / "project")
     text = config.read_text()

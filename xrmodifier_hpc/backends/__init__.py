@@ -6,9 +6,9 @@ chosen, so nothing else needs HEASoft.
 
 from __future__ import annotations
 
-from ..config import Config
-from ..errors import UserError
-from .base import Backend, PointResults, SimulationSettings
+from xrmodifier_hpc.backends.base import Backend, PointResults, SimulationSettings
+from xrmodifier_hpc.config import Config
+from xrmodifier_hpc.errors import UserError
 
 __all__ = ["Backend", "PointResults", "SimulationSettings", "make_backend"]
 
@@ -20,9 +20,9 @@ def make_backend(
 
     ``overrides`` replace simulation settings (e.g. ``mode="asimov"``, ``realisations=1``).
     """
-    from ..modifiers import get_modifier
-    from ..ogip import Instrument
-    from ..spectra import parse_model
+    from xrmodifier_hpc.io.ogip import Instrument
+    from xrmodifier_hpc.physics.modifiers import get_modifier
+    from xrmodifier_hpc.physics.spectra import parse_model
 
     name = name or cfg.simulation.backend
     inst_cfg = getattr(cfg.instruments, role)
@@ -31,12 +31,12 @@ def make_backend(
     modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
     settings = SimulationSettings.from_config(cfg, role, **overrides)
     if name == "native":
-        from .native import NativeBackend
+        from xrmodifier_hpc.backends.native import NativeBackend
 
         return NativeBackend(instrument, model, modifier, settings)
     if name == "xspec":
         try:
-            from .xspec import XspecBackend
+            from xrmodifier_hpc.backends.xspec import XspecBackend
 
             # PyXspec itself is imported by the constructor, once the per-process scratch
             # folder (HOME, PFILES) that XSPEC reads at start-up is in place

@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..config import Config, SimulationConfig
-from ..grid import GRID_STREAM
+from xrmodifier_hpc.config import Config, SimulationConfig
+from xrmodifier_hpc.config.grid import GRID_STREAM
 
 # fit status bits (0 = converged, interval inside the fit grid)
 STATUS_OK = 0

@@ -32,21 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import UserError
-from ..fitstat import (
-    STENCIL,
-    FitResult,
-    LocalPolyGrid,
-    cstat_profile,
-    data_terms,
-    fit_profiles,
-)
-from ..grid import point_rng
-from ..modifiers import Modifier
-from ..ogip import Instrument
-from ..spectra import Model, ModelError
-from .base import (
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.backends.base import (
     STATUS_AT_GRID_BOUND,
     STATUS_ERROR_AT_BOUND,
     STATUS_FAILED,
@@ -56,6 +43,19 @@ from .base import (
     PointResults,
     SimulationSettings,
 )
+from xrmodifier_hpc.config.grid import point_rng
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.ogip import Instrument
+from xrmodifier_hpc.physics.fitstat import (
+    STENCIL,
+    FitResult,
+    LocalPolyGrid,
+    cstat_profile,
+    data_terms,
+    fit_profiles,
+)
+from xrmodifier_hpc.physics.modifiers import Modifier
+from xrmodifier_hpc.physics.spectra import Model, ModelError
 
 log = logging.getLogger(__name__)
 

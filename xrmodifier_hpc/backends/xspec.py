@@ -36,11 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..environment import process_scratch_dir
-from ..errors import UserError
-from ..grid import point_rng
-from ..ogip import write_modified_arf
-from .base import (
+from xrmodifier_hpc.backends.base import (
     STATUS_AT_GRID_BOUND,
     STATUS_ERROR_AT_BOUND,
     STATUS_FAILED,
@@ -51,12 +47,16 @@ from .base import (
     PointResults,
     SimulationSettings,
 )
+from xrmodifier_hpc.config.grid import point_rng
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.ogip import write_modified_arf
+from xrmodifier_hpc.runtime.environment import process_scratch_dir
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..modifiers import Modifier
-    from ..ogip import Instrument
-    from ..spectra import Model
+    from xrmodifier_hpc.config import Config
+    from xrmodifier_hpc.io.ogip import Instrument
+    from xrmodifier_hpc.physics.modifiers import Modifier
+    from xrmodifier_hpc.physics.spectra import Model
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 from astropy.io import fits
 
-from . import __version__
-from .atomic import replacing
-from .errors import ResponseError
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.errors import ResponseError
+from xrmodifier_hpc.io.atomic import replacing
 
 #: accepted names of the redistribution-matrix extension
 MATRIX_EXTNAMES = ("MATRIX", "SPECRESP MATRIX", "RSP_MATRIX")

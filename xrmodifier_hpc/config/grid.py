@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Config
+from xrmodifier_hpc.config.schema import Config
 
 #: stream domains: grid points and mock observations never share a random stream
 GRID_STREAM = 0
@@ -31,7 +31,7 @@ class Grid:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Grid:
-        from .modifiers import get_modifier
+        from xrmodifier_hpc.physics.modifiers import get_modifier
 
         family = get_modifier(cfg.modifier.family, cfg.modifier.options)
         axes = tuple(cfg.modifier.grid[name].array for name in family.param_names)

@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import k0e
 
-from .errors import UserError
+from xrmodifier_hpc.errors import UserError
 
 
 class ModelError(UserError):

@@ -43,9 +43,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .atomic import replacing, write_bytes, write_text
-from .config import Config, EmulatorConfig
-from .errors import UserError
+from xrmodifier_hpc.config import Config, EmulatorConfig
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import replacing, write_bytes, write_text
 
 log = logging.getLogger("xrmodifier")
 
@@ -137,7 +137,7 @@ class TrainingData:
 
     @classmethod
     def from_grid(cls, g: Any) -> TrainingData:
-        """From ``store.load_grid``'s :class:`~xrmodifier_hpc.store.GridData`."""
+        """From ``store.load_grid``'s :class:`~xrmodifier_hpc.io.store.GridData`."""
         return cls.from_arrays(
             tuple(g.param_names),
             dict(g.axes),
@@ -164,7 +164,7 @@ class TrainingData:
         """Reduce per-realisation fits (n, n_real) to per-point targets, leaving out fits
         whose status has an unusable bit (``backends.base.STATUS_UNUSABLE``) or a non-finite
         or non-positive temperature."""
-        from .backends.base import STATUS_UNUSABLE
+        from xrmodifier_hpc.backends.base import STATUS_UNUSABLE
 
         theta = np.asarray(theta, np.float64).reshape(len(t_true), len(param_names))
         t_true = np.asarray(t_true, np.float64)
@@ -215,8 +215,8 @@ def check_grid(cfg: Config) -> Any:
     with the config, so a grid from other settings would be measured against the wrong map.
     Returns the store's ``GridData``.
     """
-    from .grid import Grid
-    from .store import load_grid
+    from xrmodifier_hpc.config.grid import Grid
+    from xrmodifier_hpc.io.store import load_grid
 
     path = cfg.grid_path
     simulate = f"`xrmodifier simulate {cfg.path}`"
@@ -926,7 +926,7 @@ def offgrid_design(
     input coordinates: log for T_true and geometric axes). Returns theta (n, d), t_true (n,)."""
     from scipy.stats import qmc
 
-    from .grid import OFFGRID_STREAM
+    from xrmodifier_hpc.config.grid import OFFGRID_STREAM
 
     bounds = np.asarray(bounds, np.float64)
     dim = bounds.shape[0]
@@ -952,9 +952,9 @@ def simulate_offgrid(
     Results are cached in the work folder, keyed by everything that determines them, so that
     retraining with other emulator settings does not simulate again.
     """
-    from .backends import make_backend
-    from .backends.base import STATUS_UNUSABLE
-    from .grid import OFFGRID_STREAM
+    from xrmodifier_hpc.backends import make_backend
+    from xrmodifier_hpc.backends.base import STATUS_UNUSABLE
+    from xrmodifier_hpc.config.grid import OFFGRID_STREAM
 
     key = hashlib.sha256(
         cfg.simulation_fingerprint().encode()
@@ -1239,7 +1239,7 @@ def train(
     :mod:`launch`). ``register_saver`` receives a function that writes the latest
     epoch-boundary state to the checkpoint (for preemption handlers).
     """
-    from .environment import torch_distributed
+    from xrmodifier_hpc.runtime.environment import torch_distributed
 
     ecfg = cfg.emulator
     rank, world = _rank_world()

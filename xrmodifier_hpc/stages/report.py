@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import replacing, write_text
-from .config import Config, load_config
-from .environment import detect
-from .errors import UserError
-from .fitstat import LocalPolyGrid
+from xrmodifier_hpc.config import Config, load_config
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import replacing, write_text
+from xrmodifier_hpc.physics.fitstat import LocalPolyGrid
+from xrmodifier_hpc.runtime.environment import detect
 
 log = logging.getLogger("xrmodifier.report")
 
@@ -167,7 +167,7 @@ def flat_samples(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
 
 def load_artefacts(cfg: Config) -> Artefacts:
     """Read every artefact the report needs (nothing is written)."""
-    from .emulator import load
+    from xrmodifier_hpc.emulator import load
 
     check_artefacts(cfg)
     try:
@@ -189,7 +189,7 @@ def load_artefacts(cfg: Config) -> Artefacts:
     obs_path = Path(result["observations"]) if result.get("observations") else None
     truth, truth_path = None, None
     if obs_path is not None:
-        from .mock import truth_path_for
+        from xrmodifier_hpc.stages.mock import truth_path_for
 
         candidate = truth_path_for(obs_path)
         if candidate.is_file():
@@ -220,7 +220,7 @@ def load_artefacts(cfg: Config) -> Artefacts:
 
 
 def _family(result: dict[str, Any]) -> Any:
-    from .modifiers import get_modifier
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     mod = result["modifier"]
     return get_modifier(mod["family"], mod.get("options") or {})
@@ -255,7 +255,7 @@ class ArfFigureData:
 
 def figure_data_arf(art: Artefacts) -> ArfFigureData:
     """The target and corrected ARFs (as written), m(E; theta_best) and its posterior band."""
-    from .ogip import read_arf
+    from xrmodifier_hpc.io.ogip import read_arf
 
     target = read_arf(art.cfg.instruments.target.arf)
     corrected = read_arf(art.corrected_arf_path)
@@ -1047,7 +1047,7 @@ def report(config: Config | str | Path) -> ReportSummary | None:
         f"{100 * (1 - 2 * CORNER_TAIL):g}% of each parameter)"
         + (", theta_true marked" if corner_data.truths is not None else " (no mock truth)"),
     )
-    from .store import load_grid
+    from xrmodifier_hpc.io.store import load_grid
 
     grid = load_grid(cfg.grid_path, curves=True)
     profiles = figure_data_profiles(grid, art.theta_best)

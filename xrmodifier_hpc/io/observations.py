@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text
-from .errors import UserError
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import write_text
 
 #: columns every table needs (errors may instead come as *_err_lo / *_err_hi pairs)
 REQUIRED = ("name", "t0", "t1")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from .ogip import write_arf, write_rmf
+from xrmodifier_hpc.io.ogip import write_arf, write_rmf
 
 EDGE_C_K = 0.284  #: keV
 EDGE_O_K = 0.532

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import write_text
-from .errors import UserError
-from .synthetic import write_pair
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import write_text
+from xrmodifier_hpc.io.synthetic import write_pair
 
 EXAMPLE_CONFIG = """\
 # xrmodifier configuration: one file drives every stage (simulate, train, mock, invert, report).

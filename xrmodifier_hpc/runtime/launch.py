@@ -33,9 +33,9 @@ from submitit.core.utils import (
     UncompletedJobError,
 )
 
-from . import emulator
-from .config import Config, load_config
-from .errors import UserError
+from xrmodifier_hpc import emulator
+from xrmodifier_hpc.config import Config, load_config
+from xrmodifier_hpc.errors import UserError
 
 log = logging.getLogger("xrmodifier")
 
@@ -367,7 +367,7 @@ def train(
 
 def train_here(cfg: Config, epochs_this_run: int | None = None) -> emulator.TrainResult:
     """Train in this process; under torchrun (``env://`` variables set) as one DDP rank."""
-    from .environment import torch_distributed
+    from xrmodifier_hpc.runtime.environment import torch_distributed
 
     denv = torch_distributed()
     world = denv.world_size if denv else 1

@@ -68,12 +68,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import replacing, write_text
-from .config import Config, load_config
-from .environment import detect
-from .errors import UserError
-from .observations import Observations, read_observations
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.config import Config, load_config
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import replacing, write_text
+from xrmodifier_hpc.io.observations import Observations, read_observations
+from xrmodifier_hpc.runtime.environment import detect
 
 log = logging.getLogger("xrmodifier.invert")
 
@@ -897,13 +897,13 @@ def load_emulator(cfg: Config) -> torch.nn.Module:
             "emulator not found: run `xrmodifier simulate CONFIG` then `xrmodifier train CONFIG`",
             str(path),
         )
-    from .emulator import load
+    from xrmodifier_hpc.emulator import load
 
     return load(path, dtype=torch.float64, device="cpu")
 
 
 def _check_family(cfg: Config, view: EmulatorView) -> None:
-    from .modifiers import get_modifier
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     if tuple(family.param_names) != view.param_names:
@@ -1097,7 +1097,7 @@ def _assemble(
             "%d source(s) have T1 outside what the emulator gives at theta_best", int(clamped.sum())
         )
     samples = posterior.flat()
-    from .modifiers import get_modifier
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     return {
@@ -1171,8 +1171,8 @@ def _assemble(
 def _write_outputs(
     cfg: Config, view: EmulatorView, result: dict[str, Any], posterior: Posterior
 ) -> None:
-    from .modifiers import get_modifier
-    from .ogip import Instrument, write_modified_arf
+    from xrmodifier_hpc.io.ogip import Instrument, write_modified_arf
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     workdir = cfg.workdir
     workdir.mkdir(parents=True, exist_ok=True)

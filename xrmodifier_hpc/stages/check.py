@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .grid import Grid
-from .ogip import Instrument
-from .spectra import parse_model
+from xrmodifier_hpc.config import load_config
+from xrmodifier_hpc.config.grid import Grid
+from xrmodifier_hpc.io.ogip import Instrument
+from xrmodifier_hpc.physics.spectra import parse_model
 
 
 def check(config: str | Path) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import describe_status
-from .backends.native import SpectrumFitter
-from .errors import UserError
-from .ogip import Instrument, read_pha
-from .spectra import parse_model
+from xrmodifier_hpc.backends.base import describe_status
+from xrmodifier_hpc.backends.native import SpectrumFitter
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.ogip import Instrument, read_pha
+from xrmodifier_hpc.physics.spectra import parse_model
 
 #: default fit-temperature grid (keV): 256 log-spaced values, clipped to the model's range
 DEFAULT_TGRID = (0.08, 80.0, 256)

@@ -47,8 +47,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import UserError
-from .grid import Grid, contiguous_runs
+from xrmodifier_hpc.config.grid import Grid, contiguous_runs
+from xrmodifier_hpc.errors import UserError
 
 LAYOUT_VERSION = 1
 GRID_KIND = "xrmodifier-grid"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from .errors import UserError
+from xrmodifier_hpc.errors import UserError
 
 
 class ModifierError(UserError):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from xrmodifier_hpc.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -612,7 +612,7 @@ def _check_all(cfg: Config, file: str) -> None:
     _check_source(cfg, file)
     lo, hi = cfg.mock.t_range
     if cfg.mock.theta:
-        from .modifiers import get_modifier
+        from xrmodifier_hpc.physics.modifiers import get_modifier
 
         fam = get_modifier(cfg.modifier.family, cfg.modifier.options)
         for name in cfg.mock.theta:
@@ -624,7 +624,7 @@ def _check_all(cfg: Config, file: str) -> None:
 
 
 def _check_modifier(cfg: Config, file: str) -> None:
-    from .modifiers import ModifierError, get_modifier
+    from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
 
     try:
         family = get_modifier(cfg.modifier.family, cfg.modifier.options)
@@ -656,7 +656,7 @@ def _check_modifier(cfg: Config, file: str) -> None:
 
 
 def _check_source(cfg: Config, file: str) -> None:
-    from .spectra import ModelError, parse_model
+    from xrmodifier_hpc.physics.spectra import ModelError, parse_model
 
     try:
         model = parse_model(cfg.source.model, base=cfg.path.parent)

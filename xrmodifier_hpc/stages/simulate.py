@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,21 +29,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import __version__, store
-from .backends import Backend, PointResults, make_backend
-from .config import Config, load_config
-from .environment import JobEnvironment, detect
-from .errors import UserError
-from .grid import Grid, chunk_ranges, pending_chunks
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.backends import Backend, PointResults, make_backend
+from xrmodifier_hpc.config import Config, load_config
+from xrmodifier_hpc.config.grid import Grid, chunk_ranges, pending_chunks
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io import store
+from xrmodifier_hpc.runtime import mpi
+from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
+from xrmodifier_hpc.runtime.progress import ProgressChannel
 
 log = logging.getLogger("xrmodifier.simulate")
 
 T = TypeVar("T")
-
-_TAG_PROGRESS = 41
-_TAG_FINISHED = 42
-#: seconds between progress lines when no terminal watches (batch jobs)
-LOG_EVERY = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,9 +130,9 @@ def simulate(
     t0 = time.monotonic()
     env = detect()
     shard = _choose_shard(shard, shards, env)
-    comm = _world(env)
+    comm = mpi.world_comm(env)
     # from here on an exception on one rank must abort every rank: the others would wait
-    with _fail_fast(comm):
+    with mpi.fail_fast(comm):
         return _simulate(config, overwrite, shards, shard, comm, env, t0)
 
 
@@ -152,13 +146,13 @@ def _simulate(
     t0: float,
 ) -> SimulateSummary:
     # every rank reads the config itself: a file missing on one node must abort, not hang
-    cfg = _agree(comm, lambda: _load(config))
+    cfg = mpi.agree(comm, lambda: _load(config))
     size = comm.size if comm is not None else 1
     rank = comm.rank if comm is not None else 0
     grid = Grid.from_config(cfg)
-    mode = _agree(comm, lambda: _choose_mode(shard, shards, size, grid, cfg))
+    mode = mpi.agree(comm, lambda: _choose_mode(shard, shards, size, grid, cfg))
 
-    plan = _on_root(comm, lambda: _plan(cfg, grid, mode, shard, size, overwrite))
+    plan = mpi.on_root(comm, lambda: _plan(cfg, grid, mode, shard, size, overwrite))
     if plan.pending == 0 and not plan.merge_first:
         summary = _summary(cfg, plan, 0, time.monotonic() - t0, size, complete=True)
         summary.messages.append("nothing to do: every point is already done")
@@ -166,7 +160,7 @@ def _simulate(
         return summary
     # the backend first: one that cannot start (XSPEC outside the container) is a one-line
     # error before anything is announced
-    backend = _agree(comm, lambda: make_backend(cfg))
+    backend = mpi.agree(comm, lambda: make_backend(cfg))
     if rank == 0:
         where = plan.targets[0].path if mode == "array" else cfg.grid_path
         resumed = plan.total - plan.pending
@@ -183,11 +177,11 @@ def _simulate(
     try:
         writer_kind = {"single": "mpio" if comm is not None else "serial"}.get(mode, mode)
         meta = _meta(cfg, grid, backend.name, backend.version(), size, writer_kind)
-        done, merged = _on_root(comm, lambda: _prepare(cfg, grid, plan, meta))
+        done, merged = mpi.on_root(comm, lambda: _prepare(cfg, grid, plan, meta))
         target = plan.targets[rank if mode == "shards" else 0]
         todo = pending_chunks(target.chunks, done)
         mine = todo if mode == "shards" else todo[rank::size]
-        channel = _ProgressChannel(comm, plan.pending, plan.total - plan.pending, env)
+        channel = ProgressChannel(comm, plan.pending, plan.total - plan.pending, env)
         parallel_file = mode != "shards" and comm is not None
         writer = None
         if parallel_file or mine:
@@ -198,15 +192,17 @@ def _simulate(
         if writer is not None and not parallel_file:
             writer.close()  # a rank's own shard: closed (unlocked) before rank 0 merges it
         channel.finish()
-        _wait_politely(comm)  # ranks done early sleep here rather than spin in the close
+        mpi.wait_politely(comm)  # ranks done early sleep here rather than spin in the close
         if writer is not None and parallel_file:
             writer.close()
         if mode == "shards":
-            _on_root(comm, lambda: _merge_files(cfg, grid, overwrite=False, require_complete=True))
+            mpi.on_root(
+                comm, lambda: _merge_files(cfg, grid, overwrite=False, require_complete=True)
+            )
     finally:
         backend.close()
-    total_computed = _sum(comm, computed)
-    complete = _on_root(comm, lambda: _is_complete(plan, cfg, mode))
+    total_computed = mpi.allsum(comm, computed)
+    complete = mpi.on_root(comm, lambda: _is_complete(plan, cfg, mode))
     summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
     summary.merged_shards = merged
     _finish_message(summary, mode, shard)
@@ -216,11 +212,11 @@ def _simulate(
 def merge(config: str | Path | Config, *, overwrite: bool = False) -> MergeSummary:
     """Join the shard files of ``config``'s workdir (and an existing compatible ``grid.h5``)
     into ``grid.h5``; refuses when points would be missing. Deletes the merged shards."""
-    comm = _world(detect())
-    with _fail_fast(comm):
-        cfg = _agree(comm, lambda: _load(config))
+    comm = mpi.world_comm(detect())
+    with mpi.fail_fast(comm):
+        cfg = mpi.agree(comm, lambda: _load(config))
         grid = Grid.from_config(cfg)
-        return _on_root(
+        return mpi.on_root(
             comm, lambda: _merge_files(cfg, grid, overwrite=overwrite, require_complete=True)
         )
 
@@ -513,7 +509,7 @@ def _compute(
     chunks: list[tuple[int, int]],
     done: np.ndarray,
     writer: store.ResultWriter | None,
-    channel: _ProgressChannel,
+    channel: ProgressChannel,
     cfg: Config,
 ) -> int:
     """Evaluate the not-done points of ``chunks``; write each chunk before the next."""
@@ -555,140 +551,6 @@ def _check_results(res: PointResults, n: int, n_real: int, n_tgrid: int | None) 
                 f"backend returned {name} of shape {np.shape(value) if value is not None else None}"
                 f", expected {shape}"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# progress
-# --------------------------------------------------------------------------------------------
-
-
-class Progress:
-    """Points done / total, rate and ETA: a tqdm bar on a terminal, else a log line every
-    ``every`` seconds (and one at the end). ``initial`` points were done before this run."""
-
-    def __init__(
-        self,
-        total: int,
-        initial: int = 0,
-        *,
-        interactive: bool = False,
-        every: float = LOG_EVERY,
-        label: str = "simulate",
-    ) -> None:
-        self.total = total
-        self.initial = initial
-        self.done = initial
-        self.every = every
-        self.label = label
-        self.start = time.monotonic()
-        self._last = self.start
-        self.bar = None
-        if interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=initial,
-                unit="pt",
-                desc=label,
-                dynamic_ncols=True,
-                smoothing=0.05,
-            )
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        else:
-            self.tick()
-
-    def tick(self) -> None:
-        """Log a line if ``every`` seconds have passed since the last one."""
-        now = time.monotonic()
-        if self.bar is None and now - self._last >= self.every:
-            self._last = now
-            log.info("%s", self.line(now))
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = (now or time.monotonic()) - self.start
-        new = self.done - self.initial
-        rate = new / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.done
-        eta = _duration(left / rate) if rate > 0 else "?"
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (
-            f"{self.label}: {self.done}/{self.total} points ({pct:.1f}%), "
-            f"{rate:.1f} points/s, ETA {eta}"
-        )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            log.info("%s", self.line())
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-class _ProgressChannel:
-    """Counts from every rank to rank 0's :class:`Progress`.
-
-    Ranks send a small message after each chunk (non-blocking); rank 0 drains them between
-    its own chunks and, once done, until every rank has sent its 'finished' message.
-    """
-
-    def __init__(self, comm: Any, pending: int, already: int, env: JobEnvironment) -> None:
-        self.comm = comm
-        self.root = comm is None or comm.rank == 0
-        self.requests: list[Any] = []
-        self.finished = 0
-        self.progress = (
-            Progress(pending + already, already, interactive=env.interactive) if self.root else None
-        )
-
-    def report(self, n: int) -> None:
-        if self.root:
-            self.progress.update(n)
-            self._drain()
-        else:
-            self.requests.append(self.comm.isend(n, dest=0, tag=_TAG_PROGRESS))
-            # completed sends need no bookkeeping; keep the list short on long runs
-            if len(self.requests) > 64:
-                self.requests = [r for r in self.requests if not r.Test()]
-
-    def _drain(self) -> None:
-        if self.comm is None:
-            return
-        from mpi4py import MPI
-
-        status = MPI.Status()
-        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-            msg = self.comm.recv(source=status.Get_source(), tag=status.Get_tag())
-            if status.Get_tag() == _TAG_FINISHED:
-                self.finished += 1
-            else:
-                self.progress.update(msg)
-
-    def finish(self) -> None:
-        if not self.root:
-            self.requests.append(self.comm.isend(None, dest=0, tag=_TAG_FINISHED))
-            from mpi4py import MPI
-
-            MPI.Request.waitall(self.requests)
-            return
-        others = self.comm.size - 1 if self.comm is not None else 0
-        while True:
-            self._drain()
-            if self.finished >= others:
-                break
-            self.progress.tick()
-            time.sleep(0.02)  # polite polling: a blocking MPI_Recv would spin a core
-        self.progress.close()
 
 
 def _finish_message(summary: SimulateSummary, mode: str, shard: Shard | None) -> None:
@@ -754,132 +616,3 @@ def _h5py_mpi() -> bool:
     import h5py
 
     return bool(h5py.get_config().mpi)
-
-
-def _world(env: JobEnvironment) -> Any:
-    """COMM_WORLD when the launcher started several ranks, else None (no MPI at all)."""
-    if env.size <= 1:
-        return None
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:  # pragma: no cover - mpi4py is a dependency
-        raise UserError(
-            f"started as rank {env.rank} of {env.size} but mpi4py does not import ({exc})"
-        ) from None
-    comm = MPI.COMM_WORLD
-    if comm.size != env.size:
-        raise UserError(
-            f"the launcher started {env.size} processes but MPI sees {comm.size}: mpi4py was "
-            "built against a different MPI than this mpiexec/srun (check `which mpiexec` and "
-            "`python -c 'import mpi4py; print(mpi4py.get_config())'`)"
-        )
-    return comm
-
-
-class _Agreed(UserError):
-    """A UserError every rank raises at the same step: it ends the run without an abort."""
-
-
-def _agreed(message: str, where: str | None) -> _Agreed:
-    return _Agreed(message, where)
-
-
-def _on_root(comm: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 and give its value to every rank; its UserError is raised on all."""
-    if comm is None:
-        return fn()
-    payload: tuple[str, Any] | None = None
-    if comm.rank == 0:
-        try:
-            payload = ("ok", fn())
-        except UserError as exc:
-            payload = ("error", (exc.message, exc.where))
-        except BaseException as exc:
-            _abort(comm, exc)
-    _wait_politely(comm)
-    payload = comm.bcast(payload, root=0)
-    if payload[0] == "error":
-        raise _agreed(*payload[1])
-    return payload[1]
-
-
-def _agree(comm: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on every rank. If it fails everywhere with a UserError, raise that on all
-    ranks; if it fails on some ranks only (or not with a UserError), abort the job."""
-    if comm is None:
-        return fn()
-    try:
-        value, outcome = fn(), None
-    except UserError as exc:
-        value, outcome = None, ("user", exc.message, exc.where, str(exc))
-    except Exception as exc:
-        value, outcome = (
-            None,
-            ("bug", f"{exc.__class__.__name__}: {exc}", None, traceback.format_exc()),
-        )
-    outcomes = comm.allgather(outcome)
-    if all(o is None for o in outcomes):
-        return value
-    if all(o is not None and o[0] == "user" for o in outcomes):
-        raise _agreed(outcome[1], outcome[2])
-    if comm.rank == 0:
-        text = "".join(
-            f"xrmodifier: error: rank {r}: {o[3]}\n"
-            for r, o in enumerate(outcomes)
-            if o is not None
-        )
-        _write_then_abort(
-            comm, text, 2 if all(o is None or o[0] == "user" for o in outcomes) else 1
-        )
-    time.sleep(60)  # rank 0 is aborting the job
-    raise RuntimeError("unreachable: the job was aborted")  # pragma: no cover
-
-
-def _abort(comm: Any, exc: BaseException) -> None:
-    """Print ``exc`` with this rank's number and abort every rank of the job."""
-    rank = comm.rank
-    if isinstance(exc, UserError):
-        text, code = f"xrmodifier: error: rank {rank}: {exc}\n", exc.exit_code
-    elif isinstance(exc, KeyboardInterrupt):
-        text, code = f"xrmodifier: rank {rank}: interrupted\n", 130
-    else:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        text = f"{tb}xrmodifier: error: rank {rank}: {exc.__class__.__name__}: {exc}\n"
-        code = 1
-    _write_then_abort(comm, text, code)
-
-
-def _write_then_abort(comm: Any, text: str, code: int) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()
-    # the launcher forwards our stderr through a pipe; an immediate abort can tear the job
-    # down before the message gets through, leaving the user with no reason at all
-    time.sleep(0.5)
-    comm.Abort(code)
-
-
-@contextmanager
-def _fail_fast(comm: Any) -> Iterator[None]:
-    """Turn an exception on one rank into an abort of all ranks (others would wait forever)."""
-    try:
-        yield
-    except _Agreed:
-        raise
-    except BaseException as exc:
-        if comm is None:
-            raise
-        _abort(comm, exc)
-
-
-def _wait_politely(comm: Any) -> None:
-    """A barrier that sleeps while it waits: MPICH spins a core in blocking calls, which on a
-    shared or oversubscribed node slows the ranks that still compute."""
-    if comm is None:
-        return
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.005)
-
-
-def _sum(comm: Any, value: int) -> int:
-    return value if comm is None else int(comm.allreduce(value))

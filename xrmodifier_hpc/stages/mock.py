@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import write_text
-from .config import Config, load_config
-from .errors import UserError
-from .grid import MOCK_STREAM, point_rng
-from .observations import Observations, write_observations
+from xrmodifier_hpc import __version__
+from xrmodifier_hpc.config import Config, load_config
+from xrmodifier_hpc.config.grid import MOCK_STREAM, point_rng
+from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.atomic import write_text
+from xrmodifier_hpc.io.observations import Observations, write_observations
 
 log = logging.getLogger("xrmodifier.mock")
 
@@ -77,7 +77,7 @@ def resolve_theta(cfg: Config, overrides: Mapping[str, float] | None = None) -> 
     Every parameter needs a value; values outside the family's domain are refused, values
     outside the simulated grid draw a warning (the emulator cannot reach them).
     """
-    from .modifiers import ModifierError, get_modifier
+    from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
 
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     values = {**cfg.mock.theta, **(overrides or {})}
@@ -133,8 +133,8 @@ def draw_sources(
 def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Model normalisations giving ``counts`` expected counts in the fitted band through the
     ORIGINAL target response (the ``[simulation] counts`` convention)."""
-    from .ogip import Instrument
-    from .spectra import parse_model
+    from xrmodifier_hpc.io.ogip import Instrument
+    from xrmodifier_hpc.physics.spectra import parse_model
 
     inst_cfg = cfg.instruments.target
     inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
@@ -165,9 +165,9 @@ def mock(
 ) -> MockResult:
     """Simulate observations of ``n_sources`` (default ``[mock]``) sources by both telescopes
     and write them (default ``workdir/observations.csv``) with the truth sidecar."""
-    from .backends import make_backend
-    from .backends.base import STATUS_ERROR_AT_BOUND, STATUS_UNUSABLE, describe_status
-    from .modifiers import get_modifier
+    from xrmodifier_hpc.backends import make_backend
+    from xrmodifier_hpc.backends.base import STATUS_ERROR_AT_BOUND, STATUS_UNUSABLE, describe_status
+    from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg = config if isinstance(config, Config) else load_config(config)
     n = cfg.mock.n_sources if n_sources is None else int(n_sources)

@@ -1,0 +1,2 @@
+"""Where the code runs: job environment (Slurm, MPI ranks, cores), collective MPI error
+handling, thread pools, progress reporting and submitit launch. No physics."""
