@@ -25,9 +25,11 @@ test: setup
 test-slurm: setup
 	XRM_SLURM_TESTS=1 $(PY) -m pytest -q tests/slurm tests/test_jobs.py
 
+# ruff (pycodestyle, pyflakes, numpydoc docstrings via pydocstyle) and the import-layer contract
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from xrmodifier_hpc.backends import make_backend
     from xrmodifier_hpc.backends.base import STATUS_OK
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.errors import UserError
     from xrmodifier_hpc.config.grid import Grid
+    from xrmodifier_hpc.errors import UserError
     from xrmodifier_hpc.stages.init import init
 
     with tempfile.TemporaryDirectory(prefix="xrm-selftest-") as tmp:
