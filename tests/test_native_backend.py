@@ -313,8 +313,10 @@ def test_non_finite_model_values_are_refused_or_flagged(acis):
 def test_table_temperature_range(acis, tmp_path):
     from test_spectra import write_bremss_table
 
+    from xrmodifier_hpc.io.tables import load_model
+
     path = write_bremss_table(tmp_path / "br.fits")
-    model = parse_model(f"wabs*atable{{{path}}}")
+    model = load_model(f"wabs*atable{{{path}}}")
     with pytest.raises(ModelError, match="allows kT in 1-16"):
         NativeBackend(acis, model, GAUSSIAN, settings())  # fit grid 0.5-40 keV
     be = NativeBackend(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from xrmodifier_hpc.io.tables import load_model
 from xrmodifier_hpc.physics.spectra import (
     Bremss,
     ModelError,
@@ -180,7 +181,7 @@ def test_xspec_parenthesis_form_is_a_product():
 
 def test_missing_table_file_is_refused(tmp_path):
     with pytest.raises(ModelError, match="not found") as err:
-        parse_model("wabs*atable{nope.fits}", base=tmp_path)
+        load_model("wabs*atable{nope.fits}", base=tmp_path)
     assert str(tmp_path / "nope.fits") in str(err.value)
 
 
@@ -276,7 +277,7 @@ def write_bremss_table(
 
 def test_atable_reproduces_its_spectra_at_the_nodes(tmp_path):
     write_bremss_table(tmp_path / "br.fits")
-    model = parse_model("atable{br.fits}", base=tmp_path)
+    model = load_model("atable{br.fits}", base=tmp_path)
     assert model.param_names == ("kT",)
     assert model.param_range("kT") == pytest.approx((1.0, 16.0), rel=1e-6)
     lo, hi = TABLE_EDGES[:-1], TABLE_EDGES[1:]
@@ -293,7 +294,7 @@ def test_atable_interpolates_in_log_or_linear_parameter(tmp_path):
     t = np.sqrt(k0 * k1) * 1.01
     for method, frac in ((1, np.log(t / k0) / np.log(k1 / k0)), (0, (t - k0) / (k1 - k0))):
         path = write_bremss_table(tmp_path / f"m{method}.fits", method=method)
-        flux = parse_model(f"atable{{{path}}}").photon_flux(lo, hi, np.array([t]), {})[0]
+        flux = load_model(f"atable{{{path}}}").photon_flux(lo, hi, np.array([t]), {})[0]
         np.testing.assert_allclose(flux, (1 - frac) * s0 + frac * s1, rtol=2e-6, atol=1e-12)
     # the table interpolated between close nodes is close to bremss itself
     exact = Bremss().evaluate(lo, hi, {"kT": np.array([t])})[0]
@@ -303,17 +304,17 @@ def test_atable_interpolates_in_log_or_linear_parameter(tmp_path):
 
 def test_atable_rebins_by_integrating(tmp_path):
     path = write_bremss_table(tmp_path / "br.fits")
-    model = parse_model(f"wabs*atable{{{path}}}")
+    model = load_model(f"wabs*atable{{{path}}}")
     assert model.param_names == ("nH", "kT")
     # coarse bins made of 4 table bins each, and bins that cut table bins in halves
     coarse = TABLE_EDGES[40:801:4]
     flux = model.photon_flux(coarse[:-1], coarse[1:], np.array([4.0]), {"nH": 0.0})[0]
-    fine = parse_model(f"atable{{{path}}}").photon_flux(
+    fine = load_model(f"atable{{{path}}}").photon_flux(
         TABLE_EDGES[:-1], TABLE_EDGES[1:], np.array([4.0]), {}
     )[0]
     np.testing.assert_allclose(flux, fine[40:800].reshape(-1, 4).sum(axis=1), rtol=1e-12)
     shifted = TABLE_EDGES[41:802:4] - 0.0025
-    half = parse_model(f"atable{{{path}}}").photon_flux(
+    half = load_model(f"atable{{{path}}}").photon_flux(
         shifted[:-1], shifted[1:], np.array([4.0]), {}
     )[0]
     pieces = fine[40:801]
@@ -332,37 +333,37 @@ def test_atable_rebins_by_integrating(tmp_path):
 
 def test_atable_additional_parameter_and_redshift(tmp_path):
     path = write_bremss_table(tmp_path / "add.fits", add_param=True, redshift=True)
-    model = parse_model(f"atable{{{path}}}")
-    assert model.param_names == ("kT", "boost", "redshift")
+    model = load_model(f"atable{{{path}}}")
+    assert model.param_names == ("kT", "boost", "z")
     lo, hi = TABLE_EDGES[100:110], TABLE_EDGES[101:111]
-    base = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 0.0, "redshift": 0.0})[0]
-    boosted = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 2.0, "redshift": 0.0})[0]
+    base = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 0.0, "z": 0.0})[0]
+    boosted = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 2.0, "z": 0.0})[0]
     np.testing.assert_allclose(boosted - base, 2e-3, rtol=1e-5)
     # redshift z: the table's energies E/(1+z), flux divided by (1+z)
     z = 0.25
-    shifted = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 0.0, "redshift": z})[0]
+    shifted = model.photon_flux(lo, hi, np.array([3.0]), {"boost": 0.0, "z": z})[0]
     direct = model.photon_flux(
-        lo * (1 + z), hi * (1 + z), np.array([3.0]), {"boost": 0.0, "redshift": 0.0}
+        lo * (1 + z), hi * (1 + z), np.array([3.0]), {"boost": 0.0, "z": 0.0}
     )[0] / (1 + z)
     np.testing.assert_allclose(shifted, direct, rtol=1e-9)
 
 
 def test_atable_out_of_range_and_broken_tables(tmp_path):
     path = write_bremss_table(tmp_path / "br.fits")
-    model = parse_model(f"atable{{{path}}}")
+    model = load_model(f"atable{{{path}}}")
     with pytest.raises(ModelError, match="outside"):
         model.photon_flux(np.array([1.0]), np.array([1.1]), np.array([20.0]), {})
     with pytest.raises(ModelError, match="outside"):
         model.check_params({"kT": 0.5})
     bad_order = write_bremss_table(tmp_path / "order.fits", shuffle_rows=True)
     with pytest.raises(ModelError, match="OGIP order"):
-        parse_model(f"atable{{{bad_order}}}")
+        load_model(f"atable{{{bad_order}}}")
     (tmp_path / "junk.fits").write_text("not fits")
     with pytest.raises(ModelError, match="not a readable XSPEC table model"):
-        parse_model("atable{junk.fits}", base=tmp_path)
+        load_model("atable{junk.fits}", base=tmp_path)
     mult = tmp_path / "mult.fits"
     with fits.open(path) as hdul:
         hdul[0].header["ADDMODEL"] = False
         hdul.writeto(mult)
     with pytest.raises(ModelError, match="ADDMODEL"):
-        parse_model(f"atable{{{mult}}}")
+        load_model(f"atable{{{mult}}}")

@@ -18,6 +18,7 @@ backend contract tests (tests/test_backend_contract.py) run it for real. Here we
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -197,238 +198,21 @@ def test_native_choice_never_imports_the_xspec_module(small_config):
 
 
 # --------------------------------------------------------------------------------------------
-# orchestration against a recording stand-in for PyXspec
+# orchestration against a stand-in for PyXspec (tests/fake_pyxspec/xspec)
 # --------------------------------------------------------------------------------------------
 
-# Toy semantics: fakeit draws Poisson(norm * 50) counts in each of 20 channels from a
-# generator seeded by Xset.seed (expected counts when applyStats is False); a fit finds kT =
-# true kT with the ARF the spectrum was faked with and 1.1 x true kT with any other ARF, so
-# the tests can tell which ARF each fit used. Parameter.error answers from a queue of status
-# strings (default all F). The stand-in records every call in ``xspec.CALLS``.
-FAKE_XSPEC = """
-import os
-import numpy as np
-from astropy.io import fits
-
-CALLS = []
-ENV_AT_IMPORT = {k: os.environ.get(k) for k in ("HOME", "PFILES", "HEADASNOQUERY",
-                                                "HEADASPROMPT")}
-ERROR_FLAGS = []
-FAIL_FITS = [False]
-N_CHAN = 20
-
-
-class _Xset:
-    chatter = 10
-    logChatter = 10
-    allowPrompting = True
-    abund = "angr"
-    xsect = "bcmc"
-    version = ("2.1.0", "12.14.0")
-    _seed = None
-
-    @property
-    def seed(self):
-        return None
-
-    def addModelString(self, key, value):
-        CALLS.append(("modelstring", key, value))
-
-    @seed.setter
-    def seed(self, value):
-        if not isinstance(value, int):
-            raise Exception("Error: Seed argument must be an integer")
-        CALLS.append(("seed", value))
-        self._seed = value
-
-
-Xset = _Xset()
-
-
-class Parameter:
-    def __init__(self, name, index, value):
-        self.name, self.index, self._values, self.frozen = name, index, [value], False
-        self.error = (0.0, 0.0, "FFFFFFFFF")
-
-    @property
-    def values(self):
-        return list(self._values)
-
-    @values.setter
-    def values(self, value):
-        if isinstance(value, (list, tuple)):
-            self._values = [float(v) for v in value]
-        else:
-            self._values = [float(value)] + self._values[1:]
-
-
-class _Comp:
-    def __init__(self, names):
-        self.parameterNames = names
-
-
-class Model:
-    COMPONENTS = {"wabs": ["nH"], "bremss": ["kT", "norm"], "apec": ["kT", "Abundanc",
-                  "Redshift", "norm"]}
-
-    def __init__(self, expr):
-        self.expression = expr
-        self.componentNames = []
-        index = 1
-        for name in expr.split("*"):
-            if name not in self.COMPONENTS:
-                raise Exception(f"Error: unknown model component {name}")
-            comp = _Comp(self.COMPONENTS[name])
-            for par in comp.parameterNames:
-                setattr(comp, par, Parameter(par, index, 1.0))
-                index += 1
-            setattr(self, name, comp)
-            self.componentNames.append(name)
-        CALLS.append(("model", expr))
-        AllModels.current = self
-
-    def par(self, name):
-        for comp in self.componentNames:
-            if name in getattr(self, comp).parameterNames:
-                return getattr(getattr(self, comp), name)
-
-
-class _AllModels:
-    current = None
-
-    def clear(self):
-        CALLS.append(("clear_models",))
-        self.current = None
-
-
-AllModels = _AllModels()
-
-
-class FakeitSettings:
-    def __init__(self, response="", arf="", background="", exposure="", correction="",
-                 backExposure="", fileName=""):
-        self.response, self.arf, self.exposure = response, arf, str(exposure)
-
-
-class _Response:
-    def __init__(self, spectrum):
-        self._spectrum = spectrum
-
-    @property
-    def arf(self):
-        return self._spectrum.arf
-
-    @arf.setter
-    def arf(self, name):
-        CALLS.append(("arf", name))
-        self._spectrum.arf = name
-        self._spectrum.noticed_all = True  # conservative: make the caller re-apply the band
-
-
-class Spectrum:
-    def __init__(self, counts, exposure, arf, true_kt):
-        self._counts, self.exposure, self.arf, self.true_kt = counts, exposure, arf, true_kt
-        self.fake_arf = arf
-        self.noticed_all = True
-        self.response = _Response(self)
-
-    def ignore(self, text):
-        CALLS.append(("ignore", text))
-        self.noticed_all = False
-
-    @property
-    def values(self):
-        counts = self._counts if self.noticed_all else self._counts[2:-2]
-        return tuple(counts / self.exposure)
-
-
-class _AllData:
-    spectrum = None
-
-    def clear(self):
-        CALLS.append(("clear_data",))
-        self.spectrum = None
-
-    def __call__(self, n):
-        if n != 1 or self.spectrum is None:
-            raise Exception("Error: no such spectrum")
-        return self.spectrum
-
-    def fakeit(self, nSpectra=1, settings=None, applyStats=True, filePrefix="", noWrite=False):
-        model = AllModels.current
-        kt, norm = model.par("kT").values[0], model.par("norm").values[0]
-        area = fits.getdata(settings.arf, "SPECRESP")["SPECRESP"] if settings.arf else None
-        CALLS.append(("fakeit", settings.arf, bool(applyStats), bool(noWrite), area))
-        lam = np.full(N_CHAN, norm * 50.0)
-        if applyStats:
-            counts = np.random.default_rng(Xset._seed).poisson(lam).astype(float)
-        else:
-            counts = lam
-        self.spectrum = Spectrum(counts, float(settings.exposure), settings.arf, kt)
-
-
-AllData = _AllData()
-
-
-class _Fit:
-    query = "on"
-    statMethod = "chi"
-    statistic = 0.0
-    _step = None
-
-    def perform(self):
-        spectrum = AllData.spectrum
-        CALLS.append(("perform", spectrum.arf, spectrum.noticed_all))
-        if FAIL_FITS[0]:
-            raise Exception("Error: fit failed")
-        kt = AllModels.current.par("kT")
-        if kt.frozen:
-            self.statistic = 100.0 + (kt.values[0] - self._best()) ** 2
-            return
-        kt.values = self._best()
-        self.statistic = 100.0
-
-    def _best(self):
-        spectrum = AllData.spectrum
-        return spectrum.true_kt * (1.0 if spectrum.arf == spectrum.fake_arf else 1.1)
-
-    def error(self, text):
-        CALLS.append(("error", text))
-        kt = AllModels.current.par("kT")
-        flags = ERROR_FLAGS.pop(0) if ERROR_FLAGS else "FFFFFFFFF"
-        best = kt.values[0]
-        kt.error = (best - 0.1 * best, best + 0.2 * best, flags)
-
-    def steppar(self, text):
-        CALLS.append(("steppar", text))
-        words = text.split()
-        lo, hi, steps = float(words[3]), float(words[4]), int(words[5])
-        grid = np.geomspace(lo, hi, steps + 1) if words[1] == "log" else np.linspace(
-            lo, hi, steps + 1)
-        best = self._best()
-        self._step = (grid, 100.0 + (grid - best) ** 2)
-
-    def stepparResults(self, arg):
-        if arg == "statistic":
-            return list(self._step[1])
-        return list(self._step[0])
-
-
-Fit = _Fit()
-"""
+FAKE_SITE = Path(__file__).resolve().parent / "fake_pyxspec"
 
 
 @pytest.fixture
 def fake_pyxspec(tmp_path, monkeypatch):
-    """Put the recording stand-in on sys.path as ``xspec`` and give it a HEADAS."""
-    package = tmp_path / "fake_site" / "xspec"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(FAKE_XSPEC)
-    monkeypatch.syspath_prepend(str(package.parent))
+    """Put the stand-in on sys.path as ``xspec`` (fresh for every test), give it a HEADAS."""
+    monkeypatch.syspath_prepend(str(FAKE_SITE))
     monkeypatch.setenv("HEADAS", str(tmp_path / "heasoft"))
     monkeypatch.setenv("XRM_SCRATCH", str(tmp_path / "scratch"))
     monkeypatch.setenv("HOME", "/original/home")
     monkeypatch.delenv("PFILES", raising=False)
+    monkeypatch.delenv("FAKE_XSPEC_NO_ATOMDB", raising=False)
     from xrmodifier_hpc.backends import xspec as backend_module
 
     monkeypatch.setattr(backend_module, "_session", None)
@@ -464,8 +248,10 @@ def test_orchestration_over_recording_pyxspec(fake_pyxspec, small_config):
     assert xspec.ENV_AT_IMPORT["PFILES"].startswith(f"{scratch / 'pfiles'};")
     assert xspec.ENV_AT_IMPORT["HEADASNOQUERY"] == ""
     assert xspec.ENV_AT_IMPORT["HEADASPROMPT"] == "/dev/null"
-    assert xspec.Xset.chatter == 0 and xspec.Fit.statMethod == "cstat"
+    assert xspec.Xset.chatter == 0 and xspec.Xset.logChatter == 0
+    assert xspec.Xset.allowPrompting is False and xspec.Fit.statMethod == "cstat"
     assert xspec.Fit.query == "yes" and xspec.Xset.abund == "angr" and xspec.Xset.xsect == "vern"
+    assert ("cmd", ("autosave", "off")) in xspec.CALLS
     assert backend.version() == "XSPEC 12.14.0 (PyXspec 2.1.0)"
 
     indices = [5, 40]
@@ -483,10 +269,9 @@ def test_orchestration_over_recording_pyxspec(fake_pyxspec, small_config):
     np.testing.assert_array_equal(res.norm, [2.0, 3.0])
     # counts are those noticed in the band (16 of the 20 toy channels)
     assert np.all(res.counts > 0) and np.all(res.counts < 20 * 3.0 * 50 * 2)
-    # profile curves come from steppar on the fit grid, minimum at the best fit
+    # profile curves are steppar's scan on the fit grid
     grid = backend.settings.fit_tgrid
-    best_j = np.argmin(res.curve_mod, axis=-1)
-    np.testing.assert_allclose(grid[best_j], res.t_fit_mod, rtol=0.1)
+    np.testing.assert_allclose(res.curve_mod[0, 0], xspec.toy_statistic(grid, t_true[0]))
 
     calls = xspec.CALLS
     seeds = [c[1] for c in calls if c[0] == "seed"]
@@ -514,11 +299,24 @@ def test_orchestration_over_recording_pyxspec(fake_pyxspec, small_config):
     assert len(swaps) == 4
     for i in swaps:
         assert calls[i][1] == backend._arf and calls[i + 1][0] == "ignore"
+    # each fit: a first fit, the C(T) scan, then the fit from the scan's best node
+    steps = [c[0] for c in calls if c[0] in ("perform", "steppar", "error")]
+    assert steps[:5] == [
+        "perform",
+        "steppar",
+        "perform",
+        "perform",
+        "error",
+    ]
     # no modified ARF is left behind after a point
     assert not any(backend._arf_dir.iterdir())
+    # autosave is off: XSPEC's autosave file stays empty, so its exit handler removes it
+    assert Path(xspec.AUTOSAVE_FILE).stat().st_size == 0
 
     backend.close()
-    assert not scratch.exists()
+    # the work files are gone; HOME stays for XSPEC's exit handler (~/.xspec/cache)
+    assert sorted(p.name for p in scratch.iterdir()) == ["home"]
+    assert (scratch / "home" / ".xspec" / "cache").is_dir()
     assert os.environ["HOME"] == "/original/home" and "PFILES" not in os.environ
 
 
@@ -533,9 +331,9 @@ def test_results_do_not_depend_on_batching(fake_pyxspec, small_config):
 
 
 def test_norm_from_counts_uses_original_response_asimov(fake_pyxspec, small_config):
-    import xspec
-
     with _backend(small_config, realisations=1) as backend:
+        import xspec
+
         theta, t_true, index = _points(small_config, [0])
         xspec.CALLS.clear()
         res = backend.run(theta, t_true, index)
@@ -548,9 +346,9 @@ def test_norm_from_counts_uses_original_response_asimov(fake_pyxspec, small_conf
 
 
 def test_asimov_mode_and_too_few_counts(fake_pyxspec, small_config):
-    import xspec
-
     with _backend(small_config, realisations=1, mode="asimov", min_counts=1e9) as backend:
+        import xspec
+
         theta, t_true, index = _points(small_config, [0, 1])
         xspec.CALLS.clear()
         res = backend.run(theta, t_true, index, norm=np.ones(2))
@@ -562,17 +360,24 @@ def test_asimov_mode_and_too_few_counts(fake_pyxspec, small_config):
     np.testing.assert_allclose(res.counts, 16 * 50.0)
 
 
-def test_error_flags_retry_and_failures(fake_pyxspec, small_config):
-    import xspec
-
+def test_new_best_fit_is_refitted_until_the_error_run_is_clean(fake_pyxspec, small_config):
     with _backend(small_config, realisations=1, curves=False) as backend:
+        import xspec
+
         theta, t_true, index = _points(small_config, [0])
-        # a new minimum during the first error search: refit, search again, then converged
+        # a new minimum during the first error search: refit, search again, then clean; the
+        # second fit's search runs into a hard limit
         xspec.ERROR_FLAGS[:] = ["TFFFFFFFF", "FFFFFFFFF", "FFFTFFFFF"]
         xspec.CALLS.clear()
         res = backend.run(theta, t_true, index, norm=np.ones(1))
-        assert [c[0] for c in xspec.CALLS].count("error") == 3
-        assert res.status[0, 0, 1] == base.STATUS_OK  # modified fit (first)
+        names = [c[0] for c in xspec.CALLS]
+        assert names.count("error") == 3
+        # the refit happens right after the search that found the new minimum
+        names = [n for n in names if n in ("perform", "error", "steppar")]
+        first_error = names.index("error")
+        assert names[first_error + 1 : first_error + 3] == ["perform", "error"]
+        assert res.status[0, 0, 1] == base.STATUS_REFITTED  # modified fit (first)
+        assert base.describe_status(int(res.status[0, 0, 1])) == ["refitted"]
         assert res.status[0, 0, 0] == base.STATUS_ERROR_AT_BOUND  # original fit
         assert res.curve_orig is None
         # an XSPEC exception inside a fit is a status, not a crash
@@ -582,9 +387,46 @@ def test_error_flags_retry_and_failures(fake_pyxspec, small_config):
         assert np.all(np.isnan(res.t_fit_mod)) and res.counts[0, 0] > 0
 
 
-def test_irregular_fit_grid_profiles_point_by_point(fake_pyxspec, small_config):
-    import xspec
+def test_fit_starts_from_the_best_node_of_the_scan(fake_pyxspec, small_config):
+    """The seam: a local minimum between the start and the global minimum catches XSPEC's
+    gradient fit; the fit from the scan's best node reaches the global minimum, and nothing
+    is flagged."""
+    with _backend(small_config, realisations=1, mode="asimov") as backend:
+        import xspec  # imported by the backend, in its scratch HOME
 
+        xspec.SEAM[0] = (1.13, 1.18)  # local minimum at 1.13 m, global at 1.18 m
+        theta, t_true, index = _points(small_config, [12])
+        xspec.CALLS.clear()
+        res = backend.run(theta, t_true, index, norm=np.ones(1))
+        ended = [c[1] for c in xspec.CALLS if c[0] == "perform_at" and not c[2]]
+    m_mod, m_orig = t_true[0], 1.1 * t_true[0]  # the toy's plain minima, modified/original ARF
+    # the first fit from T_true stalls at the local minimum, as XSPEC's did at the seam ...
+    assert ended[0] == pytest.approx(1.13 * m_mod)
+    # ... the fit from the scan's best node ends at the global one
+    assert res.t_fit_mod[0, 0] == pytest.approx(1.18 * m_mod)
+    assert res.t_fit_orig[0, 0] == pytest.approx(1.18 * m_orig)
+    assert np.all(res.status == base.STATUS_OK)
+    # and no error search had to find a new minimum
+    assert not [c for c in xspec.CALLS if c[0] == "error"][2:]
+
+
+def test_fit_that_stays_above_the_scan_is_not_converged(fake_pyxspec, small_config):
+    with _backend(small_config, realisations=1, curves=False) as backend:
+        import xspec
+
+        xspec.STUCK[0] = True  # the fit never moves and every error search finds a new minimum
+        theta, t_true, index = _points(small_config, [3])
+        res = backend.run(theta, t_true, index, norm=np.ones(1))
+        errors = [c for c in xspec.CALLS if c[0] == "error"]
+    from xrmodifier_hpc.backends.xspec import ERROR_RETRIES
+
+    assert len(errors) == 2 * (ERROR_RETRIES + 1)
+    for slot in (0, 1):
+        bits = base.describe_status(int(res.status[0, 0, slot]))
+        assert "not_converged" in bits and "refitted" in bits
+
+
+def test_irregular_fit_grid_profiles_point_by_point(fake_pyxspec, small_config):
     text = edit_config(
         small_config.read_text(),
         "simulation",
@@ -593,17 +435,20 @@ def test_irregular_fit_grid_profiles_point_by_point(fake_pyxspec, small_config):
     )
     small_config.write_text(text)
     with _backend(small_config, realisations=1) as backend:
+        import xspec
+
         theta, t_true, index = _points(small_config, [2])
         xspec.CALLS.clear()
         res = backend.run(theta, t_true, index, norm=np.ones(1))
     assert not any(c[0] == "steppar" for c in xspec.CALLS)
     grid = np.array([0.5, 0.8, 1.0, 1.7, 2.0, 3.3, 5.0, 9.0, 20.0])
-    np.testing.assert_allclose(res.curve_mod[0, 0], 100.0 + (grid - t_true[0]) ** 2)
+    np.testing.assert_allclose(res.curve_mod[0, 0], xspec.toy_statistic(grid, t_true[0]))
+    assert res.t_fit_mod[0, 0] == pytest.approx(t_true[0])
 
 
 def test_model_xspec_cannot_use_is_user_error_and_cleans_up(fake_pyxspec, small_config):
     """A model with two temperatures passes no config check of ours, but the backend
-    cannot tell which to step: refused, and the half-built scratch folder is gone."""
+    cannot tell which to step: refused, and the half-built work files are gone."""
     from xrmodifier_hpc.backends.base import SimulationSettings
     from xrmodifier_hpc.backends.xspec import XspecBackend
     from xrmodifier_hpc.config import load_config
@@ -616,26 +461,203 @@ def test_model_xspec_cannot_use_is_user_error_and_cleans_up(fake_pyxspec, small_
     modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
     settings = SimulationSettings.from_config(cfg)
     for expression, message in (
-        ("wabs*bremss*bremss", "2 parameters named 'kT'"),
+        ("wabs*bremss*bremss", "2 parameters named 'kT': give one of bremss.kT, bremss_2.kT"),
         ("wabs*nosuch", "does not accept"),
+        ("apec", "no parameter 'nH'"),  # apec has no nH: the frozen nH is unknown
     ):
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(UserError, match=message) as info:
             XspecBackend(inst, None, modifier, settings, expression=expression)
-        scratch = fake_pyxspec / "scratch"
-        assert not scratch.exists() or not any(scratch.iterdir())
+        assert "\n" not in str(info.value)
+        for folder in (fake_pyxspec / "scratch").glob("*"):
+            assert sorted(p.name for p in folder.iterdir()) == ["home", "xspec.log"]
+
+
+def test_any_xspec_expression_with_xspec_parameter_names(fake_pyxspec, small_config):
+    """tbabs*apec, phabs*mekal, tbabs*bremss: parameters set and frozen by XSPEC's names,
+    qualified names where two components share one."""
+    text = small_config.read_text()
+    text = edit_config(text, "simulation", "backend", '"xspec"')
+    for model, params in (
+        ("tbabs*apec", "{ nH = 0.05, Abundanc = 0.3, Redshift = 0.05 }"),
+        (
+            "phabs*mekal",
+            '{ "phabs.nH" = 0.05, "mekal.nH" = 1.0, Abundanc = 0.3, Redshift = 0.0, switch = 1 }',
+        ),
+        ("tbabs*bremss", "{ nH = 0.05 }"),
+    ):
+        small_config.write_text(
+            edit_config(
+                edit_config(text, "source", "model", f'"{model}"'), "source", "params", params
+            )
+        )
+        with _backend(small_config, realisations=1, mode="asimov") as backend:
+            import xspec
+
+            model_obj = xspec.AllModels.current
+            frozen = {
+                f"{c}.{p}": getattr(getattr(model_obj, c), p)
+                for c in model_obj.componentNames
+                for p in getattr(model_obj, c).parameterNames
+            }
+            theta, t_true, index = _points(small_config, [7])
+            res = backend.run(theta, t_true, index)
+        assert res.status[0, 0, 1] == base.STATUS_OK
+        assert res.t_fit_mod[0, 0] == pytest.approx(t_true[0])
+        if model == "tbabs*apec":
+            assert frozen["apec.Abundanc"].values[0] == 0.3 and frozen["apec.Abundanc"].frozen
+            assert frozen["tbabs.nH"].values[0] == 0.05 and not frozen["apec.kT"].frozen
+        if model == "phabs*mekal":
+            assert frozen["phabs.nH"].values[0] == 0.05 and frozen["mekal.nH"].values[0] == 1.0
+
+
+def test_find_parameter_names():
+    from types import SimpleNamespace
+
+    from xrmodifier_hpc.backends.xspec import find_parameter
+
+    def comp(*names):
+        return SimpleNamespace(parameterNames=list(names), **{n: f"<{n}>" for n in names})
+
+    model = SimpleNamespace(
+        componentNames=["phabs", "mekal"],
+        phabs=comp("nH"),
+        mekal=comp("kT", "nH", "norm"),
+    )
+    assert find_parameter(model, "kT", "m") == "<kT>"
+    assert find_parameter(model, "mekal.nH", "m") == "<nH>"
+    with pytest.raises(UserError, match="2 parameters named 'nH': give one of phabs.nH, mekal.nH"):
+        find_parameter(model, "nH", "m")
+    with pytest.raises(UserError, match=r"no parameter 'kt' \(did you mean 'kT'\?\)"):
+        find_parameter(model, "kt", "m")
 
 
 def test_apecroot_from_environment(fake_pyxspec, small_config, monkeypatch):
-    import xspec
-
     monkeypatch.setenv("XRM_APECROOT", "/atomdb/apec_v3.1.3")
     with _backend(small_config):
+        import xspec
+
         assert ("modelstring", "APECROOT", "/atomdb/apec_v3.1.3") in xspec.CALLS
 
 
 def test_missing_headas_is_user_error(fake_pyxspec, small_config, monkeypatch):
-    from xrmodifier_hpc.errors import UserError
-
     monkeypatch.delenv("HEADAS")
     with pytest.raises(UserError, match="HEADAS"):
         _backend(small_config)
+
+
+# --------------------------------------------------------------------------------------------
+# XSPEC's output goes to the rank's log; a model without photons is refused
+# --------------------------------------------------------------------------------------------
+
+
+def test_xspec_output_goes_to_the_log_not_the_terminal(fake_pyxspec, small_config, capfd):
+    """XSPEC writes to file descriptors 1 and 2 from C++; the backend points both at
+    WORKDIR/logs/xspec-rank0.log while XSPEC works."""
+    with _backend(small_config, realisations=1, curves=False) as backend:
+        import xspec
+
+        log_path = backend.log_path
+        theta, t_true, index = _points(small_config, [0])
+        xspec.ERROR_FLAGS[:] = ["TFFFFFFFF"]
+        print("product line")
+        backend.run(theta, t_true, index, norm=np.ones(1))
+    out, err = capfd.readouterr()
+    assert out == "product line\n" and err == ""
+    assert log_path == small_config.parent / "run" / "logs" / "xspec-rank0.log"
+    assert "New best fit found" in log_path.read_text()
+
+
+def test_model_without_photons_is_refused_at_the_first_point(
+    fake_pyxspec, small_config, monkeypatch
+):
+    monkeypatch.setenv("FAKE_XSPEC_NO_ATOMDB", "1")
+    _xspec_config(small_config, "tbabs*apec", "{ nH = 0.05, Abundanc = 0.3, Redshift = 0.0 }")
+    with _backend(small_config, realisations=1) as backend:
+        theta, t_true, index = _points(small_config, [0])
+        for norm in (None, np.ones(1)):  # counts from the norm's fakeit, or a given norm
+            with pytest.raises(UserError, match="gives no photons .* in 0.5-7 keV") as info:
+                backend.run(theta, t_true, index, norm=norm)
+            assert "AtomDB" in str(info.value) and "\n" not in str(info.value)
+
+
+def _xspec_config(config: Path, model: str, params: str) -> Path:
+    text = edit_config(config.read_text(), "simulation", "backend", '"xspec"')
+    text = edit_config(text, "source", "model", f'"{model}"')
+    config.write_text(edit_config(text, "source", "params", params))
+    return config
+
+
+def _fake_env(tmp_path: Path, **extra) -> dict[str, str]:
+    return {
+        "PYTHONPATH": os.pathsep.join([str(FAKE_SITE), os.environ.get("PYTHONPATH", "")]),
+        "HEADAS": str(tmp_path / "heasoft"),
+        "XRM_SCRATCH": str(tmp_path / "scratch"),
+        "HOME": str(tmp_path / "user-home"),
+        **extra,
+    }
+
+
+def test_check_asks_xspec(fake_pyxspec, small_config):
+    import json
+
+    config = _xspec_config(small_config, "tbabs*apec", "{ nH = 0.05, Abundanc = 0.3 }")
+    proc = run_cli("check", str(config), env=_fake_env(fake_pyxspec))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["model_check"].startswith("xspec: XSPEC 12.14.0 (PyXspec 2.1.0) accepts")
+    assert "kT, Abundanc, Redshift, norm" in summary["model_check"]
+    assert proc.stderr == ""
+    for params, message in (
+        ("{ nH = 0.05, Abundance = 0.3 }", "no parameter 'Abundance' (did you mean 'Abundanc'?)"),
+        ("{ nH = 0.05, nosuch = 1 }", "no parameter 'nosuch'"),
+    ):
+        config = _xspec_config(small_config, "tbabs*apec", params)
+        proc = run_cli("check", str(config), env=_fake_env(fake_pyxspec))
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "[source.model]" in lines[0]
+    config = _xspec_config(small_config, "tbabs*apec", "{ nH = 0.05 }")
+    proc = run_cli("check", str(config), env=_fake_env(fake_pyxspec, FAKE_XSPEC_NO_ATOMDB="1"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gives no photons" in lines[0], proc.stderr
+    config = _xspec_config(small_config, "tbabs*nosuch", "{ nH = 0.05 }")
+    proc = run_cli("check", str(config), env=_fake_env(fake_pyxspec))
+    assert proc.returncode == 2 and "XSPEC does not accept the model" in proc.stderr
+
+
+def test_check_without_pyxspec_says_xspec_did_not_check(small_config):
+    import json
+
+    if _pyxspec_importable():
+        pytest.skip("PyXspec is importable here")
+    config = _xspec_config(small_config, "tbabs*(apec+gaussian)", "{ nH = 0.05 }")
+    proc = run_cli("check", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_check"].startswith("xspec: not checked here")
+    # what cannot be an XSPEC expression is refused by the config itself
+    config = _xspec_config(small_config, "tbabs*(apec", "{ nH = 0.05 }")
+    proc = run_cli("check", str(config))
+    assert proc.returncode == 2 and "unbalanced parentheses" in proc.stderr
+
+
+def test_simulate_prints_only_the_products_lines(fake_pyxspec, small_config):
+    """A whole ``xrmodifier simulate`` with the XSPEC stand-in in a fresh process: XSPEC's
+    start-up, warnings and exit handler print nothing on the terminal."""
+    config = _xspec_config(small_config, "tbabs*apec", "{ nH = 0.05, Abundanc = 0.3 }")
+    text = edit_config(config.read_text(), "simulation", "realisations", "1")
+    text = edit_config(text, "temperatures", "t_true", "{ values = [2.0, 5.0] }")
+    config.write_text(text)
+    proc = run_cli("simulate", str(config), env=_fake_env(fake_pyxspec), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out_lines = proc.stdout.strip().splitlines()
+    assert len(out_lines) == 1 and "points done" in out_lines[0], proc.stdout
+    for line in proc.stderr.splitlines():
+        # the stage's own progress and summary lines, nothing of XSPEC's
+        assert re.match(r"^(\d\d:\d\d:\d\d )?(simulate|\s*\d+/\d+|xrmodifier)", line) or (
+            "points" in line
+        ), proc.stderr
+    for stray in ("Creating a $HOME/.xspec", "New best fit", "mv:", "xautosav", "Error"):
+        assert stray not in proc.stdout + proc.stderr
+    log = (config.parent / "run" / "logs" / "xspec-rank0.log").read_text()
+    assert "Creating" not in log  # the scratch HOME held .xspec/cache before the import

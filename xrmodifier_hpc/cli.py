@@ -330,6 +330,80 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# tabulate
+# --------------------------------------------------------------------------------------------
+
+
+def _tabulate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tabulate",
+        help="tabulate an XSPEC model over a parameter grid into an XSPEC table model "
+        "(atable/mtable FITS) for the native backend; run inside the container",
+    )
+    p.add_argument("model", help="XSPEC model expression, e.g. apec or tbabs")
+    p.add_argument("-o", "--output", type=Path, required=True, help="table-model FITS to write")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=SPEC",
+        required=True,
+        help="a tabulated parameter: NAME=log:LOW:HIGH:N, NAME=lin:LOW:HIGH:N or "
+        "NAME=V1,V2,... (repeatable; the last varies fastest)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="hold a parameter at a value (repeatable; others keep XSPEC's defaults)",
+    )
+    p.add_argument(
+        "--energies",
+        default=None,
+        metavar="log|lin:LOW:HIGH:N",
+        help="energy grid of the table, keV (default log:0.05:50:5000)",
+    )
+    p.add_argument("--abund", default="angr", help="XSPEC abundance table (default angr)")
+    p.add_argument("--xsect", default="vern", help="XSPEC cross-sections (default vern)")
+    p.add_argument("--name", default=None, help="MODLNAME (default: from the expression)")
+    p.add_argument("--redshift", action="store_true", help="give the table a redshift parameter z")
+    p.add_argument(
+        "--backend",
+        choices=("xspec", "native"),
+        default="xspec",
+        help="xspec (default) or native (one native component, no XSPEC needed)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=_run_tabulate)
+
+
+def _run_tabulate(args: argparse.Namespace) -> int:
+    from xrmodifier_hpc.stages.tabulate import (
+        parse_energies,
+        parse_fixed,
+        parse_grid_axis,
+        tabulate,
+    )
+
+    summary = tabulate(
+        args.model,
+        args.output,
+        [parse_grid_axis(item) for item in args.grid],
+        fixed=parse_fixed(args.set),
+        energies=parse_energies(args.energies) if args.energies else None,
+        backend=args.backend,
+        abund=args.abund,
+        xsect=args.xsect,
+        name=args.name,
+        redshift=args.redshift,
+        overwrite=args.overwrite,
+    )
+    if summary is not None:
+        print(summary.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
@@ -343,6 +417,7 @@ PARSERS = (
     _merge_parser,
     _train_parser,
     _report_parser,
+    _tabulate_parser,
 )
 
 

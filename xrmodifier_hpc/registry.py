@@ -105,6 +105,7 @@ SOURCE_COMPONENTS = Registry(
         "bremss": "xrmodifier_hpc.physics.spectra:Bremss",
         "wabs": "xrmodifier_hpc.physics.spectra:Wabs",
         "atable": "xrmodifier_hpc.physics.spectra:TableModel",
+        "mtable": "xrmodifier_hpc.physics.spectra:MultiplicativeTable",
     },
 )
 

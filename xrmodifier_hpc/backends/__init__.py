@@ -1,7 +1,8 @@
 """Backends: the one interface to simulate-and-fit, with a native and a PyXspec family.
 
-``make_backend`` is the only place that chooses one; the xspec module is imported only when
-chosen, so nothing else needs HEASoft.
+``make_backend`` is the only place that chooses one, by name through
+``registry.BACKENDS``; the xspec module is imported only when chosen, so nothing else needs
+HEASoft.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from xrmodifier_hpc.backends.base import Backend, PointResults, SimulationSettings
 from xrmodifier_hpc.config import Config
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.registry import BACKENDS
 
 __all__ = ["Backend", "PointResults", "SimulationSettings", "make_backend"]
 
@@ -16,34 +18,38 @@ __all__ = ["Backend", "PointResults", "SimulationSettings", "make_backend"]
 def make_backend(
     cfg: Config, role: str = "target", name: str | None = None, **overrides
 ) -> Backend:
-    """Build the configured backend for instrument ``role`` ("target" or "reference").
+    """Build the configured backend for one instrument.
 
-    ``overrides`` replace simulation settings (e.g. ``mode="asimov"``, ``realisations=1``).
+    Parameters
+    ----------
+    cfg : Config
+        The validated config.
+    role : str
+        ``"target"`` or ``"reference"``: whose response the backend simulates through.
+    name : str, optional
+        A backend of ``registry.BACKENDS`` instead of ``[simulation] backend``.
+    **overrides
+        Simulation settings to replace (e.g. ``mode="asimov"``, ``realisations=1``).
+
+    Returns
+    -------
+    Backend
+        Ready to ``run``; close it (or use it as a context manager) when done.
+
+    Raises
+    ------
+    UserError
+        An unknown backend name, a backend that cannot start here (PyXspec outside the
+        container: one line saying where it runs), or what the backend refuses in the config.
     """
-    from xrmodifier_hpc.io.ogip import Instrument
-    from xrmodifier_hpc.physics.modifiers import get_modifier
-    from xrmodifier_hpc.physics.spectra import parse_model
-
     name = name or cfg.simulation.backend
-    inst_cfg = getattr(cfg.instruments, role)
-    instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
-    model = parse_model(cfg.source.model, base=cfg.path.parent)
-    modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
-    settings = SimulationSettings.from_config(cfg, role, **overrides)
-    if name == "native":
-        from xrmodifier_hpc.backends.native import NativeBackend
-
-        return NativeBackend(instrument, model, modifier, settings)
-    if name == "xspec":
-        try:
-            from xrmodifier_hpc.backends.xspec import XspecBackend
-
-            # PyXspec itself is imported by the constructor, once the per-process scratch
-            # folder (HOME, PFILES) that XSPEC reads at start-up is in place
-            return XspecBackend(instrument, model, modifier, settings, cfg=cfg, role=role)
-        except ImportError as exc:
-            raise UserError(
-                f"backend 'xspec' needs PyXspec, which does not import here ({exc}); run inside "
-                'the container (apptainer exec xrmodifier.sif ...) or use backend = "native"'
-            ) from None
-    raise UserError(f"unknown backend {name!r}: use 'native' or 'xspec'")
+    if name not in BACKENDS:
+        raise UserError(BACKENDS.suggest(name), f"{cfg.path} [simulation.backend]")
+    cls = BACKENDS.get(name)
+    try:
+        return cls.from_config(cfg, role, **overrides)
+    except ImportError as exc:
+        raise UserError(
+            f"backend {name!r} needs {cls.requires}, which does not import here ({exc}); "
+            f'{cls.where_available} or use backend = "native"'
+        ) from None

@@ -27,6 +27,9 @@ STATUS_TOO_FEW_COUNTS = 2  #: fewer noticed counts than ``min_counts``: not fitt
 STATUS_ERROR_AT_BOUND = 4  #: the delta-C = 1 interval runs past the fit-temperature grid
 STATUS_NOT_CONVERGED = 8  #: the continuous refinement did not reach its tolerance
 STATUS_FAILED = 16  #: non-finite model or statistic; values NaN
+#: informational: the error search found a lower statistic than the fit ("new best fit found"
+#: in XSPEC), and the fit was redone from there until the search ran clean
+STATUS_REFITTED = 32
 
 STATUS_NAMES = {
     STATUS_AT_GRID_BOUND: "at_grid_bound",
@@ -34,6 +37,7 @@ STATUS_NAMES = {
     STATUS_ERROR_AT_BOUND: "error_at_bound",
     STATUS_NOT_CONVERGED: "not_converged",
     STATUS_FAILED: "failed",
+    STATUS_REFITTED: "refitted",
 }
 #: statuses whose best-fit temperature should not be used (emulator training leaves them out)
 STATUS_UNUSABLE = STATUS_AT_GRID_BOUND | STATUS_TOO_FEW_COUNTS | STATUS_FAILED
@@ -135,6 +139,25 @@ class Backend(ABC):
     """Simulate-and-fit engine. Subclasses: ``native`` (numpy/torch) and ``xspec`` (PyXspec)."""
 
     name: ClassVar[str]
+    #: what the backend needs that may not import everywhere, and where it does
+    requires: ClassVar[str] = "nothing beyond this package"
+    where_available: ClassVar[str] = "install it"
+
+    @classmethod
+    def from_config(cls, cfg: Config, role: str = "target", **overrides) -> Backend:
+        """Build the backend for instrument ``role`` of ``cfg`` (``overrides`` replace
+        simulation settings). The default builds ``cls(instrument, model, modifier,
+        settings)`` with the native model of ``[source] model`` (table files read)."""
+        from xrmodifier_hpc.io.ogip import Instrument
+        from xrmodifier_hpc.io.tables import load_model
+        from xrmodifier_hpc.physics.modifiers import get_modifier
+
+        inst_cfg = getattr(cfg.instruments, role)
+        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+        model = load_model(cfg.source.model, base=cfg.path.parent)
+        modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        settings = SimulationSettings.from_config(cfg, role, **overrides)
+        return cls(instrument, model, modifier, settings)
 
     @abstractmethod
     def version(self) -> str:

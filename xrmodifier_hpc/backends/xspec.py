@@ -1,35 +1,63 @@
-"""The PyXspec backend: the ``native`` contract, computed by a real XSPEC (inside the container).
+"""The PyXspec backend: the ``native`` contract computed by a real XSPEC (inside the container),
+for any XSPEC model expression, and XSPEC's model evaluation for ``xrmodifier tabulate``.
 
 ``make_backend`` imports this module only when ``backend = "xspec"`` is chosen. The module
 itself imports anywhere (its helpers are plain functions); PyXspec is imported when the first
-:class:`XspecBackend` is built, because XSPEC reads ``$HOME/.xspec`` and ``$PFILES`` once, at
-start-up, and those must already point at this process's own scratch folder by then. Where
-PyXspec is missing the constructor raises ImportError, which ``make_backend`` turns into a
-one-line error saying to run inside the container.
+:class:`XspecBackend` (or :func:`validate_model`, :class:`XspecTabulator`) is built, because
+XSPEC reads ``$HOME/.xspec`` and ``$PFILES`` once, at start-up, and those must already point
+at this process's own scratch folder by then. Where PyXspec is missing the constructor raises
+ImportError, which ``make_backend`` turns into a one-line error saying to run inside the
+container.
 
-One XSPEC per process: XSPEC is a process-wide singleton (one ``AllData``, one ``AllModels``),
-so every MPI rank is its own process with its own scratch folder (HOME, PFILES, the modified
-ARFs), and every point starts from ``AllData.clear()`` / ``AllModels.clear()`` so no state
-leaks from one point to the next. The PyXspec calls follow the PyXspec reference
-(heasarc.gsfc.nasa.gov/xanadu/xspec/python/html): ``Xset``, ``Fit``, ``AllData.fakeit``,
-``FakeitSettings``, ``Spectrum.response.arf``, ``Fit.error``, ``Fit.steppar``.
+One XSPEC per process: XSPEC is a process-wide singleton (one ``AllData``, one
+``AllModels``), so every MPI rank is its own process with its own scratch folder (HOME,
+PFILES, the modified ARFs), and every point starts from ``AllData.clear()`` /
+``AllModels.clear()`` so no state leaks from one point to the next. The PyXspec calls follow
+the PyXspec reference (heasarc.gsfc.nasa.gov/xanadu/xspec/python/html) and its source
+(``xspec/xset.py``, ``fit.py``, ``model.py``): ``Xset``, ``Fit``, ``AllData.fakeit``,
+``FakeitSettings``, ``Spectrum.response.arf``, ``Fit.error``, ``Fit.steppar``,
+``Model.values``, ``AllModels.setEnergies``.
+
+Nothing of XSPEC's reaches the terminal. XSPEC prints through C++ streams straight to file
+descriptors 1 and 2, whatever Python's ``sys.stdout`` is, so while XSPEC works both
+descriptors point at the rank's log (``WORKDIR/logs/xspec-rankN.log``); chatter is 0 on the
+console and in XSPEC's own log. Start-up messages are avoided at the source: XSPEC creates
+``$HOME/.xspec`` and ``$HOME/.xspec/cache`` and prints "Creating a $HOME/.xspec directory for
+you" when they are missing (XSPEC's ``GlobalData``), so the scratch HOME holds both before
+import. At exit XSPEC moves ``~/.xspec/cache/xautosav_<pid>.xcm`` into place (``mv -f``,
+XSGlobal::cleanUp, run from ``Py_AtExit`` after every Python exit handler), so the scratch
+HOME stays until the process ends; autosave itself is turned off (``autosave off``: the file
+stays empty and XSPEC removes it instead), which also spares a save file being rewritten
+after every command.
 
 Per point and realisation r: ``Xset.seed`` is set from the point's own random stream
 (:func:`realisation_seeds`), so a point's spectra do not depend on batching or rank layout.
 The spectrum is faked through the MODIFIED response, the band is re-applied (fakeit resets
 the noticed channels), fitted with the modified ARF (T1', ``t_fit_mod``), then the ARF is
 swapped back to the original and the same counts are fitted again (T1, ``t_fit_orig``).
+
+Each fit (:meth:`XspecBackend._fit`) first scans C(T) on the fit grid with ``steppar``
+(norm refitted at every T: the stored profile), starts XSPEC's fit from the best node of that
+scan, so a gradient fit cannot stall in a local minimum far from the global one (XSPEC's
+bremss changes Gaunt-factor regime near kT = 13.6 keV, and Levenberg-Marquardt stops there),
+then runs ``Fit.error``; when the error search finds a lower statistic ("new best fit found")
+the fit is redone from there until the search runs clean (``STATUS_REFITTED``). Only a fit
+that still ends above the scan's best node, or whose error search still fails, is flagged
+``not_converged``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +70,7 @@ from xrmodifier_hpc.backends.base import (
     STATUS_FAILED,
     STATUS_NOT_CONVERGED,
     STATUS_OK,
+    STATUS_REFITTED,
     STATUS_TOO_FEW_COUNTS,
     Backend,
     PointResults,
@@ -49,8 +78,9 @@ from xrmodifier_hpc.backends.base import (
 )
 from xrmodifier_hpc.config.grid import point_rng
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.artefacts import Workdir
 from xrmodifier_hpc.io.ogip import write_modified_arf
-from xrmodifier_hpc.runtime.environment import process_scratch_dir
+from xrmodifier_hpc.runtime.environment import detect, process_scratch_dir
 
 if TYPE_CHECKING:
     from xrmodifier_hpc.config import Config
@@ -65,8 +95,14 @@ SEED_MAX = 2**31 - 1
 #: the hard limits of the temperature parameter sit this far (relative) outside the fit grid,
 #: because XSPEC never lets a parameter reach its hard limit and steppar must visit the ends
 LIMIT_MARGIN = 1e-3
-#: ``Fit.error`` retries after XSPEC reports "new minimum found" (it aborts the search then)
-ERROR_RETRIES = 3
+#: fits redone after ``Fit.error`` reports "new minimum found" before giving up (each redo
+#: starts from the lower minimum the search found)
+ERROR_RETRIES = 5
+#: a fit that ends this much (C-stat) above the best node of its own C(T) scan has not
+#: reached the global minimum
+SCAN_TOLERANCE = 1e-3
+#: energy bins of the check that the model gives photons in the band (``validate_model``)
+CHECK_BINS = 200
 
 # Positions in the 9-letter status string of ``Parameter.error`` (XSPEC manual, ``tclout
 # error``): new minimum found, non-monotonicity detected, minimization may have run into
@@ -86,6 +122,11 @@ ERR_SEARCH_UPPER = 7
 # --------------------------------------------------------------------------------------------
 
 
+def pyxspec_available() -> bool:
+    """Whether ``import xspec`` can work here (PyXspec on the path: inside the container)."""
+    return importlib.util.find_spec("xspec") is not None
+
+
 def realisation_seeds(seed: int, index: int, n_real: int, stream: int) -> np.ndarray:
     """``Xset.seed`` values for the ``n_real`` realisations of grid point ``index``.
 
@@ -97,16 +138,21 @@ def realisation_seeds(seed: int, index: int, n_real: int, stream: int) -> np.nda
 
 @dataclass(frozen=True)
 class ScratchLayout:
-    """This process's XSPEC scratch folder: ``home`` (HOME: XSPEC writes ``~/.xspec``),
-    ``pfiles`` (the user half of PFILES), ``inputs`` (links to the responses under names
-    without blanks or brackets, which XSPEC's command parser would split or interpret)
-    and one ``arf-N`` folder per backend for the modified ARFs."""
+    """This process's XSPEC scratch folder: ``home`` (HOME, holding the ``.xspec/cache``
+    XSPEC expects), ``pfiles`` (the user half of PFILES), ``inputs`` (links to the responses
+    under names without blanks or brackets, which XSPEC's command parser would split or
+    interpret) and one ``arf-N`` folder per backend for the modified ARFs."""
 
     root: Path
 
     @property
     def home(self) -> Path:
         return self.root / "home"
+
+    @property
+    def xspec_cache(self) -> Path:
+        """``$HOME/.xspec/cache``: XSPEC's autosave and undo files."""
+        return self.home / ".xspec" / "cache"
 
     @property
     def pfiles(self) -> Path:
@@ -120,8 +166,16 @@ class ScratchLayout:
         return self.root / f"arf-{owner}"
 
     def create(self) -> None:
-        for path in (self.home, self.pfiles, self.inputs):
+        for path in (self.xspec_cache, self.pfiles, self.inputs):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def remove_work(self) -> None:
+        """Remove what the backends put here (links, modified ARFs, parameter files) and
+        keep ``home`` (a loaded XSPEC still uses ``~/.xspec/cache`` when the process exits)
+        and the log."""
+        for path in self.root.glob("*"):
+            if path.is_dir() and path != self.home:
+                shutil.rmtree(path, ignore_errors=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -153,7 +207,7 @@ _TABLE = re.compile(r"\b(atable|mtable|etable)\{([^}]*)\}")
 def xspec_expression(expression: str, base: Path) -> str:
     """The model expression for XSPEC: table-model files (``atable{t.fits}``) made absolute
     against ``base`` (the config's folder), since XSPEC resolves them against its working
-    directory."""
+    directory; the native ``bremss{xspec}`` is XSPEC's ``bremss``."""
 
     def absolute(match: re.Match) -> str:
         path = Path(match.group(2).strip())
@@ -161,8 +215,7 @@ def xspec_expression(expression: str, base: Path) -> str:
             path = base / path
         return f"{match.group(1)}{{{path.resolve()}}}"
 
-    # the native ``bremss{xspec}`` names XSPEC's own bremss; the seam-smoothed variant exists
-    # only natively (spectra.gaunt_factor)
+    # the seam-smoothed variant exists only natively (spectra.gaunt_factor)
     if re.search(r"\bbremss\{\s*smooth\s*\}", expression):
         raise UserError(
             "bremss{smooth} exists only in the native backend; XSPEC's bremss is bremss",
@@ -234,6 +287,118 @@ def interval_distances(best: float, low: float, high: float, flags: str) -> tupl
     return (down, up)
 
 
+def best_node(curve: np.ndarray) -> int | None:
+    """Index of the lowest finite value of a C(T) scan, or None when none is finite."""
+    curve = np.asarray(curve, dtype=np.float64)
+    finite = np.isfinite(curve)
+    if not finite.any():
+        return None
+    return int(np.flatnonzero(finite)[np.argmin(curve[finite])])
+
+
+def find_parameter(model: Any, name: str, expression: str) -> Any:
+    """The one parameter of a PyXspec ``Model`` called ``name`` (``kT``) or
+    ``component.name`` (``apec.kT``, for a name that several components share).
+
+    Raises
+    ------
+    UserError
+        No such parameter, or several (the message lists the qualified names to choose
+        from), naming ``[source.model]``.
+    """
+    comp_name, _, par_name = name.rpartition(".")
+    found, known = [], []
+    for comp in model.componentNames:
+        component = getattr(model, comp)
+        for par in component.parameterNames:
+            known.append(f"{comp}.{par}")
+            if par == par_name and (not comp_name or comp == comp_name):
+                found.append(getattr(component, par))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        import difflib
+
+        bare = sorted({k.split(".", 1)[1] for k in known})
+        close = difflib.get_close_matches(par_name, bare, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"the XSPEC model {expression!r} has no parameter {name!r}{hint}; its parameters: "
+            f"{', '.join(bare)}",
+            "[source.model]",
+        )
+    choices = [k for k in known if k.endswith(f".{par_name}")]
+    raise UserError(
+        f"the XSPEC model {expression!r} has {len(found)} parameters named {name!r}: give one "
+        f"of {', '.join(choices)}",
+        "[source.model]",
+    )
+
+
+def xspec_log_path(workdir: Path | None, rank: int | None = None) -> Path | None:
+    """Where this rank's XSPEC output goes: ``WORKDIR/logs/xspec-rankN.log`` (None without a
+    work folder: the log then lives in the scratch folder)."""
+    if workdir is None:
+        return None
+    rank = detect().rank if rank is None else rank
+    return Workdir(Path(workdir)).logs / f"xspec-rank{rank}.log"
+
+
+# --------------------------------------------------------------------------------------------
+# XSPEC's output: file descriptors 1 and 2 point at the log while XSPEC works
+# --------------------------------------------------------------------------------------------
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers (XSPEC's C++ streams write through them)."""
+    with suppress(OSError, AttributeError):  # no libc symbols: nothing to flush
+        ctypes.CDLL(None).fflush(None)
+
+
+class OutputCapture:
+    """Point file descriptors 1 and 2 at ``log_fd`` while the block runs (re-entrant).
+
+    Python's own ``sys.stdout``/``sys.stderr`` and C's stdio are flushed on both sides, so
+    the product's lines before and after stay on the terminal and everything written in
+    between (XSPEC's C++ streams, Fortran, ``mv``) lands in the log.
+    """
+
+    def __init__(self, log_fd: int) -> None:
+        self.log_fd = log_fd
+        self._depth = 0
+        self._saved: tuple[int, int] | None = None
+
+    def __enter__(self) -> OutputCapture:
+        if self._depth == 0:
+            self._flush()
+            try:
+                self._saved = (os.dup(1), os.dup(2))
+                os.dup2(self.log_fd, 1)
+                os.dup2(self.log_fd, 2)
+            except OSError:  # pragma: no cover - closed standard descriptors
+                self._saved = None
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._saved is not None:
+            self._flush()
+            out, err = self._saved
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.close(out)
+            os.close(err)
+            self._saved = None
+
+    @staticmethod
+    def _flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(AttributeError, ValueError, OSError):
+                stream.flush()
+        _flush_c_stdio()
+
+
 # --------------------------------------------------------------------------------------------
 # the process's XSPEC
 # --------------------------------------------------------------------------------------------
@@ -241,11 +406,14 @@ def interval_distances(best: float, low: float, high: float, flags: str) -> tupl
 
 @dataclass
 class _Session:
-    """The one XSPEC of this process: its module, scratch folder and how many backends use it."""
+    """The one XSPEC of this process: its module, scratch folder, log and users."""
 
     xspec: Any
     layout: ScratchLayout
     saved_env: dict[str, str | None]
+    log_path: Path
+    capture: OutputCapture
+    log_fd: int
     users: int = 0
     next_owner: int = 0
 
@@ -253,14 +421,22 @@ class _Session:
 _session: _Session | None = None
 
 
-def _open_session() -> _Session:
-    """Prepare this process's scratch folder and environment, then import PyXspec."""
+def _open_log(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def _open_session(log_path: Path | None = None) -> _Session:
+    """Prepare this process's scratch folder, environment and log, then import PyXspec
+    (its start-up output goes to the log)."""
     global _session
     if _session is not None:
         _session.layout.create()
+        if _session.users == 0:
+            _session.saved_env = _apply_env(_session.layout)
         _session.users += 1
         return _session
-    if importlib.util.find_spec("xspec") is None:
+    if not pyxspec_available():
         raise ImportError("No module named 'xspec' (PyXspec, built with HEASoft)")
     if not os.environ.get("HEADAS"):
         raise UserError(
@@ -269,25 +445,52 @@ def _open_session() -> _Session:
         )
     layout = ScratchLayout(process_scratch_dir("xspec"))
     layout.create()
+    log_path = log_path or layout.root / "xspec.log"
+    log_fd = _open_log(log_path)
+    capture = OutputCapture(log_fd)
+    saved = _apply_env(layout)
+    try:
+        with capture:
+            module = importlib.import_module("xspec")
+            _quiet(module)
+    except BaseException:
+        _restore_env(saved)
+        os.close(log_fd)
+        layout.remove()
+        raise
+    _session = _Session(module, layout, saved, log_path, capture, log_fd, users=1)
+    return _session
+
+
+def _apply_env(layout: ScratchLayout) -> dict[str, str | None]:
     new_env = xspec_environment(layout, os.environ)
     saved = {name: os.environ.get(name) for name in new_env}
     os.environ.update(new_env)
-    try:
-        module = importlib.import_module("xspec")
-    except BaseException:
-        _restore_env(saved)
-        layout.remove()
-        raise
-    _session = _Session(module, layout, saved, users=1)
-    return _session
+    return saved
+
+
+def _quiet(xs: Any) -> None:
+    """Chatter 0 on the console and in XSPEC's log, no prompts, autosave off."""
+    xs.Xset.chatter = 0
+    xs.Xset.logChatter = 0
+    xs.Xset.allowPrompting = False
+    # PyXspec has no attribute for XSPEC's ``autosave`` command; its own setters send
+    # commands through _pyXspec.doXspecCmd (xspec/xset.py), and so does this
+    command = getattr(getattr(xs, "_pyXspec", None), "doXspecCmd", None)
+    if command is not None:
+        try:
+            command(["autosave", "off"])
+        except Exception:  # noqa: BLE001 - an XSPEC without the command keeps autosave
+            log.debug("XSPEC refused 'autosave off'", exc_info=True)
 
 
 def _close_session(session: _Session) -> None:
     session.users -= 1
     if session.users <= 0:
         session.users = 0
-        # XSPEC stays loaded (it cannot be unloaded); a later backend recreates the same folder
-        session.layout.remove()
+        # XSPEC stays loaded (it cannot be unloaded) and uses ~/.xspec/cache at exit; the
+        # rest of the scratch folder goes, and a later backend recreates it
+        session.layout.remove_work()
         _restore_env(session.saved_env)
 
 
@@ -297,6 +500,175 @@ def _restore_env(saved: Mapping[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@contextmanager
+def _xspec_session(log_path: Path | None) -> Iterator[_Session]:
+    session = _open_session(log_path)
+    try:
+        yield session
+    finally:
+        _close_session(session)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ModelHandle:
+    model: Any
+    temperature: Any
+    norm: Any
+    frozen: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [
+            par
+            for comp in self.model.componentNames
+            for par in getattr(self.model, comp).parameterNames
+        ]
+
+
+def _build_model(xs: Any, expression: str, settings: SimulationSettings) -> _ModelHandle:
+    """``AllModels.clear()``, then XSPEC's model of ``expression`` with the frozen
+    parameters set by XSPEC's names and the temperature and norm parameters found.
+
+    Raises
+    ------
+    UserError
+        XSPEC refuses the expression, or a parameter name is unknown or ambiguous.
+    """
+    xs.AllModels.clear()
+    try:
+        model = xs.Model(expression)
+    except Exception as exc:  # noqa: BLE001 - PyXspec raises plain Exceptions
+        reason = " ".join(str(exc).split())
+        raise UserError(
+            f"XSPEC does not accept the model {expression!r}: {reason}", "[source.model]"
+        ) from None
+    handle = _ModelHandle(
+        model,
+        find_parameter(model, settings.temperature_param, expression),
+        find_parameter(model, "norm", expression),
+    )
+    for name, value in settings.source_params.items():
+        par = find_parameter(model, name, expression)
+        try:
+            par.values = float(value)
+        except Exception as exc:  # noqa: BLE001
+            reason = " ".join(str(exc).split())
+            raise UserError(
+                f"XSPEC does not take {name} = {value:g}: {reason}", f"[source.params.{name}]"
+            ) from None
+        par.frozen = True
+        handle.frozen[name] = par
+    return handle
+
+
+def _band_photons(values: np.ndarray, edges: np.ndarray, band: tuple[float, float]) -> float:
+    """Photons cm^-2 s^-1 in ``band`` (keV) from a model's values per bin of ``edges``; NaN
+    when any value is not finite."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return float("nan")
+    lo, hi = band
+    inside = (edges[1:] > lo) & (edges[:-1] < hi)
+    return float(values[inside].sum())
+
+
+def _refuse_dark_model(expression: str, band: tuple[float, float], where: str) -> UserError:
+    lo, hi = band
+    return UserError(
+        f"XSPEC's model {expression!r} gives no photons (zero or non-finite flux) in "
+        f"{lo:g}-{hi:g} keV {where}: XSPEC returns zeros when a model's data files are "
+        "missing (apec needs AtomDB: see the XSPEC log, and XRM_APECROOT in "
+        "containers/README.md)",
+        "[source.model]",
+    )
+
+
+def validate_model(cfg: Config) -> str:
+    """Ask XSPEC whether ``[source]`` is a model it can compute: the expression, the
+    temperature and frozen parameters by XSPEC's names, and photons in the band at the
+    lowest and highest true temperature.
+
+    Parameters
+    ----------
+    cfg : Config
+        A config with ``backend = "xspec"``.
+
+    Returns
+    -------
+    str
+        One line: the XSPEC version, the expression and its parameters.
+
+    Raises
+    ------
+    UserError
+        One line naming the key: XSPEC refuses the expression or a value, a parameter name is
+        unknown or ambiguous, or the model gives no photons in the band.
+    ImportError
+        PyXspec does not import here.
+    """
+    settings = SimulationSettings.from_config(cfg)
+    expression = xspec_expression(cfg.source.model, cfg.path.parent)
+    band = tuple(float(b) for b in settings.band)
+    t_axis = cfg.temperatures.t_true.array
+    with _xspec_session(xspec_log_path(cfg.workdir)) as session:
+        xs = session.xspec
+        with session.capture:
+            _settings(xs, settings)
+            xs.AllData.clear()
+            xs.AllModels.setEnergies(f"{band[0]!r} {band[1]!r} {CHECK_BINS} log")
+            try:
+                handle = _build_model(xs, expression, settings)
+                edges = np.asarray(handle.model.energies(0), dtype=np.float64)
+                for t in (float(t_axis.min()), float(t_axis.max())):
+                    try:
+                        handle.temperature.values = float(t)
+                    except Exception as exc:  # noqa: BLE001 - PyXspec raises plain Exceptions
+                        reason = " ".join(str(exc).split())
+                        raise UserError(
+                            f"XSPEC does not take {settings.temperature_param} = {t:g}: {reason}",
+                            "[temperatures.t_true]",
+                        ) from None
+                    handle.norm.values = 1.0
+                    photons = _band_photons(handle.model.values(0), edges, band)
+                    if not photons > 0:
+                        raise _refuse_dark_model(
+                            expression, band, f"at {settings.temperature_param} = {t:g} keV"
+                        )
+                names = handle.parameter_names
+            finally:
+                xs.AllModels.setEnergies("reset")
+                xs.AllModels.clear()
+            version = _version(xs)
+    return (
+        f"xspec: {version} accepts {cfg.source.model!r} (parameters {', '.join(names)}; "
+        f"temperature {settings.temperature_param}; photons in {band[0]:g}-{band[1]:g} keV)"
+    )
+
+
+def _settings(xs: Any, settings: SimulationSettings) -> None:
+    """Process-wide XSPEC settings, re-applied by every user before it runs."""
+    _quiet(xs)
+    xs.Xset.abund = settings.abund
+    xs.Xset.xsect = settings.xsect
+    xs.Fit.query = "yes"
+    xs.Fit.statMethod = "cstat"
+    apecroot = os.environ.get("XRM_APECROOT")
+    if apecroot:
+        # AtomDB files outside $HEADAS/../spectral/modelData (e.g. a bind mount): XSPEC's
+        # APECROOT takes a version, a file root or a full path root
+        xs.Xset.addModelString("APECROOT", apecroot)
+
+
+def _version(xs: Any) -> str:
+    pyxspec, xspec = xs.Xset.version
+    return f"XSPEC {xspec} (PyXspec {pyxspec})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,23 +684,55 @@ class _FitResult:
     curve: np.ndarray | None = None
 
 
-@dataclass
-class _ModelHandle:
-    model: Any
-    temperature: Any
-    norm: Any
-    frozen: dict[str, Any] = field(default_factory=dict)
-
-
 class XspecBackend(Backend):
     """Simulate with ``fakeit`` and fit with C-stat in XSPEC, for one instrument.
 
-    ``instrument``: the response whose ARF the modifier multiplies (its files are what XSPEC
-    reads); ``model``: the parsed source model (XSPEC receives ``cfg.source.model``, the same
-    expression); ``settings``: exposure (s), band (keV), realisations, seed, fit grid (keV).
+    Parameters
+    ----------
+    instrument : Instrument
+        The response whose ARF the modifier multiplies (its files are what XSPEC reads).
+    model : Model or None
+        Unused (XSPEC parses ``expression`` itself); kept for the common constructor.
+    modifier : Modifier
+        The ARF modifier family.
+    settings : SimulationSettings
+        Exposure (s), band (keV), realisations, seed, fit grid (keV), temperature and frozen
+        parameters by XSPEC's names, abundance and cross-section tables.
+    cfg : Config, optional
+        The config: its folder resolves table files, its work folder holds the XSPEC log.
+    role : str
+        ``"target"`` or ``"reference"`` (names the scratch links).
+    expression : str, optional
+        The XSPEC model expression (default ``cfg.source.model``): any expression XSPEC
+        accepts, with exactly one ``norm`` and one temperature parameter.
+
+    Raises
+    ------
+    ImportError
+        PyXspec does not import (outside the container).
+    UserError
+        XSPEC refuses the model, a parameter name is unknown or ambiguous, or the model gives
+        no photons in the band.
     """
 
     name: ClassVar[str] = "xspec"
+    requires: ClassVar[str] = "PyXspec"
+    where_available: ClassVar[str] = (
+        "run inside the container (apptainer exec xrmodifier.sif xrmodifier ...)"
+    )
+
+    @classmethod
+    def from_config(cls, cfg: Config, role: str = "target", **overrides) -> XspecBackend:
+        """The backend for instrument ``role`` of ``cfg``: XSPEC parses ``[source] model``
+        itself, so no native model is built."""
+        from xrmodifier_hpc.io.ogip import Instrument
+        from xrmodifier_hpc.physics.modifiers import get_modifier
+
+        inst_cfg = getattr(cfg.instruments, role)
+        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+        modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        settings = SimulationSettings.from_config(cfg, role, **overrides)
+        return cls(instrument, None, modifier, settings, cfg=cfg, role=role)
 
     def __init__(
         self,
@@ -355,7 +759,7 @@ class XspecBackend(Backend):
         self._bounds = (float(self._tgrid.min()), float(self._tgrid.max()))
         self._norm_cache: dict[float, float] = {}
         self._closed = False
-        self._session = _open_session()
+        self._session = _open_session(xspec_log_path(cfg.workdir if cfg is not None else None))
         try:
             self._xs = self._session.xspec
             self._owner = self._session.next_owner
@@ -363,11 +767,18 @@ class XspecBackend(Backend):
             self._arf_dir = self._session.layout.arf_dir(self._owner)
             self._arf_dir.mkdir(parents=True, exist_ok=True)
             self._rmf, self._arf = self._link_inputs()
-            self._configure()
-            self._new_model()  # checks the expression and parameter names once, up front
+            with self._session.capture:
+                self._configure()
+                # checks the expression and parameter names once, up front
+                self._new_model()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def log_path(self) -> Path:
+        """This process's XSPEC log."""
+        return self._session.log_path
 
     # ---------------------------------------------------------------------------- set-up
 
@@ -386,53 +797,10 @@ class XspecBackend(Backend):
         return names["rmf"], names["arf"]
 
     def _configure(self) -> None:
-        """Process-wide XSPEC settings, re-applied by every backend before it runs."""
-        xs = self._xs
-        xs.Xset.chatter = 0
-        xs.Xset.logChatter = 0
-        xs.Xset.allowPrompting = False
-        xs.Xset.abund = self.settings.abund
-        xs.Xset.xsect = self.settings.xsect
-        xs.Fit.query = "yes"
-        xs.Fit.statMethod = "cstat"
-        apecroot = os.environ.get("XRM_APECROOT")
-        if apecroot:
-            # AtomDB files outside $HEADAS/../spectral/modelData (e.g. a bind mount): XSPEC's
-            # APECROOT takes a version, a file root or a full path root
-            xs.Xset.addModelString("APECROOT", apecroot)
+        _settings(self._xs, self.settings)
 
     def _new_model(self) -> _ModelHandle:
-        xs = self._xs
-        xs.AllModels.clear()
-        try:
-            model = xs.Model(self.expression)
-        except Exception as exc:
-            raise UserError(
-                f"XSPEC does not accept the model {self.expression!r}: {exc}", "[source.model]"
-            ) from None
-        params: dict[str, list[Any]] = {}
-        for comp_name in model.componentNames:
-            comp = getattr(model, comp_name)
-            for par_name in comp.parameterNames:
-                params.setdefault(par_name, []).append(getattr(comp, par_name))
-
-        def one(name: str) -> Any:
-            found = params.get(name, [])
-            if len(found) != 1:
-                what = "no" if not found else f"{len(found)} parameters named"
-                raise UserError(
-                    f"the XSPEC model {self.expression!r} has {what} {name!r}: the backend "
-                    "needs exactly one (one additive component, one temperature)",
-                    "[source.model]",
-                )
-            return found[0]
-
-        handle = _ModelHandle(model, one(self.settings.temperature_param), one("norm"))
-        for name, value in self.settings.source_params.items():
-            par = one(name)
-            par.values = float(value)
-            par.frozen = True
-            handle.frozen[name] = par
+        handle = _build_model(self._xs, self.expression, self.settings)
         lo, hi = self._bounds
         handle.temperature.values = self._temperature_spec(float(np.sqrt(lo * hi)))
         return handle
@@ -451,8 +819,8 @@ class XspecBackend(Backend):
     # ---------------------------------------------------------------------------- public
 
     def version(self) -> str:
-        pyxspec, xspec = self._xs.Xset.version
-        return f"XSPEC {xspec} (PyXspec {pyxspec})"
+        with self._session.capture:
+            return _version(self._xs)
 
     def run(
         self,
@@ -482,11 +850,12 @@ class XspecBackend(Backend):
             curve_orig=np.full((n, n_real, n_t), nan) if curves else None,
             curve_mod=np.full((n, n_real, n_t), nan) if curves else None,
         )
-        self._configure()
-        for i in range(n):
-            point_norm = float(norm[i]) if norm is not None else self._norm_for(t_true[i])
-            out.norm[i] = point_norm
-            self._run_point(theta[i], float(t_true[i]), int(index[i]), point_norm, out, i)
+        with self._session.capture:
+            self._configure()
+            for i in range(n):
+                point_norm = float(norm[i]) if norm is not None else self._norm_for(t_true[i])
+                out.norm[i] = point_norm
+                self._run_point(theta[i], float(t_true[i]), int(index[i]), point_norm, out, i)
         return out
 
     def close(self) -> None:
@@ -497,14 +866,28 @@ class XspecBackend(Backend):
         if session is None:
             return
         try:
-            session.xspec.AllData.clear()
-            session.xspec.AllModels.clear()
+            with session.capture:
+                session.xspec.AllData.clear()
+                session.xspec.AllModels.clear()
         except Exception:  # noqa: BLE001 - closing must not fail because XSPEC did
             log.debug("XSPEC clear failed while closing", exc_info=True)
         shutil.rmtree(getattr(self, "_arf_dir", session.layout.root / "-"), ignore_errors=True)
         _close_session(session)
 
     # ---------------------------------------------------------------------------- per point
+
+    def _check_photons(self, handle: _ModelHandle, t: float) -> None:
+        """Refuse a model without photons in the band at ``t`` (keV), from XSPEC's model
+        values on the loaded response's energies (spectrum 1)."""
+        model = handle.model
+        edges = np.asarray(model.energies(1), dtype=np.float64)
+        photons = _band_photons(model.values(1), edges, self.settings.band)
+        if not photons > 0:
+            raise _refuse_dark_model(
+                self.expression,
+                tuple(self.settings.band),
+                f"at {self.settings.temperature_param} = {t:g} keV",
+            )
 
     def _norm_for(self, t_true: float) -> float:
         """Model normalisation (XSPEC units) for one true temperature: ``settings.norm``, or
@@ -523,6 +906,7 @@ class XspecBackend(Backend):
                 response=self._rmf, arf=self._arf or "", exposure=self.settings.exposure
             )
             xs.AllData.fakeit(1, fake, applyStats=False, noWrite=True)
+            self._check_photons(handle, key)
             spectrum = xs.AllData(1)
             spectrum.ignore(band_ignore(self.settings.band))
             unit_counts = float(np.sum(spectrum.values)) * float(spectrum.exposure)
@@ -563,6 +947,8 @@ class XspecBackend(Backend):
                     response=self._rmf, arf=str(arf_path), exposure=self.settings.exposure
                 )
                 xs.AllData.fakeit(1, fake, applyStats=self.settings.mode == "poisson", noWrite=True)
+                if r == 0:
+                    self._check_photons(handle, t_true)
                 spectrum = xs.AllData(1)
                 spectrum.ignore(band_ignore(self.settings.band))
                 counts = float(np.sum(spectrum.values)) * float(spectrum.exposure)
@@ -589,7 +975,8 @@ class XspecBackend(Backend):
             arf_path.unlink(missing_ok=True)
 
     def _fit(self, handle: _ModelHandle, t_start: float, norm_start: float) -> _FitResult:
-        """C-stat fit of kT and norm, the delta-C = 1 interval of kT, and the profile curve."""
+        """C-stat fit of the temperature and norm: the C(T) scan, XSPEC's fit from its best
+        node, the delta-C = 1 interval (refitting while the search finds a new minimum)."""
         xs = self._xs
         kt = handle.temperature
         result = _FitResult()
@@ -598,36 +985,58 @@ class XspecBackend(Backend):
             kt.values = self._temperature_spec(float(np.clip(t_start, *self._bounds)))
             handle.norm.values = norm_start
             xs.Fit.perform()
-            flags = "F" * 9
-            for _ in range(ERROR_RETRIES):
+            curve = self._profile(handle, float(kt.values[0]))
+            node = best_node(curve)
+            if node is not None:
+                # the seam: start from the global minimum of the scan, the norm fitted there
+                kt.values = self._temperature_spec(float(self._tgrid[node]))
+                kt.frozen = True
+                xs.Fit.perform()
+                kt.frozen = False
+                xs.Fit.perform()
+            refits = 0
+            while True:
                 xs.Fit.error(f"stopat 20 0.01 maximum 1e6 1.0 {kt.index}")
                 low, high, flags = kt.error
-                if flags[ERR_NEW_MINIMUM] != "T":
+                if flags[ERR_NEW_MINIMUM] != "T" or refits >= ERROR_RETRIES:
                     break
-                xs.Fit.perform()  # XSPEC aborted the search at a better minimum: refit there
+                # XSPEC's error search found a lower statistic and moved there ("New best
+                # fit found"): fit again from there and search again
+                refits += 1
+                xs.Fit.perform()
             best = float(kt.values[0])
+            statistic = float(xs.Fit.statistic)
             result.t_fit = best
             result.err = interval_distances(best, float(low), float(high), flags)
             result.status = fit_status(best, self._bounds, flags)
+            if refits:
+                result.status |= STATUS_REFITTED
+            if node is not None and statistic > float(curve[node]) + SCAN_TOLERANCE:
+                result.status |= STATUS_NOT_CONVERGED
             if self.settings.curves:
-                result.curve = self._profile(handle, best)
+                result.curve = curve
         except Exception as exc:  # noqa: BLE001 - an XSPEC failure is a status, not a crash
             log.debug("XSPEC fit failed: %s", exc)
             return _FitResult()
         return result
 
     def _profile(self, handle: _ModelHandle, best: float) -> np.ndarray:
-        """C(T) on the fit grid with the norm refitted at every T (keV)."""
+        """C(T) on the fit grid with the norm refitted at every T (keV); the parameters are
+        left at ``best`` and the norm that went with it."""
         xs = self._xs
         kt = handle.temperature
+        best_norm = float(handle.norm.values[0])
         command = steppar_command(self._tgrid, kt.index)
         if command is not None:
             xs.Fit.steppar(command)
             stepped = np.asarray(xs.Fit.stepparResults(str(kt.index)), dtype=np.float64)
             if stepped.shape == self._tgrid.shape and np.allclose(stepped, self._tgrid, rtol=1e-5):
-                return np.asarray(xs.Fit.stepparResults("statistic"), dtype=np.float64)
+                curve = np.asarray(xs.Fit.stepparResults("statistic"), dtype=np.float64)
+                kt.frozen = False
+                kt.values = self._temperature_spec(best)
+                handle.norm.values = best_norm
+                return curve
         # irregular grid (or steppar visited other values): freeze kT at each grid value
-        best_norm = float(handle.norm.values[0])
         curve = np.empty(self._tgrid.size)
         for j, t in enumerate(self._tgrid):
             kt.values = float(t)
@@ -636,6 +1045,151 @@ class XspecBackend(Backend):
             xs.Fit.perform()
             curve[j] = float(xs.Fit.statistic)
         kt.frozen = False
-        kt.values = best
+        kt.values = self._temperature_spec(best)
         handle.norm.values = best_norm
         return curve
+
+
+# --------------------------------------------------------------------------------------------
+# tabulation (xrmodifier tabulate)
+# --------------------------------------------------------------------------------------------
+
+
+class XspecTabulator:
+    """XSPEC's model values on a fixed energy grid, one parameter set at a time, for table
+    models (``xrmodifier tabulate``).
+
+    An expression with a ``norm`` parameter is additive: its values at norm 1 are photons
+    cm^-2 s^-1 per bin (an ``atable``). One without is multiplicative: it is evaluated as
+    ``(expression)*powerlaw`` with PhoIndex 0 and norm 1, whose values are the factor times
+    the bin width (keV), and divided by the width (an ``mtable``); XSPEC multiplies a bin's
+    flux by a multiplicative component's value for that bin, so this is the factor XSPEC uses.
+
+    Parameters
+    ----------
+    expression : str
+        Any XSPEC model expression (table files relative to ``base``).
+    energies : str
+        XSPEC's ``energies`` specification of the grid, ``"LOW HIGH N log|lin"`` (keV).
+    fixed : mapping of str to float
+        Parameters held at a value (XSPEC's names, ``component.name`` where ambiguous); the
+        rest keep XSPEC's defaults unless given to :meth:`spectrum`.
+    abund, xsect : str
+        XSPEC's abundance and photoelectric cross-section tables.
+    log_path : Path, optional
+        Where XSPEC's output goes (default: the scratch folder's ``xspec.log``).
+    base : Path, optional
+        Folder that relative table files are resolved against.
+    """
+
+    def __init__(
+        self,
+        expression: str,
+        energies: str,
+        fixed: Mapping[str, float] | None = None,
+        abund: str = "angr",
+        xsect: str = "vern",
+        log_path: Path | None = None,
+        base: Path | None = None,
+    ) -> None:
+        self.expression = xspec_expression(expression, base or Path.cwd())
+        self._closed = False
+        self._session = _open_session(log_path)
+        try:
+            xs = self._xs = self._session.xspec
+            with self._session.capture:
+                _quiet(xs)
+                xs.Xset.abund = abund
+                xs.Xset.xsect = xsect
+                apecroot = os.environ.get("XRM_APECROOT")
+                if apecroot:
+                    xs.Xset.addModelString("APECROOT", apecroot)
+                self.abund, self.xsect = str(xs.Xset.abund), str(xs.Xset.xsect)
+                xs.AllData.clear()
+                xs.AllModels.clear()
+                xs.AllModels.setEnergies(energies)
+                self.model = self._create(self.expression)
+                names = [
+                    p
+                    for c in self.model.componentNames
+                    for p in getattr(self.model, c).parameterNames
+                ]
+                self.additive = "norm" in names
+                if not self.additive:
+                    inner = self.expression
+                    wrapped = f"({inner})*powerlaw" if "+" in inner else f"{inner}*powerlaw"
+                    self.model = self._create(wrapped)
+                    power = getattr(self.model, self.model.componentNames[-1])
+                    power.PhoIndex.values = 0.0
+                    power.norm.values = 1.0
+                else:
+                    find_parameter(self.model, "norm", self.expression).values = 1.0
+                self.edges = np.asarray(self.model.energies(0), dtype=np.float64)
+                for name, value in (fixed or {}).items():
+                    self.parameter(name).values = float(value)
+                    self.parameter(name).frozen = True
+                self.version = _version(xs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self, expression: str) -> Any:
+        try:
+            return self._xs.Model(expression)
+        except Exception as exc:  # noqa: BLE001 - PyXspec raises plain Exceptions
+            reason = " ".join(str(exc).split())
+            raise UserError(f"XSPEC does not accept the model {expression!r}: {reason}") from None
+
+    def parameter(self, name: str) -> Any:
+        """The model's parameter ``name`` (XSPEC's name or ``component.name``)."""
+        return find_parameter(self.model, name, self.expression)
+
+    def spectrum(self, values: Mapping[str, float]) -> np.ndarray:
+        """The model on :attr:`edges` with the parameters set to ``values``: photons cm^-2
+        s^-1 per bin at norm 1 (additive) or the factor per bin (multiplicative).
+
+        Raises
+        ------
+        UserError
+            XSPEC refuses a value, or the result has non-finite values.
+        """
+        with self._session.capture:
+            for name, value in values.items():
+                try:
+                    self.parameter(name).values = float(value)
+                except UserError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    reason = " ".join(str(exc).split())
+                    raise UserError(f"XSPEC does not take {name} = {value:g}: {reason}") from None
+            out = np.asarray(self.model.values(0), dtype=np.float64)
+        if not self.additive:
+            out = out / np.diff(self.edges)
+        if out.shape != (self.edges.size - 1,) or not np.all(np.isfinite(out)):
+            raise UserError(
+                f"XSPEC's model {self.expression!r} gave non-finite values at "
+                + ", ".join(f"{k} = {v:g}" for k, v in values.items())
+            )
+        return out
+
+    def close(self) -> None:
+        """Release XSPEC's model and energies and the scratch folder's work files."""
+        if self._closed:
+            return
+        self._closed = True
+        session = getattr(self, "_session", None)
+        if session is None:
+            return
+        try:
+            with session.capture:
+                session.xspec.AllModels.setEnergies("reset")
+                session.xspec.AllModels.clear()
+        except Exception:  # noqa: BLE001 - closing must not fail because XSPEC did
+            log.debug("XSPEC reset failed while closing", exc_info=True)
+        _close_session(session)
+
+    def __enter__(self) -> XspecTabulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

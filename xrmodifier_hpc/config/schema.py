@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from xrmodifier_hpc.errors import ConfigError
+from xrmodifier_hpc.errors import ConfigError, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -656,36 +656,95 @@ def _check_modifier(cfg: Config, file: str) -> None:
 
 
 def _check_source(cfg: Config, file: str) -> None:
-    from xrmodifier_hpc.physics.spectra import ModelError, parse_model
+    """The source model against the chosen backend, without reading any file but the config.
 
-    try:
-        model = parse_model(cfg.source.model, base=cfg.path.parent)
-    except ModelError as exc:
-        raise ConfigError(exc.message, f"{file} [source.model]") from None
+    ``native``: a product of ``registry.SOURCE_COMPONENTS`` (syntax, names, one additive
+    component); where no term is a table, the temperature and frozen parameters are checked
+    against the components' parameters and ranges too (a table's parameters are in its file:
+    ``xrmodifier check`` and the backend check those). ``xspec``: any text that can be an
+    XSPEC expression; XSPEC itself judges names and parameters (``xrmodifier check``).
+    Table files (``atable{f}``, ``mtable{f}``) must exist, relative to the config's folder.
+    """
+    from xrmodifier_hpc.config.expression import (
+        ExpressionError,
+        check_xspec_syntax,
+        split_product,
+        table_files,
+    )
+    from xrmodifier_hpc.registry import SOURCE_COMPONENTS
+
+    at_model = f"{file} [source.model]"
+    expression = cfg.source.model
     temp = cfg.source.temperature
-    if temp not in model.param_names:
-        hint = _suggest(temp, list(model.param_names))
+    if not temp.strip():
+        raise ConfigError("name the temperature parameter", f"{file} [source.temperature]")
+    try:
+        if cfg.simulation.backend == "xspec":
+            check_xspec_syntax(expression)
+            terms = ()
+        else:
+            terms = split_product(expression)
+    except ExpressionError as exc:
+        raise ConfigError(exc.message, at_model) from None
+    for kind, name in table_files(expression):
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else cfg.path.parent / path
+        if not path.is_file():
+            raise ConfigError(f"{kind} file {path} does not exist", at_model)
+    if cfg.simulation.backend == "xspec":
+        return
+    classes = []
+    for term in terms:
+        if term.name not in SOURCE_COMPONENTS:
+            raise ConfigError(SOURCE_COMPONENTS.suggest(term.name), at_model)
+        classes.append(SOURCE_COMPONENTS.get(term.name, at_model))
+    n_add = sum(bool(c.additive) for c in classes)
+    if n_add != 1:
         raise ConfigError(
-            f"model {cfg.source.model!r} has no parameter {temp!r}{hint}",
-            f"{file} [source.temperature]",
+            f"{expression!r} has {n_add} additive components: give exactly one (bremss or "
+            "atable{file}), whose norm is the free normalisation",
+            at_model,
+        )
+    if any(getattr(c, "is_table", False) for c in classes):
+        return  # the tables' parameter names are in their files
+    components = [_component(c, t.arg, at_model) for c, t in zip(classes, terms)]
+    names = [p for comp in components for p in comp.param_names]
+    if temp not in names:
+        hint = _suggest(temp, names)
+        raise ConfigError(
+            f"model {expression!r} has no parameter {temp!r}{hint}", f"{file} [source.temperature]"
         )
     for name in cfg.source.params:
-        if name not in model.param_names:
-            hint = _suggest(name, list(model.param_names))
+        if name not in names:
+            hint = _suggest(name, names)
             raise ConfigError(
-                f"model {cfg.source.model!r} has no parameter {name!r}{hint}",
+                f"model {expression!r} has no parameter {name!r}{hint}",
                 f"{file} [source.params.{name}]",
             )
-    frozen = [n for n in model.param_names if n != temp and n not in cfg.source.params]
+    frozen = [n for n in names if n != temp and n not in cfg.source.params]
     if frozen:
         raise ConfigError(
             f"give values for the model's frozen parameter(s): {', '.join(frozen)}",
             f"{file} [source.params]",
         )
+    for name, value in cfg.source.params.items():
+        comp = next(c for c in components if name in c.param_names)
+        lo, hi = comp.param_range(name)
+        if not lo <= value <= hi:
+            raise ConfigError(
+                f"{name} = {value:g} is outside its allowed range {lo:g}-{hi:g}",
+                f"{file} [source.params.{name}]",
+            )
+
+
+def _component(cls: Any, arg: str | None, where: str) -> Any:
+    """An instance of a registered component class (its ``{arg}`` variant, if any)."""
     try:
-        model.check_params(dict(cfg.source.params))
-    except ModelError as exc:
-        raise ConfigError(exc.message, f"{file} [source.params]") from None
+        return cls(arg) if arg is not None else cls()
+    except UserError as exc:
+        raise ConfigError(exc.message, where) from None
+    except TypeError:
+        raise ConfigError(f"component {cls.name!r} takes no {{...}} argument", where) from None
 
 
 #: keys inside SIMULATION_SECTIONS that do not change grid.h5's content: telescope 0 is not

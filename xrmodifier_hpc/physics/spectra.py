@@ -17,18 +17,20 @@ Components (each a small class registered by name):
 - ``wabs``: photo-absorption ``exp(-nH sigma(E))`` with the Morrison & McCammon (1983, ApJ 270,
   119) cross-sections (nH in 1e22 cm^-2), averaged over each bin with the trapezoid rule on
   each side of the absorption edges, as XSPEC does.
-- ``atable{file}``: an XSPEC additive table model (OGIP/92-009 FITS: PARAMETERS, ENERGIES,
-  SPECTRA), interpolated (linearly, or in log where METHOD = 1) in its parameters and re-binned
-  onto the requested bins by integrating the tabulated flux (flat within each table bin).
-  Relative paths are resolved against the config file's folder.
+- ``atable{file}`` / ``mtable{file}``: XSPEC additive / multiplicative table models
+  (OGIP/92-009: PARAMETERS, ENERGIES, SPECTRA), interpolated (linearly, or in log where
+  METHOD = 1) in their parameters and carried onto the requested bins as XSPEC does
+  (integrating the tabulated flux, or averaging the tabulated factors). The physics gets the
+  tables as arrays (:class:`TableData`); ``io.tables`` reads and writes the FITS files, and
+  ``xrmodifier tabulate`` makes them from any XSPEC model.
 
 The package embeds the published coefficient tables in ``xrmodifier_hpc/data``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +42,9 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import k0e
 
+from xrmodifier_hpc.config.expression import ExpressionError, split_product
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.registry import SOURCE_COMPONENTS
 
 
 class ModelError(UserError):
@@ -299,11 +303,11 @@ def _overlap_matrix(src_lo, src_hi, dst_lo, dst_hi):
 # components
 # --------------------------------------------------------------------------------------------
 
-_COMPONENTS: dict[str, type[Component]] = {}
-
 
 def _register(cls: type[Component]) -> type[Component]:
-    _COMPONENTS[cls.name] = cls
+    """Check that a component class is what ``registry.SOURCE_COMPONENTS`` names it (the
+    registry is the one list the config and the parser accept)."""
+    assert cls.name in SOURCE_COMPONENTS, f"{cls.name} is missing from SOURCE_COMPONENTS"
     return cls
 
 
@@ -378,147 +382,191 @@ class Wabs(Component):
         return wabs_transmission(e_lo, e_hi, unique)[inverse.ravel()]
 
 
-class TableModel(Component):
-    """An XSPEC additive table model (OGIP/92-009), read once when the model is parsed.
+@dataclass(frozen=True)
+class TableData:
+    """The content of an XSPEC table model (OGIP/92-009) as arrays: what ``atable{...}`` and
+    ``mtable{...}`` compute from. ``io.tables`` reads and writes it as FITS.
 
-    Interpolation parameters are interpolated multi-linearly on their tabulated grid (in
-    log10 of the value where METHOD = 1) and may not leave it; additional parameters add their
-    spectra linearly. A REDSHIFT table gets a ``redshift`` parameter: E_obs = E_table/(1+z) and
-    the flux is divided by (1+z). Table spectra are photons cm^-2 s^-1 per table bin, taken as
-    flat within the bin when re-binned; bins wholly outside the tabulated energies get the
-    LOELIMIT/HIELIMIT keywords' values (zero when absent).
+    Parameters
+    ----------
+    name : str
+        The model name (MODLNAME, at least 2 characters in XSPEC).
+    additive : bool
+        ADDMODEL: spectra in photons cm^-2 s^-1 per energy bin (``atable``) or dimensionless
+        multiplicative factors per bin (``mtable``).
+    int_names : tuple of str
+        Names of the interpolated parameters, in the order of the SPECTRA rows (the last
+        varies fastest).
+    int_log : tuple of bool
+        Per interpolated parameter: interpolate in log10 of the value (METHOD = 1).
+    axes : tuple of ndarray
+        Tabulated values of each interpolated parameter, strictly increasing.
+    e_lo, e_hi : ndarray, shape (n_E,)
+        Energy bins of the spectra (keV), increasing, ``e_lo < e_hi``.
+    spectra : ndarray, shape (1 + n_add, *grid shape, n_E)
+        The interpolated spectra (INTPSPEC), then one block per additional parameter
+        (ADDSPnnn), on the Cartesian grid of ``axes``.
+    add_names : tuple of str
+        Names of the additional parameters (their spectra are added times their value).
+    add_range : dict of str to (float, float)
+        Allowed [MINIMUM, MAXIMUM] of each additional parameter.
+    redshift : bool
+        REDSHIFT: the table gets a redshift parameter ``z`` (XSPEC's name).
+    lo_limit, hi_limit : float or None
+        LOELIMIT / HIELIMIT: the value below / above the tabulated energies (None: 0 for
+        additive tables, 1 for multiplicative ones, as XSPEC).
+    source : str
+        Where the table came from (a file name), for messages.
     """
 
-    name = "atable"
-    additive = True
+    name: str
+    additive: bool
+    int_names: tuple[str, ...]
+    int_log: tuple[bool, ...]
+    axes: tuple[np.ndarray, ...]
+    e_lo: np.ndarray
+    e_hi: np.ndarray
+    spectra: np.ndarray
+    add_names: tuple[str, ...] = ()
+    add_range: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    redshift: bool = False
+    lo_limit: float | None = None
+    hi_limit: float | None = None
+    source: str = ""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        from astropy.io import fits
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Grid shape: the number of tabulated values of each interpolated parameter."""
+        return tuple(int(a.size) for a in self.axes)
 
-        where = str(self.path)
-        if not self.path.is_file():
-            raise ModelError("table model file not found", where)
-        try:
-            with fits.open(self.path, memmap=False) as hdul:
-                primary = hdul[0].header
-                params = hdul["PARAMETERS"]
-                energies = hdul["ENERGIES"].data
-                spectra = hdul["SPECTRA"].data
-                n_int = int(params.header.get("NINTPARM", 0))
-                n_add = int(params.header.get("NADDPARM", 0))
-                names = [str(s).strip() for s in params.data["NAME"]]
-                method = np.asarray(params.data["METHOD"], dtype=np.int64)
-                numbvals = np.asarray(params.data["NUMBVALS"], dtype=np.int64)
-                values = [np.asarray(v, dtype=np.float64) for v in params.data["VALUE"]]
-                minimum = np.asarray(params.data["MINIMUM"], dtype=np.float64)
-                maximum = np.asarray(params.data["MAXIMUM"], dtype=np.float64)
-                self.e_lo = np.asarray(energies["ENERG_LO"], dtype=np.float64)
-                self.e_hi = np.asarray(energies["ENERG_HI"], dtype=np.float64)
-                intpspec = np.asarray(spectra["INTPSPEC"], dtype=np.float64)
-                paramval = np.asarray(spectra["PARAMVAL"], dtype=np.float64).reshape(
-                    intpspec.shape[0], -1
-                )
-                addspec = [
-                    np.asarray(spectra[f"ADDSP{i + 1:03d}"], dtype=np.float64) for i in range(n_add)
-                ]
-        except ModelError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
-            raise ModelError(
-                f"not a readable XSPEC table model (OGIP/92-009: PARAMETERS, ENERGIES, "
-                f"SPECTRA): {exc}",
-                where,
-            ) from None
-        if not bool(primary.get("ADDMODEL", False)):
-            raise ModelError("ADDMODEL is not true: atable needs an additive table", where)
-        if bool(primary.get("ESCALE", False)) or "NXFLTEXP" in primary:
-            raise ModelError("ESCALE / NXFLTEXP table models are not supported", where)
-        if n_int < 1 or len(names) != n_int + n_add:
-            raise ModelError("NINTPARM/NADDPARM disagree with the PARAMETERS rows", where)
-        self.model_name = str(primary.get("MODLNAME", self.path.stem)).strip()
-        self.redshift = bool(primary.get("REDSHIFT", False))
-        self.lo_limit = float(primary.get("LOELIMIT", 0.0))
-        self.hi_limit = float(primary.get("HIELIMIT", 0.0))
-        self.int_names = tuple(names[:n_int])
-        self.add_names = tuple(names[n_int:])
-        self.log_method = tuple(bool(m == 1) for m in method[:n_int])
-        self.axes = tuple(values[i][: numbvals[i]] for i in range(n_int))
-        for name, axis, log in zip(self.int_names, self.axes, self.log_method):
-            if axis.size < 1 or np.any(np.diff(axis) <= 0) or not np.all(np.isfinite(axis)):
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Interpolated, then additional parameters, then ``z`` for a REDSHIFT table."""
+        return self.int_names + self.add_names + (("z",) if self.redshift else ())
+
+    def validate(self) -> None:
+        """Check that the arrays describe one table.
+
+        Raises
+        ------
+        ModelError
+            Empty or repeated parameter names, axes not increasing (or not positive with log
+            interpolation), energy bins not increasing, spectra of the wrong shape or with
+            non-finite values.
+        """
+        where = self.source or None
+        if len(self.name.strip()) < 2:
+            raise ModelError("the model name (MODLNAME) needs at least 2 characters", where)
+        if not self.int_names or len(self.int_names) != len(self.axes):
+            raise ModelError("a table needs at least one interpolated parameter", where)
+        if len(self.int_log) != len(self.int_names):
+            raise ModelError("one interpolation method per interpolated parameter", where)
+        names = self.param_names
+        if any(not n.strip() for n in names):
+            raise ModelError("parameter names may not be empty", where)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ModelError(f"parameter names repeat: {dup}", where)
+        for name, axis, log in zip(self.int_names, self.axes, self.int_log):
+            if axis.ndim != 1 or axis.size < 1 or not np.all(np.isfinite(axis)):
+                raise ModelError(f"parameter {name!r}: VALUE must be finite numbers", where)
+            if np.any(np.diff(axis) <= 0):
                 raise ModelError(f"parameter {name!r}: VALUE must increase", where)
             if log and axis[0] <= 0:
                 raise ModelError(f"parameter {name!r}: log interpolation needs VALUE > 0", where)
-        self.add_range = {
-            n: (float(lo), float(hi))
-            for n, lo, hi in zip(self.add_names, minimum[n_int:], maximum[n_int:])
-        }
-        shape = tuple(a.size for a in self.axes)
-        n_spec = int(np.prod(shape))
-        n_e = self.e_lo.size
-        if intpspec.shape != (n_spec, n_e) or paramval.shape[0] != n_spec:
-            raise ModelError(
-                f"SPECTRA has {intpspec.shape[0]} rows of {intpspec.shape[-1]} bins; expected "
-                f"{n_spec} (the parameter grid {shape}) of {n_e} (ENERGIES)",
-                where,
-            )
-        expected = np.stack(np.meshgrid(*self.axes, indexing="ij"), -1).reshape(n_spec, n_int)
-        if not np.allclose(paramval[:, :n_int], expected, rtol=1e-5, atol=0):
-            raise ModelError(
-                "SPECTRA rows are not in OGIP order (last parameter fastest) or PARAMVAL "
-                "disagrees with VALUE",
-                where,
-            )
-        if n_e == 0 or np.any(self.e_hi <= self.e_lo) or np.any(np.diff(self.e_lo) <= 0):
+        e_lo, e_hi = self.e_lo, self.e_hi
+        if (
+            e_lo.ndim != 1
+            or e_lo.shape != e_hi.shape
+            or e_lo.size == 0
+            or np.any(e_hi <= e_lo)
+            or np.any(np.diff(e_lo) <= 0)
+        ):
             raise ModelError("ENERGIES must be increasing bins with ENERG_LO < ENERG_HI", where)
-        stack = np.stack([intpspec, *addspec], axis=0)  # (1 + n_add, n_spec, n_e)
-        if not np.all(np.isfinite(stack)):
+        expected = (1 + len(self.add_names), *self.shape, e_lo.size)
+        if self.spectra.shape != expected:
+            raise ModelError(
+                f"the spectra have shape {self.spectra.shape}; the parameter grid and energies "
+                f"need {expected}",
+                where,
+            )
+        if not np.all(np.isfinite(self.spectra)):
             raise ModelError("SPECTRA has non-finite values", where)
-        self.spectra = stack.reshape(1 + n_add, *shape, n_e)
+
+
+class _Table(Component):
+    """What additive and multiplicative tables share: parameters, multi-linear interpolation
+    on the parameter grid (XSPEC's OGIPTable: in log10 of the value where METHOD = 1) and the
+    redshift of the table's energies (E_obs = E_table / (1 + z))."""
+
+    table_kind: ClassVar[str]
+
+    def __init__(self, data: TableData) -> None:
+        data.validate()
+        if data.additive != self.additive:
+            want = "an additive" if self.additive else "a multiplicative"
+            raise ModelError(
+                f"ADDMODEL is {'true' if data.additive else 'false'}: {self.table_kind} needs "
+                f"{want} table",
+                data.source or None,
+            )
+        self.data = data
+        self.param_names = data.param_names
         self._rebin_cache: dict = {}
-        self.param_names = (
-            self.int_names + self.add_names + (("redshift",) if self.redshift else ())
-        )
-        dup = {n for n in self.param_names if self.param_names.count(n) > 1}
-        if dup:
-            raise ModelError(f"parameter names repeat: {sorted(dup)}", where)
 
     def describe(self) -> str:
-        return f"atable{{{self.path.name}}}"
+        return f"{self.table_kind}{{{Path(self.data.source).name or self.data.name}}}"
 
     def param_range(self, name: str) -> tuple[float, float]:
-        if name in self.int_names:
-            axis = self.axes[self.int_names.index(name)]
+        d = self.data
+        if name in d.int_names:
+            axis = d.axes[d.int_names.index(name)]
             return (float(axis[0]), float(axis[-1]))
-        if name in self.add_range:
-            return self.add_range[name]
-        return (0.0, 10.0)  # redshift
+        if name in d.add_range:
+            return tuple(float(v) for v in d.add_range[name])
+        return (0.0, 10.0)  # z
+
+    def _limits(self) -> tuple[float, float]:
+        default = 0.0 if self.additive else 1.0
+        d = self.data
+        return (
+            default if d.lo_limit is None else float(d.lo_limit),
+            default if d.hi_limit is None else float(d.hi_limit),
+        )
 
     def _rebinned(self, e_lo: np.ndarray, e_hi: np.ndarray, z: float) -> np.ndarray:
-        """All table spectra re-binned onto [e_lo, e_hi) for redshift z (cached per grid):
-        (1 + n_add, *grid shape, n_E) photons cm^-2 s^-1 per requested bin."""
+        """All table spectra carried onto the bins [e_lo, e_hi) (keV) at redshift ``z``
+        (cached per grid): (1 + n_add, *grid shape, n_E)."""
         key = (e_lo.tobytes(), e_hi.tobytes(), float(z))
         cached = self._rebin_cache.get(key)
         if cached is None:
-            matrix = _overlap_matrix(self.e_lo / (1 + z), self.e_hi / (1 + z), e_lo, e_hi)
-            flat = self.spectra.reshape(-1, self.e_lo.size)
-            cached = np.asarray((matrix.T @ flat.T).T).reshape(*self.spectra.shape[:-1], -1)
-            cached /= 1 + z
-            below = e_hi <= self.e_lo[0] / (1 + z)
-            above = e_lo >= self.e_hi[-1] / (1 + z)
-            cached[..., below] = self.lo_limit
-            cached[..., above] = self.hi_limit
+            d = self.data
+            src_lo, src_hi = d.e_lo / (1 + z), d.e_hi / (1 + z)
+            matrix = _overlap_matrix(src_lo, src_hi, e_lo, e_hi)
+            flat = d.spectra.reshape(-1, d.e_lo.size)
+            cached = np.asarray((matrix.T @ flat.T).T).reshape(*d.spectra.shape[:-1], -1)
+            cached = self._finish_rebin(cached, matrix, z)
+            below = e_hi <= src_lo[0]
+            above = e_lo >= src_hi[-1]
+            lo_value, hi_value = self._limits()
+            cached[..., below] = lo_value
+            cached[..., above] = hi_value
             if len(self._rebin_cache) >= 8:
                 self._rebin_cache.pop(next(iter(self._rebin_cache)))
             self._rebin_cache[key] = cached
         return cached
 
+    def _finish_rebin(self, summed: np.ndarray, matrix, z: float) -> np.ndarray:
+        """Turn the overlap-weighted sums of table bins into the component's values."""
+        raise NotImplementedError
+
     def evaluate(self, e_lo, e_hi, values):
+        d = self.data
         e_lo = np.ascontiguousarray(e_lo, dtype=np.float64)
         e_hi = np.ascontiguousarray(e_hi, dtype=np.float64)
-        n = np.atleast_1d(np.asarray(values[self.int_names[0]])).size
-        z = np.broadcast_to(np.asarray(values.get("redshift", 0.0), float), (n,))
-        add = [np.broadcast_to(np.asarray(values[a], float), (n,)) for a in self.add_names]
+        n = np.atleast_1d(np.asarray(values[d.int_names[0]])).size
+        z = np.broadcast_to(np.asarray(values.get("z", 0.0), float), (n,))
+        add = [np.broadcast_to(np.asarray(values[a], float), (n,)) for a in d.add_names]
         weights, corners = self._weights(values, n)
         out = np.zeros((n, e_lo.size))
         for r in range(n):
@@ -534,15 +582,16 @@ class TableModel(Component):
 
     def _weights(self, values, n) -> tuple[list[list[float]], list[list[tuple[int, ...]]]]:
         """Multi-linear weights and grid corners for each of the n parameter sets."""
+        d = self.data
         per_axis = []
-        for name, axis, log in zip(self.int_names, self.axes, self.log_method):
+        for name, axis, log in zip(d.int_names, d.axes, d.int_log):
             v = np.broadcast_to(np.asarray(values[name], dtype=np.float64), (n,))
             lo, hi = axis[0], axis[-1]
             if np.any((v < lo) | (v > hi)) or not np.all(np.isfinite(v)):
                 raise ModelError(
                     f"{name} = {v[(v < lo) | (v > hi) | ~np.isfinite(v)][0]:g} is outside the "
                     f"table's range {lo:g}-{hi:g}",
-                    str(self.path),
+                    d.source or None,
                 )
             if axis.size == 1:
                 per_axis.append((np.zeros(n, int), np.zeros(n)))
@@ -552,14 +601,14 @@ class TableModel(Component):
             f = (xv - xa[i]) / (xa[i + 1] - xa[i])
             per_axis.append((i, f))
         weights, corners = [], []
-        d = len(per_axis)
+        dims = len(per_axis)
         for r in range(n):
             w_r, c_r = [], []
-            for bits in range(2**d):
+            for bits in range(2**dims):
                 w, idx = 1.0, []
                 for k, (i, f) in enumerate(per_axis):
                     b = (bits >> k) & 1
-                    if self.axes[k].size == 1:
+                    if d.axes[k].size == 1:
                         if b:
                             w = 0.0
                         idx.append(0)
@@ -573,13 +622,64 @@ class TableModel(Component):
         return weights, corners
 
 
+class TableModel(_Table):
+    """``atable{file}``: an XSPEC additive table model (OGIP/92-009).
+
+    Interpolation parameters are interpolated multi-linearly on their tabulated grid (in
+    log10 of the value where METHOD = 1) and may not leave it; additional parameters add
+    their spectra times their value. A REDSHIFT table gets XSPEC's parameter ``z``: the
+    table's energies become E/(1+z) and the flux is divided by (1+z). Table spectra are
+    photons cm^-2 s^-1 per table bin, taken as flat within the bin when re-binned (XSPEC's
+    ``Rebin::rebin``: overlap fractions); bins wholly outside the tabulated energies get
+    LOELIMIT/HIELIMIT (zero when absent).
+
+    Parameters
+    ----------
+    data : TableData
+        An additive table (``io.tables.read_table`` reads one from FITS).
+    """
+
+    name = "atable"
+    table_kind = "atable"
+    additive = True
+    is_table = True
+
+    def _finish_rebin(self, summed, matrix, z):
+        return summed / (1 + z)
+
+
+class MultiplicativeTable(_Table):
+    """``mtable{file}``: an XSPEC multiplicative table model (OGIP/92-009, ADDMODEL = F).
+
+    The tabulated values are dimensionless factors per table energy bin (a transmission,
+    for absorption). Parameters interpolate as for :class:`TableModel`; a model bin gets the
+    average of the table bins it overlaps, weighted by the overlapping fraction of each
+    (XSPEC's ``Rebin::interpolate``); bins outside the tabulated energies get
+    LOELIMIT/HIELIMIT (one when absent, as XSPEC).
+
+    Parameters
+    ----------
+    data : TableData
+        A multiplicative table.
+    """
+
+    name = "mtable"
+    table_kind = "mtable"
+    additive = False
+    is_table = True
+
+    def _finish_rebin(self, summed, matrix, z):
+        cover = np.asarray(matrix.sum(axis=0)).ravel()
+        out = np.empty_like(summed)
+        ok = cover > 0
+        out[..., ok] = summed[..., ok] / cover[ok]
+        out[..., ~ok] = 0.0  # replaced by the limit values where wholly outside the table
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 # model expressions
 # --------------------------------------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\{(?P<arg>[^{}]*)\})?|(?P<op>[*()]))"
-)
 
 
 @dataclass(frozen=True)
@@ -623,6 +723,51 @@ class Model:
             if not math.isfinite(value) or not lo <= value <= hi:
                 raise ModelError(f"{name} = {value:g} is outside its allowed range {lo:g}-{hi:g}")
 
+    def check_source(self, temperature: str, params: Mapping[str, float]) -> None:
+        """Check a ``[source]`` section against this model.
+
+        Parameters
+        ----------
+        temperature : str
+            The parameter on the temperature axis (keV).
+        params : mapping of str to float
+            Values of every other parameter (the norm excluded: it is always free).
+
+        Raises
+        ------
+        ModelError
+            With ``where`` naming the key (``[source.temperature]``, ``[source.params.X]``,
+            ``[source.params]``): an unknown temperature or parameter name, a parameter
+            without a value, a value outside its range.
+        """
+        import difflib
+
+        def hint(name: str) -> str:
+            close = difflib.get_close_matches(name, self.param_names, n=1, cutoff=0.5)
+            return f" (did you mean {close[0]!r}?)" if close else ""
+
+        if temperature not in self.param_names:
+            raise ModelError(
+                f"model {self.expression!r} has no parameter {temperature!r}{hint(temperature)}",
+                "[source.temperature]",
+            )
+        for name in params:
+            if name not in self.param_names:
+                raise ModelError(
+                    f"model {self.expression!r} has no parameter {name!r}{hint(name)}",
+                    f"[source.params.{name}]",
+                )
+        frozen = [n for n in self.param_names if n != temperature and n not in params]
+        if frozen:
+            raise ModelError(
+                f"give values for the model's frozen parameter(s): {', '.join(frozen)}",
+                "[source.params]",
+            )
+        try:
+            self.check_params(dict(params))
+        except ModelError as exc:
+            raise ModelError(exc.message, "[source.params]") from None
+
     def photon_flux(
         self,
         e_lo: np.ndarray,
@@ -663,44 +808,40 @@ class Model:
         return flux
 
 
-def parse_model(expression: str, base: Path | None = None) -> Model:
-    """Parse ``expression`` (``wabs*bremss``, ``wabs(atable{t.fits})``...) into a :class:`Model`.
+def parse_model(
+    expression: str,
+    tables: Mapping[str, TableData] | None = None,
+) -> Model:
+    """Build the :class:`Model` of a product expression (``wabs*bremss``,
+    ``mtable{tbabs.fits}*atable{apec.fits}``).
 
-    Table paths are relative to ``base`` (the config file's folder). Raises
-    :class:`ModelError` for syntax errors, unknown components, missing files, sums or a
-    product without exactly one additive component.
+    Component names are those of ``registry.SOURCE_COMPONENTS``. Table components take their
+    data from ``tables``, keyed by the text inside the braces as written (physics does no
+    file I/O: ``io.tables.load_model`` reads the files and calls this).
+
+    Parameters
+    ----------
+    expression : str
+        The model expression (syntax: ``config.expression.split_product``).
+    tables : mapping of str to TableData, optional
+        The table of every ``atable{...}``/``mtable{...}`` term.
+
+    Returns
+    -------
+    Model
+        The product, with exactly one additive component.
+
+    Raises
+    ------
+    ModelError
+        Bad syntax, an unknown component, a table not given in ``tables``, not exactly one
+        additive component, a parameter name in two components.
     """
-    if not isinstance(expression, str) or not expression.strip():
-        raise ModelError("the model expression is empty")
-    base = Path(base) if base is not None else Path.cwd()
-    comps: list[Component] = []
-    pos, depth, expect_factor = 0, 0, True
-    text = expression.strip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            rest = text[pos:].strip()
-            hint = " (sums of components are not supported)" if rest.startswith("+") else ""
-            raise ModelError(f"bad syntax at {rest!r} in {expression!r}{hint}")
-        pos = m.end()
-        if m.group("name"):
-            if not expect_factor:
-                raise ModelError(f"missing '*' before {m.group('name')!r} in {expression!r}")
-            comps.append(_make_component(m.group("name"), m.group("arg"), base, expression))
-            expect_factor = False
-        elif m.group("op") == "*":
-            if expect_factor:
-                raise ModelError(f"bad syntax: '*' without a component before it in {expression!r}")
-            expect_factor = True
-        elif m.group("op") == "(":
-            depth += 1
-            expect_factor = True  # XSPEC writes wabs(bremss) for wabs*bremss
-        else:
-            depth -= 1
-            if depth < 0 or expect_factor:
-                raise ModelError(f"unbalanced or empty parentheses in {expression!r}")
-    if depth != 0 or expect_factor:
-        raise ModelError(f"incomplete expression {expression!r}")
+    try:
+        terms = split_product(expression)
+    except ExpressionError as exc:
+        raise ModelError(exc.message, exc.where) from None
+    comps = [_make_component(t.name, t.arg, tables or {}, expression) for t in terms]
     n_add = sum(c.additive for c in comps)
     if n_add != 1:
         raise ModelError(
@@ -714,21 +855,23 @@ def parse_model(expression: str, base: Path | None = None) -> Model:
     return Model(expression.strip(), tuple(comps))
 
 
-def _make_component(name: str, arg: str | None, base: Path, expression: str) -> Component:
-    if name == "atable":
-        if not arg or not arg.strip():
-            raise ModelError(f"atable needs a file: atable{{path.fits}} in {expression!r}")
-        path = Path(arg.strip()).expanduser()
-        return TableModel(path if path.is_absolute() else base / path)
-    if name not in _COMPONENTS:
-        import difflib
-
-        known = [*sorted(_COMPONENTS), "atable"]
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModelError(f"unknown model component {name!r}{hint}; known: {', '.join(known)}")
+def _make_component(
+    name: str, arg: str | None, tables: Mapping[str, TableData], expression: str
+) -> Component:
+    if name not in SOURCE_COMPONENTS:
+        raise ModelError(SOURCE_COMPONENTS.suggest(name))
+    cls = SOURCE_COMPONENTS.get(name)
+    if getattr(cls, "is_table", False):
+        if not arg:
+            raise ModelError(f"{name} needs a file: {name}{{path.fits}} in {expression!r}")
+        if arg not in tables:
+            raise ModelError(
+                f"no table data given for {name}{{{arg}}}: table files are read by "
+                "xrmodifier_hpc.io.tables.load_model"
+            )
+        return cls(tables[arg])
     if name == "bremss" and arg is not None:
         return Bremss(arg.strip())
     if arg is not None:
         raise ModelError(f"component {name!r} takes no {{...}} argument")
-    return _COMPONENTS[name]()
+    return cls()

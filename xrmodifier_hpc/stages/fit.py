@@ -21,7 +21,7 @@ from xrmodifier_hpc.backends.base import describe_status
 from xrmodifier_hpc.backends.native import SpectrumFitter
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io.ogip import Instrument, read_pha
-from xrmodifier_hpc.physics.spectra import parse_model
+from xrmodifier_hpc.io.tables import load_model
 
 #: default fit-temperature grid (keV): 256 log-spaced values, clipped to the model's range
 DEFAULT_TGRID = (0.08, 80.0, 256)
@@ -84,7 +84,7 @@ def fit(
     lo, hi = (float(b) for b in band)
     if not 0 < lo < hi:
         raise UserError(f"--band must be LOW HIGH keV with 0 < LOW < HIGH, got {lo:g} {hi:g}")
-    src = parse_model(model, base=Path.cwd())
+    src = load_model(model, base=Path.cwd())
     params = dict(params or {})
     for name in params:
         if name not in src.param_names or name == temperature:

@@ -134,11 +134,11 @@ def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.
     """Model normalisations giving ``counts`` expected counts in the fitted band through the
     ORIGINAL target response (the ``[simulation] counts`` convention)."""
     from xrmodifier_hpc.io.ogip import Instrument
-    from xrmodifier_hpc.physics.spectra import parse_model
+    from xrmodifier_hpc.io.tables import load_model
 
     inst_cfg = cfg.instruments.target
     inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
-    model = parse_model(cfg.source.model, base=cfg.path.parent)
+    model = load_model(cfg.source.model, base=cfg.path.parent)
     params = {**cfg.source.params}
     flux = model.photon_flux(inst.energ_lo, inst.energ_hi, t_true, params)
     band = inst.band_mask(*cfg.simulation.band)
