@@ -29,7 +29,7 @@ BAND_PERCENTILES = (16.0, 50.0, 84.0)
 
 
 def result_family(result: InversionResult) -> Any:
-    """The modifier family of an inversion result.
+    """Build the modifier family of an inversion result.
 
     Parameters
     ----------
@@ -105,7 +105,7 @@ class ArfFigureData:
 
 
 def figure_data_arf(art: Artefacts) -> ArfFigureData:
-    """The target and corrected ARFs (as written), m(E; theta_best) and its posterior band.
+    """Compute the ARFs as written, m(E; theta_best) and its posterior band.
 
     Parameters
     ----------
@@ -148,8 +148,9 @@ def figure_data_arf(art: Artefacts) -> ArfFigureData:
 
 
 def plot_arf(data: ArfFigureData) -> Any:
-    """Draw figure 1: the two effective areas (top) and m(E) with its posterior band
-    (bottom), the fitted band shaded.
+    """Draw figure 1: effective areas (top), m(E) and its posterior band (bottom).
+
+    The fitted band is shaded.
 
     Parameters
     ----------

@@ -43,7 +43,7 @@ class ParityFigureData:
 
 
 def figure_data_parity(offgrid: dict[str, np.ndarray] | None) -> ParityFigureData | None:
-    """The emulator's stored off-grid check, usable points only.
+    """Collect the emulator's stored off-grid check, usable points only.
 
     Parameters
     ----------
@@ -81,8 +81,9 @@ def figure_data_parity(offgrid: dict[str, np.ndarray] | None) -> ParityFigureDat
 
 
 def plot_parity(data: ParityFigureData) -> Any:
-    """Draw figure 3: emulated against simulated T1 and T1' (top), residuals against T_true
-    for the emulator and grid interpolation (bottom, one shared range).
+    """Draw figure 3: emulated against simulated T1 and T1' (top), residuals (bottom).
+
+    The residuals against T_true, for the emulator and grid interpolation, share one range.
 
     Parameters
     ----------

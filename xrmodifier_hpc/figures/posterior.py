@@ -89,8 +89,9 @@ def corner_ranges(
 
 
 def plot_corner(data: CornerFigureData) -> Any:
-    """Draw figure 4 with ``corner.corner`` (Foreman-Mackey 2016, JOSS 1, 24): 39% and 86%
-    contours, 16/50/84% quantiles, theta_true lines and theta_best stars.
+    """Draw figure 4 with ``corner.corner`` (Foreman-Mackey 2016, JOSS 1, 24).
+
+    39% and 86% contours, 16/50/84% quantiles, theta_true lines and theta_best stars.
 
     Parameters
     ----------

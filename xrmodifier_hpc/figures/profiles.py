@@ -234,8 +234,9 @@ def profile_window(
 
 
 def plot_profiles(data: ProfileFigureData) -> Any:
-    """Draw figure 5: C(T) - C_min of both fits per example, with the fit grid's nodes, the
-    interpolant, T_true, the best fits and delta-C = 1.
+    """Draw figure 5: C(T) - C_min of both fits per example.
+
+    With the fit grid's nodes, the interpolant, T_true, the best fits and delta-C = 1.
 
     Parameters
     ----------

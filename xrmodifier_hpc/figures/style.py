@@ -18,7 +18,7 @@ C_BAND = "#56B4E9"
 
 
 def new_figure(width: float, height: float) -> Any:
-    """A figure on the Agg canvas, outside pyplot (no global state, no display needed).
+    """Make a figure on the Agg canvas, outside pyplot (no global state, no display).
 
     Parameters
     ----------
@@ -118,7 +118,7 @@ def theta_text(theta: dict[str, float]) -> str:
 
 
 def legend_line(color: str, ls: str, label: str, marker: str | None = None) -> Any:
-    """A legend handle that is not drawn on any axes.
+    """Make a legend handle that is not drawn on any axes.
 
     Parameters
     ----------

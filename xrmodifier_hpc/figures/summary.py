@@ -1,5 +1,7 @@
-"""The report's summary table: theta_true against the recovered posterior, the seed's loss,
-the emulator's accuracy."""
+"""The report's summary table.
+
+theta_true against the recovered posterior, the seed's loss, the emulator's accuracy.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ def _fmt(v: float) -> str:
 
 
 def summary_table(art: Artefacts, figures_dir: Path | None = None) -> str:
-    """The report's summary as plain text.
+    """Write the report's summary as plain text.
 
     theta_true against the recovered posterior (median, 68% interval) and theta_best; the
     seed's loss before and after the correction; the emulator's off-grid accuracy against

@@ -46,7 +46,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def split_normal_logpdf(
     x: torch.Tensor, model: torch.Tensor, err_lo: torch.Tensor, err_hi: torch.Tensor
 ) -> torch.Tensor:
-    """log density of observing ``x`` with errors [-err_lo, +err_hi] given ``model``.
+    """Log density of observing ``x`` with errors [-err_lo, +err_hi] given ``model``.
 
     The split normal (two-piece normal; Wallis 2014, Statistical Science 29, 106): width
     ``err_lo`` where the model lies below ``x``, ``err_hi`` above, normalised by
@@ -96,8 +96,11 @@ class Quadrature:
 
 
 def _panel_weights(x: np.ndarray) -> np.ndarray:
-    """Quadrature weights for the increasing nodes ``x`` (m,): trapezoid, plus Gregory's
-    fourth-order end corrections where an end panel has at least three equal intervals."""
+    """Quadrature weights for the increasing nodes ``x`` (m,).
+
+    Trapezoid, plus Gregory's fourth-order end corrections where an end panel has at least
+    three equal intervals.
+    """
     m = x.size
     w = np.zeros(m)
     if m < 2:
@@ -115,8 +118,10 @@ def _panel_weights(x: np.ndarray) -> np.ndarray:
 def _source_nodes(
     t0: float, lo: float, hi: float, h: float, t_lo: float, t_hi: float
 ) -> np.ndarray:
-    """Nodes for one source: T0 +- QUAD_SIGMAS errors, spacing at most ``h``, inside
-    [t_lo, t_hi]; T0 is a node and the spacing is uniform (see ``build_quadrature``)."""
+    """Nodes for one source: T0 +- QUAD_SIGMAS errors, spacing at most ``h``.
+
+    Inside [t_lo, t_hi]; T0 is a node and the spacing is uniform (see ``build_quadrature``).
+    """
     a, b = t0 - QUAD_SIGMAS * lo, t0 + QUAD_SIGMAS * hi
     room_lo, room_hi = t0 - t_lo, t_hi - t0
     cut_lo, cut_hi = a < t_lo, b > t_hi
@@ -140,7 +145,7 @@ def _source_nodes(
 
 
 def build_quadrature(obs: Observations, view: EmulatorView, s_emu: float) -> Quadrature:
-    """The per-source quadrature of the latent T_true (see the module docstring).
+    """Build the per-source quadrature of the latent T_true (see the module docstring).
 
     Nodes span T0 - QUAD_SIGMAS s0_lo .. T0 + QUAD_SIGMAS s0_hi inside the emulator's T
     range, padded with zero-weight nodes to a common count. T0 is a node and the spacing is
@@ -247,7 +252,7 @@ class Likelihood:
         return self._t_nodes * torch.exp(r.reshape(theta.shape[0], *self._t_nodes.shape))
 
     def per_source(self, theta: torch.Tensor) -> torch.Tensor:
-        """log L_i per source.
+        """Log L_i per source.
 
         Parameters
         ----------

@@ -40,7 +40,7 @@ from xrmodifier_hpc.registry import OBJECTIVES
 def solve_t_star(
     view: EmulatorView, theta: torch.Tensor, t1: torch.Tensor, newton_steps: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The true temperatures T* with T1_emu(theta, T*) = t1, differentiable in theta.
+    """Solve T1_emu(theta, T*) = t1 for the true temperatures T*, differentiably in theta.
 
     Newton in log T from a monotone grid guess; the last step is taken with gradients so
     that dT*/dtheta = -(dT1/dtheta) / (dT1/dT) (the implicit-function derivative).
@@ -183,7 +183,7 @@ def corrected_sources(view: EmulatorView, theta: np.ndarray, obs: Observations) 
 
 
 def seed_loss(t0: torch.Tensor, t1_corrected: torch.Tensor) -> torch.Tensor:
-    """The seed's loss sum_i (T0_i - T1'_i)^2.
+    """Compute the seed's loss sum_i (T0_i - T1'_i)^2.
 
     Parameters
     ----------
@@ -294,7 +294,7 @@ class Objectives:
         return t1p, self.s1 * ratio.abs()
 
     def value(self, name: str, theta: torch.Tensor) -> torch.Tensor:
-        """The objective ``name`` at ``theta``, to minimise.
+        """Evaluate the objective ``name`` at ``theta`` (to minimise).
 
         Parameters
         ----------
@@ -316,7 +316,7 @@ class Objectives:
         return OBJECTIVES.get(name)(self, theta)
 
     def unit_function(self, name: str) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
-        """The objective in unit coordinates with its gradient, for scipy's L-BFGS-B.
+        """Wrap an objective in unit coordinates with its gradient, for scipy's L-BFGS-B.
 
         Parameters
         ----------

@@ -92,7 +92,7 @@ class Posterior:
     modes: list[Mode] = field(default_factory=list)
 
     def flat(self) -> np.ndarray:
-        """The samples after burn-in and thinning, flattened over steps and walkers.
+        """Return the samples after burn-in and thinning, flattened over steps and walkers.
 
         Returns
         -------
@@ -102,7 +102,7 @@ class Posterior:
 
 
 def log_posterior_fn(lik: Likelihood) -> Callable[[torch.Tensor], torch.Tensor]:
-    """log posterior in unit coordinates up to a constant.
+    """Log posterior in unit coordinates up to a constant.
 
     Parameters
     ----------
@@ -124,7 +124,7 @@ def log_posterior_fn(lik: Likelihood) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def laplace_mode(lik: Likelihood, u: np.ndarray) -> Mode:
-    """The Laplace approximation of the posterior at ``u`` (a local optimum).
+    """Approximate the posterior at ``u`` (a local optimum) by a Gaussian (Laplace).
 
     Parameters
     ----------

@@ -93,7 +93,7 @@ class EmulatorView:
         return torch.where(self._log_t, torch.exp(torch.where(self._log_t, x, 0.0)), x)
 
     def to_unit(self, theta: np.ndarray) -> np.ndarray:
-        """theta to unit-cube coordinates (the inverse of :meth:`to_theta`).
+        """Theta to unit-cube coordinates (the inverse of :meth:`to_theta`).
 
         Parameters
         ----------
@@ -124,7 +124,7 @@ class EmulatorView:
         return self.to_theta(torch.as_tensor(np.asarray(u, dtype=np.float64))).numpy()
 
     def log_jacobian(self, u: torch.Tensor) -> torch.Tensor:
-        """log |d theta / d u| up to a constant: what keeps the prior flat in theta.
+        """Log |d theta / d u| up to a constant: what keeps the prior flat in theta.
 
         Parameters
         ----------
@@ -139,7 +139,7 @@ class EmulatorView:
         return torch.where(self._log_t, x, torch.zeros_like(x)).sum(dim=-1)
 
     def __call__(self, theta: torch.Tensor, t_true: torch.Tensor) -> torch.Tensor:
-        """The emulator itself: theta (n, d), t_true (n,) keV -> (n, 2) [T1, T1'] keV."""
+        """Call the emulator: theta (n, d), t_true (n,) keV -> (n, 2) [T1, T1'] keV."""
         return self.module(theta, t_true)
 
     def log_ratio_grid(self, theta: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ class EmulatorView:
 
 
 def spline_matrix(x_grid: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The matrix of cubic-spline interpolation from ``x_grid`` to ``x``.
+    """Build the matrix of cubic-spline interpolation from ``x_grid`` to ``x``.
 
     A cubic spline is linear in its data, so interpolating the identity gives the weights.
 

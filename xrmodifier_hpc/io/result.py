@@ -36,7 +36,7 @@ P = TypeVar("P", bound="Part")
 
 
 def _float(value: Any) -> float:
-    """A JSON number (``null`` for a non-finite one) as a float (NaN)."""
+    """Read a JSON number (``null`` for a non-finite one) as a float (NaN)."""
     return math.nan if value is None else float(value)
 
 
@@ -59,7 +59,7 @@ _COERCE: dict[str, Any] = {
 
 
 def _convert(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
-    """The Python value of field ``f`` of ``owner`` from its JSON value."""
+    """Convert the JSON value of field ``f`` of ``owner`` to its Python value."""
     nested = getattr(owner, "NESTED", {}).get(f.name)
     try:
         if nested is not None:
@@ -90,7 +90,7 @@ class Part:
     NESTED: ClassVar[dict[str, tuple[str, type[Part]]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        """The part as a JSON-ready dict.
+        """Return the part as a JSON-ready dict.
 
         Returns
         -------
@@ -280,7 +280,7 @@ class ParamSummary(Part):
 
     @classmethod
     def of(cls, samples: np.ndarray) -> ParamSummary:
-        """The summary of one parameter's samples.
+        """Summarise one parameter's samples.
 
         Parameters
         ----------
@@ -543,7 +543,7 @@ class InversionResult(Record):
         return cls(**build_fields(cls, fields, cls.SCHEMA))
 
     def vector(self, theta: Mapping[str, float]) -> np.ndarray:
-        """A theta dict as a vector in ``param_names`` order.
+        """Order a theta dict as a vector in ``param_names`` order.
 
         Parameters
         ----------
@@ -563,7 +563,7 @@ class InversionResult(Record):
         return self.vector(self.theta_best)
 
     def __getitem__(self, key: str) -> Any:
-        """The value under ``key`` as ``result.json`` spells it (a JSON-ready copy).
+        """Return the value under ``key`` as ``result.json`` spells it (a JSON-ready copy).
 
         For scripts that index the result like the JSON file
         (``result["posterior"]["summary"]["A"]["p2.5"]``); typed access is by attribute.
@@ -577,7 +577,7 @@ class InversionResult(Record):
 
 
 def theta_dict(names: Sequence[str], theta: np.ndarray) -> dict[str, float]:
-    """A theta vector as a dict by parameter name.
+    """Turn a theta vector into a dict by parameter name.
 
     Parameters
     ----------

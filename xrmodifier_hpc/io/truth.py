@@ -97,7 +97,7 @@ class MockTruth(Record):
 
     @classmethod
     def for_observations(cls, observations: str | Path) -> MockTruth:
-        """The truth sidecar of an observations file.
+        """Read the truth sidecar of an observations file.
 
         Parameters
         ----------

@@ -111,7 +111,7 @@ class InversionSettings:
 
     @classmethod
     def from_config(cls, cfg: Config, metrics: dict | None = None) -> InversionSettings:
-        """The settings of ``cfg``'s ``[inversion]`` section.
+        """Read the settings of ``cfg``'s ``[inversion]`` section.
 
         Parameters
         ----------
@@ -152,7 +152,7 @@ class InversionSettings:
 
 
 def resolve_auto_s_emu(metrics: dict | None, where: str) -> float:
-    """The emulator's off-grid RMS relative error of T1 (``s_emu = "auto"``).
+    """Take s_emu from the emulator's off-grid RMS relative error of T1 (``"auto"``).
 
     Parameters
     ----------
@@ -186,7 +186,7 @@ def resolve_auto_s_emu(metrics: dict | None, where: str) -> float:
 
 
 def load_emulator(cfg: Config) -> torch.nn.Module:
-    """The trained emulator of ``cfg`` (float64, CPU).
+    """Load the trained emulator of ``cfg`` (float64, CPU).
 
     Parameters
     ----------
@@ -288,7 +288,7 @@ def invert(
     module: torch.nn.Module | None = None,
     comm: Any = "auto",
 ) -> InversionResult | None:
-    """The ``invert`` stage: multi-start over MPI ranks, posterior and artefacts on rank 0.
+    """Run the ``invert`` stage: multi-start over MPI ranks, posterior and artefacts on rank 0.
 
     Parameters
     ----------
@@ -439,7 +439,7 @@ def _assemble(
     size: int,
     timing: Timing,
 ) -> InversionResult:
-    """The :class:`InversionResult` of one run (rank 0)."""
+    """Assemble the :class:`InversionResult` of one run (rank 0)."""
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg, view, obs, settings = problem.cfg, problem.view, problem.obs, problem.settings
@@ -607,7 +607,7 @@ def _write_outputs(cfg: Config, result: InversionResult, posterior: Posterior) -
 
 
 def format_summary(result: InversionResult) -> str:
-    """A short human-readable table of the result (printed by the CLI).
+    """Format a short human-readable table of the result (printed by the CLI).
 
     Parameters
     ----------

@@ -164,7 +164,7 @@ def resolve_theta(cfg: Config, overrides: Mapping[str, float] | None = None) -> 
 def draw_sources(
     n: int, t_range: tuple[float, float], counts: tuple[float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """True temperatures and telescope-1 count levels, from each source's own stream.
+    """Draw true temperatures and telescope-1 count levels from each source's own stream.
 
     Parameters
     ----------
@@ -240,8 +240,10 @@ def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.
 
 @dataclass(frozen=True)
 class _Fits:
-    """One telescope's fits of the n mock sources: T (n,), errors (n, 2), status (n,) and
-    counts in the band (n,)."""
+    """One telescope's fits of the n mock sources.
+
+    T (n,) keV, errors (n, 2) keV, status (n,) and counts in the band (n,).
+    """
 
     t: np.ndarray
     err: np.ndarray
@@ -262,7 +264,7 @@ def mock(
     n_sources: int | None = None,
     seed: int | None = None,
 ) -> MockResult:
-    """The ``mock`` stage: observations of sources seen by both telescopes, and their truth.
+    """Run the ``mock`` stage: sources seen by both telescopes, and their truth.
 
     Parameters
     ----------
@@ -306,16 +308,7 @@ def mock(
     tel1, tel0 = _observe(cfg, family, theta_true, t_true, norm, seed)
     names = [f"src{i + 1:03d}" for i in range(n)]
     keep = _keep(cfg, names, t_true, level, tel0, tel1)
-    obs = Observations(
-        names=tuple(np.array(names)[keep]),
-        t0=tel0.t[keep].astype(np.float64),
-        t0_err_lo=tel0.err[keep, 0].astype(np.float64),
-        t0_err_hi=tel0.err[keep, 1].astype(np.float64),
-        t1=tel1.t[keep].astype(np.float64),
-        t1_err_lo=tel1.err[keep, 0].astype(np.float64),
-        t1_err_hi=tel1.err[keep, 1].astype(np.float64),
-        path=path,
-    )
+    obs = _observations(names, keep, tel0, tel1, path)
     truth = MockTruth(
         provenance=provenance(stage="mock"),
         config=str(cfg.path),
@@ -327,16 +320,11 @@ def mock(
         n_requested=n,
         dropped=tuple(names[i] for i in range(n) if not keep[i]),
         sources=tuple(
-            TruthSource(
-                name=names[i],
-                t_true=float(t_true[i]),
-                counts=float(level[i]),
-                norm=float(norm[i]),
-                counts_t1=float(tel1.counts[i]),
-                counts_t0=float(tel0.counts[i]),
+            TruthSource(name, float(t), float(c), float(z), float(c1), float(c0))
+            for name, t, c, z, c1, c0, k in zip(
+                names, t_true, level, norm, tel1.counts, tel0.counts, keep
             )
-            for i in range(n)
-            if keep[i]
+            if k
         ),
     )
     truth_path = truth.write(truth_path_for(path))
@@ -355,8 +343,11 @@ def _observe(
     norm: np.ndarray,
     seed: int,
 ) -> tuple[_Fits, _Fits]:
-    """Telescope 1 (through the true response, fitted with the original ARF) and telescope 0
-    (its own response), each source from its own random streams (module docstring)."""
+    """Simulate and fit both telescopes' spectra of the mock sources.
+
+    Telescope 1 through the true response, fitted with the original ARF; telescope 0 through
+    its own response; each source from its own random streams (module docstring).
+    """
     from xrmodifier_hpc.backends import make_backend
 
     n = t_true.size
@@ -416,8 +407,25 @@ def _keep(
     return keep
 
 
+def _observations(
+    names: list[str], keep: np.ndarray, tel0: _Fits, tel1: _Fits, path: Path
+) -> Observations:
+    """Gather the kept sources into an observations table (keV)."""
+    f64 = np.float64
+    return Observations(
+        names=tuple(n for n, k in zip(names, keep) if k),
+        t0=tel0.t[keep].astype(f64),
+        t0_err_lo=tel0.err[keep, 0].astype(f64),
+        t0_err_hi=tel0.err[keep, 1].astype(f64),
+        t1=tel1.t[keep].astype(f64),
+        t1_err_lo=tel1.err[keep, 0].astype(f64),
+        t1_err_hi=tel1.err[keep, 1].astype(f64),
+        path=path,
+    )
+
+
 def _comments(truth: MockTruth) -> tuple[str, ...]:
-    """The observations file's header lines."""
+    """Write the observations file's header lines."""
     return (
         f"xrmodifier {__version__} mock observations (full forward model): "
         f"theta_true {truth.theta_true}, seed {truth.seed}",

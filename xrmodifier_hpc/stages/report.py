@@ -97,7 +97,7 @@ def check_artefacts(cfg: Config) -> None:
 
 
 def flat_samples(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The flat posterior samples from ``posterior.npz``.
+    """Read the flat posterior samples from ``posterior.npz``.
 
     Parameters
     ----------
@@ -161,7 +161,7 @@ def read_result(path: Path) -> InversionResult:
 
 
 def read_truth(observations: Path, names: tuple[str, ...]) -> tuple[MockTruth | None, Path | None]:
-    """The mock truth beside an observations file, when there is a usable one.
+    """Read the mock truth beside an observations file, when there is a usable one.
 
     Parameters
     ----------
@@ -193,7 +193,7 @@ def read_truth(observations: Path, names: tuple[str, ...]) -> tuple[MockTruth | 
 
 
 def emulator_metrics(module: Any) -> dict[str, Any]:
-    """The emulator's metrics (the content of ``emulator_metrics.json``, kept in emulator.pt).
+    """Return the emulator's metrics (``emulator_metrics.json``'s content, kept in emulator.pt).
 
     Parameters
     ----------
@@ -310,7 +310,7 @@ class ReportSummary:
     notes: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """The table and one line per figure (written or skipped), as ``summary.txt`` holds.
+        """Describe the table and each figure (written or skipped), as ``summary.txt`` holds.
 
         Returns
         -------
@@ -361,7 +361,7 @@ class ReportSummary:
 
 
 def report(config: Config | str | Path) -> ReportSummary | None:
-    """The ``report`` stage: figures and ``summary.txt`` in ``WORKDIR/figures``.
+    """Run the ``report`` stage: figures and ``summary.txt`` in ``WORKDIR/figures``.
 
     Serial: under an MPI launcher only rank 0 works.
 
