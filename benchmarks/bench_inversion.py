@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from xrmodifier_hpc.config import set_key
+from xrmodifier_hpc.io.result import InversionResult
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "bench_inversion.json"
@@ -107,7 +108,7 @@ def main() -> None:
                 cpu0 = os.times()
                 wall, _ = _run(*cmd)
                 cpu1 = os.times()
-                result = json.loads((config.parent / "run" / "result.json").read_text())
+                result = InversionResult.read(config.parent / "run" / "result.json")
                 runs.append(
                     {
                         "ranks": ranks,
@@ -115,13 +116,13 @@ def main() -> None:
                         "cpu_s": (cpu1.children_user - cpu0.children_user)
                         + (cpu1.children_system - cpu0.children_system),
                         "load_before": load,
-                        "stage": result["timing"],
-                        "n_starts": result["n_starts"],
-                        "distinct_optima": len(result["optima"]),
-                        "walkers": result["posterior"]["walkers"],
-                        "steps": result["posterior"]["steps"],
-                        "max_tau": max(result["posterior"]["autocorr_time"].values()),
-                        "n_sources": result["n_sources"],
+                        "stage": result.timing.to_dict(),
+                        "n_starts": result.n_starts,
+                        "distinct_optima": len(result.optima),
+                        "walkers": result.posterior.walkers,
+                        "steps": result.posterior.steps,
+                        "max_tau": max(result.posterior.autocorr_time.values()),
+                        "n_sources": result.n_sources,
                     }
                 )
         best = {}

@@ -14,8 +14,10 @@ import pytest
 import torch
 from astropy.io import fits
 
+from xrmodifier_hpc import inference as inv
 from xrmodifier_hpc.io.observations import Observations, read_observations, write_observations
-from xrmodifier_hpc.stages import invert as inv
+from xrmodifier_hpc.io.result import InversionResult
+from xrmodifier_hpc.stages import invert as stage
 
 THETA_TRUE = np.array([1.6, 0.35, 0.15])
 
@@ -318,7 +320,7 @@ def test_invert_stage_writes_result_posterior_and_corrected_arf(
 
     obs, _ = make_obs(emu, THETA_TRUE, n=40, rel_err=0.02, seed=5)
     obs_path = write_observations(tmp_path / "obs.csv", obs)
-    result = inv.invert(analytic_project, obs_path, module=emu, comm=None)
+    result = stage.invert(analytic_project, obs_path, module=emu, comm=None)
     cfg = load_config(analytic_project)
     on_disk = json.loads(cfg.result_path.read_text())
     assert on_disk["theta_best"] == result["theta_best"]
@@ -357,7 +359,7 @@ def test_invert_stage_writes_result_posterior_and_corrected_arf(
         assert hdr["XRMFAMIL"] == "gaussian" and hdr["XRMOBJ"] == "likelihood"
         assert hdr["XRMPV3"] == pytest.approx(theta_best[2])
         assert hdr["XRMOBS"] == "obs.csv"
-    assert "seed loss" in inv.format_summary(result)
+    assert "seed loss" in stage.format_summary(result)
 
 
 def test_chains_too_short_are_flagged(emu, view) -> None:
@@ -373,9 +375,9 @@ def test_chains_too_short_are_flagged(emu, view) -> None:
 def test_auto_s_emu_needs_the_emulator_metrics() -> None:
     from xrmodifier_hpc.errors import UserError
 
-    assert inv.resolve_auto_s_emu({"offgrid": {"emulator": {"t_fit_orig": 0.004}}}, "x") == 0.004
+    assert stage.resolve_auto_s_emu({"offgrid": {"emulator": {"t_fit_orig": 0.004}}}, "x") == 0.004
     with pytest.raises(UserError, match="set \\[inversion\\] s_emu"):
-        inv.resolve_auto_s_emu({}, "emulator.pt")
+        stage.resolve_auto_s_emu({}, "emulator.pt")
 
 
 @pytest.mark.parametrize("objective", ["seed_loss", "gaussian_kl"])
@@ -390,7 +392,7 @@ def test_invert_stage_with_another_objective(
         edit(analytic_project.read_text(), "inversion", "objective", f'"{objective}"')
     )
     obs, _ = make_obs(emu, THETA_TRUE, n=30, rel_err=0.02, seed=9)
-    result = inv.invert(
+    result = stage.invert(
         analytic_project, write_observations(tmp_path / "o.csv", obs), module=emu, comm=None
     )
     assert result["objective"] == objective and result["posterior_objective"] == "likelihood"
@@ -444,3 +446,197 @@ def test_posterior_covers_both_modes_of_a_bimodal_likelihood() -> None:
     positive = float(np.mean(post.flat()[:, 2] > 0))
     assert 0.25 < positive < 0.75, positive  # equal masses: about half the samples each side
     assert len(post.modes) == 2 and all(m.walkers > 0 for m in post.modes)
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+def _record(names=("mu", "sigma", "A")) -> InversionResult:
+    """A small InversionResult with every part filled, a non-finite ratio and a NaN tau."""
+    from xrmodifier_hpc.io.artefacts import provenance
+    from xrmodifier_hpc.io.result import (
+        EmulatorError,
+        ModeSummary,
+        ModifierSpec,
+        Optimum,
+        ParamSummary,
+        PosteriorSummary,
+        SeedLoss,
+        SourceResult,
+        StartResult,
+        Timing,
+    )
+
+    theta = dict(zip(names, (1.6, 0.35, 0.15)))
+    samples = np.random.default_rng(0).normal(size=(200, 3)) * 0.1 + [1.6, 0.35, 0.15]
+    return InversionResult(
+        provenance=provenance(stage="invert"),
+        config="/c/config.toml",
+        observations="/c/obs.csv",
+        emulator="/c/run/emulator.pt",
+        modifier=ModifierSpec("gaussian", {}),
+        param_names=names,
+        param_units=("keV", "keV", ""),
+        bounds={n: (0.0, 4.0) for n in names},
+        t_true_range=(1.0, 12.0),
+        objective="likelihood",
+        posterior_objective="likelihood",
+        s_emu=EmulatorError(0.002, "auto"),
+        n_sources=1,
+        n_starts=2,
+        start_design="sobol",
+        seed=7,
+        merge_tol=0.02,
+        ranks=2,
+        theta_best=theta,
+        objective_best=-12.5,
+        optima=(Optimum(theta, -12.5, 12.5, 2, (0, 1), True, ("A",)),),
+        starts=tuple(StartResult(i, theta, theta, -12.5, True, 7) for i in range(2)),
+        posterior=PosteriorSummary(
+            samples_file="posterior.npz",
+            walkers=8,
+            steps=30,
+            burn=5,
+            thin=1,
+            n_samples=200,
+            acceptance_fraction=0.3,
+            autocorr_time={"mu": 3.0, "sigma": math.nan, "A": 2.0},
+            chains_too_short=True,
+            summary={n: ParamSummary.of(samples[:, j]) for j, n in enumerate(names)},
+            modes=(ModeSummary(theta, -3.0, -4.0, 8),),
+        ),
+        seed_loss=SeedLoss(before=1.0, after=0.0, ratio=math.inf, note="n"),
+        sources=(SourceResult("s1", 5.0, 0.1, 0.2, 5.5, 0.1, 0.1, 5.01, 0.1, 0.11, 4.9, False),),
+        corrected_arf="/c/run/corrected.arf",
+        warnings=("chains are short",),
+        timing=Timing(1.0, 2.0, 3.5),
+    )
+
+
+def test_result_record_round_trips_through_strict_json(tmp_path: Path) -> None:
+    from xrmodifier_hpc.errors import UserError
+
+    rec = _record()
+    path = rec.write(tmp_path / "result.json")
+    raw = json.loads(path.read_text())  # strict JSON: no NaN/Infinity tokens
+    assert raw["schema"] == "xrmodifier.result" and raw["schema_version"] == 1
+    assert raw["seed_loss"]["ratio"] is None and raw["posterior"]["autocorr_time"]["sigma"] is None
+    summary = raw["posterior"]["summary"]["A"]
+    assert set(summary) == {"median", "p16", "p84", "p2.5", "p97.5", "mean", "std"}
+    assert summary["p2.5"] == rec.posterior.summary["A"].p2_5
+    back = InversionResult.read(path)
+    assert back.posterior.summary["A"] == rec.posterior.summary["A"]
+    assert back.optima == rec.optima and back.starts == rec.starts
+    assert back.sources == rec.sources and back.timing == rec.timing
+    assert back.bounds == rec.bounds and back.param_names == rec.param_names
+    assert math.isnan(back.seed_loss.ratio) and math.isnan(back.posterior.autocorr_time["sigma"])
+    np.testing.assert_array_equal(back.theta_best_vector, [1.6, 0.35, 0.15])
+    # indexing reads the JSON view, as scripts that used the dict do
+    assert back["posterior"]["summary"]["A"]["p97.5"] == summary["p97.5"]
+    assert "seed loss" in stage.format_summary(back)
+    # a file of another schema version, or a broken part, is a one-line user error
+    raw["schema_version"] = 2
+    (tmp_path / "v2.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="schema version 2"):
+        InversionResult.read(tmp_path / "v2.json")
+    raw["schema_version"] = 1
+    del raw["posterior"]["summary"]["A"]["p2.5"]
+    (tmp_path / "broken.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="ParamSummary lacks 'p2.5'"):
+        InversionResult.read(tmp_path / "broken.json")
+
+
+# ----------------------------------------------------------------------------- MPI
+
+
+def _mpi_project(demo_config: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A project whose emulator is an untrained network (the MPI orchestration does not care
+    what it learnt), 6 starts, short chains; returns (config, observations)."""
+    from conftest import edit_config as edit
+
+    from xrmodifier_hpc.config import load_config
+    from xrmodifier_hpc.emulator import Emulator, save
+    from xrmodifier_hpc.io.artefacts import Workdir
+
+    text = demo_config.read_text()
+    for section, key, value in (
+        ("inversion", "n_starts", "6"),
+        ("inversion", "s_emu", "0.003"),
+        ("inversion.mcmc", "walkers", "8"),
+        ("inversion.mcmc", "steps", "30"),
+        ("inversion.mcmc", "burn", "10"),
+    ):
+        text = edit(text, section, key, value)
+    demo_config.write_text(text)
+    cfg = load_config(demo_config)
+    names = ("mu", "sigma", "A")
+    bounds = [cfg.modifier.grid[n].bounds for n in names] + [cfg.temperatures.t_true.bounds]
+    torch.manual_seed(0)
+    module = Emulator(names, np.array(bounds), (False, True, False, True), (8,), "tanh", None)
+    Workdir(cfg.workdir).root.mkdir(parents=True, exist_ok=True)
+    save(module, Workdir(cfg.workdir).emulator)
+    t = np.geomspace(2.0, 8.0, 10)
+    obs = Observations(
+        tuple(f"s{i}" for i in range(10)), t, 0.05 * t, 0.05 * t, t, 0.05 * t, 0.05 * t
+    )
+    return demo_config, write_observations(tmp_path / "obs.csv", obs)
+
+
+def _mpi_env(**extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.mpi
+def test_two_ranks_share_the_starts_and_rank_0_writes(demo_config: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import XRMODIFIER, mpiexec
+
+    from xrmodifier_hpc.config import load_config
+    from xrmodifier_hpc.io.artefacts import Workdir
+
+    launcher = mpiexec()
+    assert launcher, "mpiexec not found: `make test` installs MPICH (tools/setup_env.sh)"
+    config, obs = _mpi_project(demo_config, tmp_path)
+    cmd = [launcher, "-n", "2", XRMODIFIER, "invert", str(config), str(obs)]
+    done = subprocess.run(cmd, env=_mpi_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("seed loss") == 1  # rank 0 alone prints the summary
+    result = InversionResult.read(Workdir(load_config(config).workdir).result)
+    assert result.ranks == 2 and [s.start for s in result.starts] == list(range(6))
+    assert sum(o.n_starts for o in result.optima) == 6
+    assert "multi-start (rank 1)" in done.stderr  # each rank reports its own progress
+
+
+@pytest.mark.mpi
+def test_a_failure_on_rank_1_ends_the_job_with_its_message(
+    demo_config: Path, tmp_path: Path
+) -> None:
+    """Rank 1 fails right before the multi-start gather (XRM_FAULT): the job must stop with
+    rank 1's message, not hang with rank 0 waiting in the gather."""
+    import subprocess
+    import time
+
+    from conftest import XRMODIFIER, mpiexec
+
+    from xrmodifier_hpc.config import load_config
+    from xrmodifier_hpc.io.artefacts import Workdir
+
+    launcher = mpiexec()
+    assert launcher, "mpiexec not found: `make test` installs MPICH (tools/setup_env.sh)"
+    config, obs = _mpi_project(demo_config, tmp_path)
+    cmd = [launcher, "-n", "2", XRMODIFIER, "invert", str(config), str(obs)]
+    t0 = time.monotonic()
+    done = subprocess.run(
+        cmd, env=_mpi_env(XRM_FAULT="invert.starts@1"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert time.monotonic() - t0 < 100
+    assert "xrmodifier: error: rank 1: RuntimeError: injected fault at invert.starts on rank 1" in (
+        done.stderr
+    ), done.stderr[-3000:]
+    assert "rank 0:" not in done.stderr
+    assert not Workdir(load_config(config).workdir).result.exists()

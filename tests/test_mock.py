@@ -181,3 +181,22 @@ def test_mock_needs_every_parameter(demo_config: Path, tmp_path: Path, capsys) -
 def test_parse_theta_overrides() -> None:
     assert parse_theta_overrides(["mu=1.5", " A = -0.1"]) == {"mu": 1.5, "A": -0.1}
     assert parse_theta_overrides(None) == {}
+
+
+def test_truth_is_a_typed_record_beside_the_observations(mock_config: Path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from xrmodifier_hpc.io.artefacts import TIME_FORMAT
+    from xrmodifier_hpc.io.truth import MockTruth
+
+    res = mock(mock_config, output=tmp_path / "o.csv", n_sources=3)
+    truth = MockTruth.for_observations(res.path)
+    assert res.truth_path == tmp_path / "o.truth.json"
+    assert truth.theta_true == res.theta_true and truth.param_names == ("mu", "sigma", "A")
+    np.testing.assert_array_equal(truth.theta_vector(("A", "mu")), [0.15, 1.6])
+    assert tuple(s.name for s in truth.sources) == res.observations.names
+    np.testing.assert_array_equal([s.t_true for s in truth.sources], res.t_true)
+    assert truth.observations == "o.csv" and truth.modifier.family == "gaussian"
+    assert truth.provenance["stage"] == "mock"
+    dt.datetime.strptime(truth.provenance["created"], TIME_FORMAT)  # the one time format
+    assert json.loads(res.truth_path.read_text())["schema"] == "xrmodifier.mock_truth"

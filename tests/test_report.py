@@ -177,9 +177,9 @@ def test_report_changes_no_artefact(demo_run: DemoRun) -> None:
 
 
 def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts) -> None:
+    from xrmodifier_hpc.figures.arf import MAX_BAND_SAMPLES, figure_data_arf
     from xrmodifier_hpc.io.ogip import read_arf
     from xrmodifier_hpc.physics.modifiers import get_modifier
-    from xrmodifier_hpc.stages.report import MAX_BAND_SAMPLES, figure_data_arf
 
     data = figure_data_arf(artefacts)
     result = json.loads((demo_run.workdir / "result.json").read_text())
@@ -222,8 +222,8 @@ def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts)
 
 
 def test_temperature_points_are_the_observations(demo_run: DemoRun, artefacts) -> None:
+    from xrmodifier_hpc.figures.temperatures import figure_data_temperatures
     from xrmodifier_hpc.io.observations import read_observations
-    from xrmodifier_hpc.stages.report import figure_data_temperatures
 
     data = figure_data_temperatures(artefacts.result)
     obs = read_observations(demo_run.workdir / "observations.csv")
@@ -244,7 +244,7 @@ def test_temperature_points_are_the_observations(demo_run: DemoRun, artefacts) -
 
 def test_parity_points_are_the_emulator_offgrid_check(demo_run: DemoRun, artefacts) -> None:
     from xrmodifier_hpc.emulator import load
-    from xrmodifier_hpc.stages.report import figure_data_parity
+    from xrmodifier_hpc.figures.parity import figure_data_parity
 
     module = load(demo_run.workdir / "emulator.pt")
     off = module.offgrid
@@ -264,7 +264,7 @@ def test_parity_points_are_the_emulator_offgrid_check(demo_run: DemoRun, artefac
 
 
 def test_corner_shows_the_samples_and_the_mock_truth(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.stages.report import CORNER_TAIL, corner_ranges, figure_data_corner
+    from xrmodifier_hpc.figures.posterior import CORNER_TAIL, corner_ranges, figure_data_corner
 
     data = figure_data_corner(artefacts)
     with np.load(demo_run.workdir / "posterior.npz") as npz:
@@ -282,8 +282,8 @@ def test_corner_shows_the_samples_and_the_mock_truth(demo_run: DemoRun, artefact
 
 
 def test_profile_curves_are_the_grid_curves(demo_run: DemoRun, artefacts) -> None:
+    from xrmodifier_hpc.figures.profiles import N_PROFILE_EXAMPLES, figure_data_profiles
     from xrmodifier_hpc.io.store import load_grid
-    from xrmodifier_hpc.stages.report import N_PROFILE_EXAMPLES, figure_data_profiles
 
     grid = load_grid(demo_run.workdir / "grid.h5")
     data = figure_data_profiles(grid, artefacts.theta_best)
@@ -390,7 +390,7 @@ def test_figures_without_input_are_skipped(
 
 
 def test_log_ticks_are_round_and_inside() -> None:
-    from xrmodifier_hpc.stages.report import log_ticks
+    from xrmodifier_hpc.figures.style import log_ticks
 
     for lo, hi in ((0.1, 12.0), (1.0, 12.0), (1.5, 10.5), (2.05, 2.45), (0.95, 1.25)):
         ticks = log_ticks(lo, hi, max_ticks=7)

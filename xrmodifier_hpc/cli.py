@@ -115,7 +115,7 @@ def _run_invert(args: argparse.Namespace) -> int:
     result = invert(args.config, args.observations)
     if result is not None:
         print(format_summary(result))
-        print(f"wrote {result['corrected_arf']} and result.json, posterior.npz beside it")
+        print(f"wrote {result.corrected_arf} and result.json, posterior.npz beside it")
     return 0
 
 

@@ -45,6 +45,9 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(self._targets)
 
+    def __len__(self) -> int:
+        return len(self._targets)
+
     def add(self, name: str, target: str | Any) -> None:
         """Register ``name``: a ``"module:attribute"`` string or the object itself."""
         if isinstance(target, str):
@@ -109,14 +112,15 @@ SOURCE_COMPONENTS = Registry(
     },
 )
 
-#: inversion objectives (``[inversion] objective``)
+#: inversion objectives (``[inversion] objective``): ``f(Objectives, theta (d,)) -> scalar``
+#: tensor to minimise (see ``inference.objectives``)
 OBJECTIVES = Registry(
     "objective",
     {
-        "likelihood": "xrmodifier_hpc.stages.invert:Objectives.likelihood",
-        "seed_loss": "xrmodifier_hpc.stages.invert:Objectives.seed_loss",
-        "gaussian_kl": "xrmodifier_hpc.stages.invert:Objectives.gaussian_kl",
-        "wasserstein": "xrmodifier_hpc.stages.invert:Objectives.wasserstein",
+        "likelihood": "xrmodifier_hpc.inference.objectives:negative_log_likelihood",
+        "seed_loss": "xrmodifier_hpc.inference.objectives:seed_loss_objective",
+        "gaussian_kl": "xrmodifier_hpc.inference.objectives:gaussian_kl_objective",
+        "wasserstein": "xrmodifier_hpc.inference.objectives:wasserstein_objective",
     },
 )
 

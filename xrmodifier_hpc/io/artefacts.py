@@ -142,7 +142,7 @@ def provenance(**extra: Any) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """JSON-ready: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(value, Record):
+    if isinstance(value, Record) or hasattr(type(value), "to_dict"):
         return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

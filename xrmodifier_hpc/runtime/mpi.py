@@ -10,6 +10,7 @@ mpi4py is imported only when the launcher started several ranks.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -150,3 +151,25 @@ def wait_politely(comm: Any) -> None:
 
 def allsum(comm: Any, value: int) -> int:
     return value if comm is None else int(comm.allreduce(value))
+
+
+def fault_point(name: str, comm: Any) -> None:
+    """Test hook: fail here on the rank that ``XRM_FAULT="NAME@RANK"`` names.
+
+    Parameters
+    ----------
+    name : str
+        This call site's name (e.g. ``"invert.starts"``).
+    comm : mpi4py communicator or None
+        The job's communicator (None: one process, rank 0).
+
+    Raises
+    ------
+    RuntimeError
+        ``"injected fault at NAME on rank R"`` when ``XRM_FAULT`` names this site and rank.
+    """
+    spec = os.environ.get("XRM_FAULT", "")
+    site, _, rank = spec.rpartition("@")
+    here = comm.rank if comm is not None else 0
+    if site == name and rank.strip() == str(here):
+        raise RuntimeError(f"injected fault at {name} on rank {here}")

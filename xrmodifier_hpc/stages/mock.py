@@ -20,8 +20,6 @@ sidecar ``<name>.truth.json`` (theta_true and each source's T_true, counts, norm
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -35,15 +33,31 @@ from xrmodifier_hpc import __version__
 from xrmodifier_hpc.config import Config, load_config
 from xrmodifier_hpc.config.grid import MOCK_STREAM, point_rng
 from xrmodifier_hpc.errors import UserError
-from xrmodifier_hpc.io.atomic import write_text
+from xrmodifier_hpc.io.artefacts import Workdir, provenance, truth_path_for
 from xrmodifier_hpc.io.observations import Observations, write_observations
+from xrmodifier_hpc.io.result import ModifierSpec
+from xrmodifier_hpc.io.truth import MockTruth, TruthSource
 
 log = logging.getLogger("xrmodifier.mock")
 
 
 @dataclass(frozen=True)
 class MockResult:
-    """What ``mock`` wrote: the observations, their truth and the files."""
+    """What ``mock`` wrote.
+
+    Attributes
+    ----------
+    observations : Observations
+        The kept sources (keV).
+    theta_true : dict of str to float
+        The injected correction (parameter units).
+    t_true : ndarray, shape (n_kept,)
+        The kept sources' true temperatures (keV).
+    path, truth_path : Path
+        The observations CSV and its truth sidecar.
+    dropped : tuple of str
+        Names of the dropped sources.
+    """
 
     observations: Observations
     theta_true: dict[str, float]
@@ -54,7 +68,23 @@ class MockResult:
 
 
 def parse_theta_overrides(items: Sequence[str] | None) -> dict[str, float]:
-    """``["mu=1.6", "A=0.1"]`` -> ``{"mu": 1.6, "A": 0.1}``; bad items raise UserError."""
+    """Parse ``--theta NAME=VALUE`` options.
+
+    Parameters
+    ----------
+    items : sequence of str or None
+        E.g. ``["mu=1.6", "A=0.1"]``.
+
+    Returns
+    -------
+    dict of str to float
+        E.g. ``{"mu": 1.6, "A": 0.1}``.
+
+    Raises
+    ------
+    UserError
+        For an item without ``=``, or a value that is not a finite number.
+    """
     out: dict[str, float] = {}
     for item in items or ():
         name, sep, value = item.partition("=")
@@ -76,6 +106,23 @@ def resolve_theta(cfg: Config, overrides: Mapping[str, float] | None = None) -> 
 
     Every parameter needs a value; values outside the family's domain are refused, values
     outside the simulated grid draw a warning (the emulator cannot reach them).
+
+    Parameters
+    ----------
+    cfg : Config
+        The configuration.
+    overrides : mapping of str to float, optional
+        Values from ``--theta``.
+
+    Returns
+    -------
+    ndarray, shape (d,)
+        Parameter units.
+
+    Raises
+    ------
+    UserError
+        For unknown or missing parameters, or values outside the family's domain.
     """
     from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
 
@@ -117,8 +164,26 @@ def resolve_theta(cfg: Config, overrides: Mapping[str, float] | None = None) -> 
 def draw_sources(
     n: int, t_range: tuple[float, float], counts: tuple[float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """True temperatures (keV; one per equal stratum of log T, jittered) and telescope-1
-    count levels (log-uniform), from source i's own stream."""
+    """Draw true temperatures and telescope-1 count levels from each source's own stream.
+
+    Parameters
+    ----------
+    n : int
+        Number of sources.
+    t_range : (float, float)
+        Temperature range (keV).
+    counts : (float, float)
+        Count range.
+    seed : int
+        The mock's seed; source i draws from ``point_rng(seed, 3 i, MOCK_STREAM)``.
+
+    Returns
+    -------
+    t_true : ndarray, shape (n,)
+        keV, one per equal stratum of log T (jittered within it).
+    counts : ndarray, shape (n,)
+        Log-uniform in ``counts``.
+    """
     lt = np.log(np.asarray(t_range, dtype=np.float64))
     lc = np.log(np.asarray(counts, dtype=np.float64))
     t_true = np.empty(n)
@@ -131,8 +196,30 @@ def draw_sources(
 
 
 def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Model normalisations giving ``counts`` expected counts in the fitted band through the
-    ORIGINAL target response (the ``[simulation] counts`` convention)."""
+    """Model normalisations giving ``counts`` expected counts in the fitted band.
+
+    Counts through the ORIGINAL target response and exposure (the ``[simulation] counts``
+    convention).
+
+    Parameters
+    ----------
+    cfg : Config
+        The configuration (target instrument, source model, band).
+    t_true : ndarray, shape (n,)
+        Temperatures (keV).
+    counts : ndarray, shape (n,)
+        Expected counts in the band.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        Model normalisations (the model's norm units).
+
+    Raises
+    ------
+    UserError
+        When the model gives no counts in the band at some temperature.
+    """
     from xrmodifier_hpc.io.ogip import Instrument
     from xrmodifier_hpc.io.tables import load_model
 
@@ -151,9 +238,23 @@ def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.
     return counts / per_norm
 
 
-def truth_path_for(path: Path) -> Path:
-    """``obs.csv`` -> ``obs.truth.json`` (beside it)."""
-    return path.with_name(f"{path.stem}.truth.json")
+@dataclass(frozen=True)
+class _Fits:
+    """One telescope's fits of the n mock sources.
+
+    T (n,) keV, errors (n, 2) keV, status (n,) and counts in the band (n,).
+    """
+
+    t: np.ndarray
+    err: np.ndarray
+    status: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, res: Any) -> _Fits:
+        return cls(
+            res.t_fit_orig[:, 0], res.err_orig[:, 0, :], res.status[:, 0, 0], res.counts[:, 0]
+        )
 
 
 def mock(
@@ -163,10 +264,32 @@ def mock(
     n_sources: int | None = None,
     seed: int | None = None,
 ) -> MockResult:
-    """Simulate observations of ``n_sources`` (default ``[mock]``) sources by both telescopes
-    and write them (default ``workdir/observations.csv``) with the truth sidecar."""
-    from xrmodifier_hpc.backends import make_backend
-    from xrmodifier_hpc.backends.base import STATUS_ERROR_AT_BOUND, STATUS_UNUSABLE, describe_status
+    """Run the ``mock`` stage: sources seen by both telescopes, and their truth.
+
+    Parameters
+    ----------
+    config : Config, str or Path
+        The configuration or its file.
+    output : str or Path, optional
+        The observations CSV to write (default ``WORKDIR/observations.csv``); the truth goes
+        beside it (``OBS.truth.json``).
+    theta : mapping of str to float, optional
+        True modifier parameters overriding ``[mock] theta``.
+    n_sources : int, optional
+        Sources to simulate (default ``[mock] n_sources``).
+    seed : int, optional
+        The mock's seed (default ``[mock] seed``).
+
+    Returns
+    -------
+    MockResult
+        The kept observations, theta_true, T_true (keV) and the files written.
+
+    Raises
+    ------
+    UserError
+        For bad options, an incomplete or invalid theta, or when every source is dropped.
+    """
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg = config if isinstance(config, Config) else load_config(config)
@@ -176,113 +299,136 @@ def mock(
         raise UserError(f"--n-sources must be at least 1 (got {n})")
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer (got {seed})")
-    path = Path(output) if output is not None else cfg.workdir / "observations.csv"
+    path = Path(output) if output is not None else Workdir(cfg.workdir).observations
     theta_true = resolve_theta(cfg, theta)
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     t_true, level = draw_sources(n, cfg.mock.t_range, cfg.mock.counts, seed)
     norm = norms_for_counts(cfg, t_true, level)
+    log.info("mock: %d sources, theta_true %s, seed %d", n, family.describe(theta_true), seed)
+    tel1, tel0 = _observe(cfg, family, theta_true, t_true, norm, seed)
+    names = [f"src{i + 1:03d}" for i in range(n)]
+    keep = _keep(cfg, names, t_true, level, tel0, tel1)
+    obs = _observations(names, keep, tel0, tel1, path)
+    truth = MockTruth(
+        provenance=provenance(stage="mock"),
+        config=str(cfg.path),
+        observations=path.name,
+        modifier=ModifierSpec(family.name, family.options()),
+        param_names=tuple(family.param_names),
+        theta_true=family.describe(theta_true),
+        seed=seed,
+        n_requested=n,
+        dropped=tuple(names[i] for i in range(n) if not keep[i]),
+        sources=tuple(
+            TruthSource(name, float(t), float(c), float(z), float(c1), float(c0))
+            for name, t, c, z, c1, c0, k in zip(
+                names, t_true, level, norm, tel1.counts, tel0.counts, keep
+            )
+            if k
+        ),
+    )
+    truth_path = truth.write(truth_path_for(path))
+    write_observations(path, obs, _comments(truth))
+    log.info(
+        "mock: wrote %d sources to %s (%d dropped), truth in %s", obs.n, path, n - obs.n, truth_path
+    )
+    return MockResult(obs, truth.theta_true, t_true[keep], path, truth_path, truth.dropped)
+
+
+def _observe(
+    cfg: Config,
+    family: Any,
+    theta_true: np.ndarray,
+    t_true: np.ndarray,
+    norm: np.ndarray,
+    seed: int,
+) -> tuple[_Fits, _Fits]:
+    """Simulate and fit both telescopes' spectra of the mock sources.
+
+    Telescope 1 through the true response, fitted with the original ARF; telescope 0 through
+    its own response; each source from its own random streams (module docstring).
+    """
+    from xrmodifier_hpc.backends import make_backend
+
+    n = t_true.size
     index = np.arange(n, dtype=np.int64)
     common = dict(realisations=1, mode="poisson", curves=False, seed=seed, stream=MOCK_STREAM)
-    log.info("mock: %d sources, theta_true %s, seed %d", n, family.describe(theta_true), seed)
     with make_backend(cfg, role="target", **common) as target:
         res1 = target.run(np.tile(theta_true, (n, 1)), t_true, 3 * index + 1, norm=norm)
     with make_backend(cfg, role="reference", **common) as reference:
         res0 = reference.run(np.tile(family.identity(), (n, 1)), t_true, 3 * index + 2, norm=norm)
+    return _Fits.of(res1), _Fits.of(res0)
 
-    t1, e1, s1 = res1.t_fit_orig[:, 0], res1.err_orig[:, 0, :], res1.status[:, 0, 0]
-    t0, e0, s0 = res0.t_fit_orig[:, 0], res0.err_orig[:, 0, :], res0.status[:, 0, 0]
+
+def _keep(
+    cfg: Config,
+    names: list[str],
+    t_true: np.ndarray,
+    level: np.ndarray,
+    tel0: _Fits,
+    tel1: _Fits,
+) -> np.ndarray:
+    """Which sources to keep (n,) bool; each dropped one gets a log line saying why.
+
+    Raises
+    ------
+    UserError
+        When every source is dropped.
+    """
+    from xrmodifier_hpc.backends.base import STATUS_ERROR_AT_BOUND, STATUS_UNUSABLE, describe_status
+
     t_lo, t_hi = cfg.temperatures.t_true.bounds
-    names = [f"src{i + 1:03d}" for i in range(n)]
-    keep = np.ones(n, dtype=bool)
     bad_bits = STATUS_UNUSABLE | STATUS_ERROR_AT_BOUND
-    for i in range(n):
+    keep = np.ones(len(names), dtype=bool)
+    for i, name in enumerate(names):
         why = []
-        for label, t, e, s in (("telescope 0", t0, e0, s0), ("telescope 1", t1, e1, s1)):
-            if int(s[i]) & bad_bits:
-                why.append(f"{label} fit {'/'.join(describe_status(int(s[i])))}")
-            elif not (np.isfinite(t[i]) and np.all(np.isfinite(e[i])) and np.all(e[i] > 0)):
+        for label, tel in (("telescope 0", tel0), ("telescope 1", tel1)):
+            t, e, s = tel.t[i], tel.err[i], int(tel.status[i])
+            if s & bad_bits:
+                why.append(f"{label} fit {'/'.join(describe_status(s))}")
+            elif not (np.isfinite(t) and np.all(np.isfinite(e)) and np.all(e > 0)):
                 why.append(f"{label} fit has no finite error interval")
-            elif not t_lo <= t[i] <= t_hi:
-                why.append(f"{label} T = {t[i]:.3g} keV outside the grid [{t_lo:g}, {t_hi:g}]")
+            elif not t_lo <= t <= t_hi:
+                why.append(f"{label} T = {t:.3g} keV outside the grid [{t_lo:g}, {t_hi:g}]")
         if why:
             keep[i] = False
             log.info(
                 "mock: dropped %s (T_true %.3g keV, %.0f counts): %s",
-                names[i],
+                name,
                 t_true[i],
                 level[i],
                 "; ".join(why),
             )
-    if keep.sum() == 0:
+    if not keep.any():
         raise UserError(
             "every mock source was dropped (see the log): check [mock] counts and "
             "t_range against the [temperatures] grid"
         )
-    obs = Observations(
-        names=tuple(np.array(names)[keep]),
-        t0=t0[keep].astype(np.float64),
-        t0_err_lo=e0[keep, 0].astype(np.float64),
-        t0_err_hi=e0[keep, 1].astype(np.float64),
-        t1=t1[keep].astype(np.float64),
-        t1_err_lo=e1[keep, 0].astype(np.float64),
-        t1_err_hi=e1[keep, 1].astype(np.float64),
+    return keep
+
+
+def _observations(
+    names: list[str], keep: np.ndarray, tel0: _Fits, tel1: _Fits, path: Path
+) -> Observations:
+    """Gather the kept sources into an observations table (keV)."""
+    f64 = np.float64
+    return Observations(
+        names=tuple(n for n, k in zip(names, keep) if k),
+        t0=tel0.t[keep].astype(f64),
+        t0_err_lo=tel0.err[keep, 0].astype(f64),
+        t0_err_hi=tel0.err[keep, 1].astype(f64),
+        t1=tel1.t[keep].astype(f64),
+        t1_err_lo=tel1.err[keep, 0].astype(f64),
+        t1_err_hi=tel1.err[keep, 1].astype(f64),
         path=path,
     )
-    theta_dict = family.describe(theta_true)
-    truth = {
-        "version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "config": str(cfg.path),
-        "observations": path.name,
-        "modifier": {"family": family.name, "options": family.options()},
-        "param_names": list(family.param_names),
-        "theta_true": theta_dict,
-        "seed": seed,
-        "n_requested": n,
-        "dropped": [names[i] for i in range(n) if not keep[i]],
-        "sources": [
-            {
-                "name": names[i],
-                "t_true": float(t_true[i]),
-                "counts": float(level[i]),
-                "norm": float(norm[i]),
-                "counts_t1": float(res1.counts[i, 0]),
-                "counts_t0": float(res0.counts[i, 0]),
-            }
-            for i in range(n)
-            if keep[i]
-        ],
-    }
-    truth_path = truth_path_for(path)
-    comments = (
+
+
+def _comments(truth: MockTruth) -> tuple[str, ...]:
+    """Write the observations file's header lines."""
+    return (
         f"xrmodifier {__version__} mock observations (full forward model): "
-        f"theta_true {theta_dict}, seed {seed}",
+        f"theta_true {truth.theta_true}, seed {truth.seed}",
         "t0: telescope 0 (reference); t1: telescope 1 fitted with its original ARF; keV, "
         "1-sigma (delta-C = 1) errors",
     )
-    write_text(truth_path, json.dumps(truth, indent=2) + "\n")
-    write_observations(path, obs, comments)
-    log.info(
-        "mock: wrote %d sources to %s (%d dropped), truth in %s", obs.n, path, n - obs.n, truth_path
-    )
-    return MockResult(
-        obs,
-        theta_dict,
-        t_true[keep],
-        path,
-        truth_path,
-        tuple(names[i] for i in range(n) if not keep[i]),
-    )
-
-
-def read_truth(path: str | Path) -> dict[str, Any]:
-    """The truth sidecar of an observations file (or the sidecar itself)."""
-    path = Path(path)
-    if path.suffix != ".json":
-        path = truth_path_for(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError("truth sidecar not found (made by `xrmodifier mock`)", str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc})", str(path)) from None
