@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xrmodifier_hpc.config.schema import Config
+from xrmodifier_hpc.config.schema import Config, make_modifier
 
 #: stream domains: grid points and mock observations never share a random stream
 GRID_STREAM = 0
@@ -31,9 +31,7 @@ class Grid:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Grid:
-        from xrmodifier_hpc.physics.modifiers import get_modifier
-
-        family = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        family = make_modifier(cfg.modifier.family, cfg.modifier.options)
         axes = tuple(cfg.modifier.grid[name].array for name in family.param_names)
         return cls(family.param_names, family.param_units, axes, cfg.temperatures.t_true.array)
 

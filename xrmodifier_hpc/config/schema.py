@@ -17,7 +17,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from xrmodifier_hpc.errors import ConfigError, UserError
+from xrmodifier_hpc.registry import MODIFIER_FAMILIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -612,9 +613,7 @@ def _check_all(cfg: Config, file: str) -> None:
     _check_source(cfg, file)
     lo, hi = cfg.mock.t_range
     if cfg.mock.theta:
-        from xrmodifier_hpc.physics.modifiers import get_modifier
-
-        fam = get_modifier(cfg.modifier.family, cfg.modifier.options)
+        fam = make_modifier(cfg.modifier.family, cfg.modifier.options)
         for name in cfg.mock.theta:
             if name not in fam.param_names:
                 hint = _suggest(name, list(fam.param_names))
@@ -623,12 +622,35 @@ def _check_all(cfg: Config, file: str) -> None:
                 )
 
 
-def _check_modifier(cfg: Config, file: str) -> None:
-    from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
+def make_modifier(family: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The modifier family ``family`` from :data:`registry.MODIFIER_FAMILIES`, built with its
+    ``options``.
 
+    Parameters
+    ----------
+    family : str
+        A registered family name (``gaussian``, ``multi_gaussian``, ``spline``).
+    options : mapping, optional
+        The family's options (``n_components``, ``knots``).
+
+    Returns
+    -------
+    Modifier
+        The family object (``xrmodifier_hpc.physics.modifiers.Modifier``).
+
+    Raises
+    ------
+    UserError
+        When the family is unknown (``where`` = ``"family"``) or its options are invalid.
+    """
+    cls = MODIFIER_FAMILIES.get(family, "family")
+    return cls(**dict(options or {}))
+
+
+def _check_modifier(cfg: Config, file: str) -> None:
     try:
-        family = get_modifier(cfg.modifier.family, cfg.modifier.options)
-    except ModifierError as exc:
+        family = make_modifier(cfg.modifier.family, cfg.modifier.options)
+    except UserError as exc:
         raise ConfigError(exc.message, f"{file} [modifier.{exc.where or 'family'}]") from None
     grid = cfg.modifier.grid
     for name in grid:
@@ -647,11 +669,11 @@ def _check_modifier(cfg: Config, file: str) -> None:
     for name in family.param_names:
         try:
             family.check_values(name, grid[name].array)
-        except ModifierError as exc:
+        except UserError as exc:
             raise ConfigError(exc.message, f"{file} [modifier.grid.{name}]") from None
     try:
         family.check_grid({name: axis.array for name, axis in grid.items()})
-    except ModifierError as exc:
+    except UserError as exc:
         raise ConfigError(exc.message, f"{file} [modifier.grid]") from None
 
 

@@ -1,13 +1,12 @@
 """Multiplicative ARF modifier families: ``ARF1'(E) = ARF1(E) * m(E; theta)``.
 
 Each family is a small class with its parameter names, units, domain checks and a vectorised
-``evaluate(energy, theta)`` over a batch of theta. Families register themselves by name;
-``get_modifier(name, options)`` builds one.
+``evaluate(energy, theta)`` over a batch of theta. Families are registered by name in
+:data:`xrmodifier_hpc.registry.MODIFIER_FAMILIES`; ``get_modifier(name, options)`` builds one.
 """
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -16,35 +15,47 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.registry import MODIFIER_FAMILIES
 
 
 class ModifierError(UserError):
     """A modifier family, option or parameter value is invalid."""
 
 
-_REGISTRY: dict[str, type[Modifier]] = {}
-
-
-def register(cls: type[Modifier]) -> type[Modifier]:
-    """Class decorator: make a family available to ``get_modifier`` under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
 def families() -> list[str]:
-    """Names of the registered modifier families."""
-    return sorted(_REGISTRY)
+    """Names of the registered modifier families.
+
+    Returns
+    -------
+    list of str
+        The names :data:`xrmodifier_hpc.registry.MODIFIER_FAMILIES` holds, sorted.
+    """
+    return sorted(MODIFIER_FAMILIES.names())
 
 
 def get_modifier(name: str, options: Mapping[str, Any] | None = None) -> Modifier:
-    """Build the family ``name`` with its ``options`` (family-specific, e.g. ``knots``)."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModifierError(
-            f"unknown modifier family {name!r}{hint}; known: {', '.join(families())}", "family"
-        )
-    return _REGISTRY[name](**dict(options or {}))
+    """Build the family ``name`` with its ``options`` (family-specific, e.g. ``knots``).
+
+    Parameters
+    ----------
+    name : str
+        A family of :data:`xrmodifier_hpc.registry.MODIFIER_FAMILIES`.
+    options : mapping, optional
+        Keyword arguments of the family's constructor (``n_components``, ``knots``).
+
+    Returns
+    -------
+    Modifier
+        The family.
+
+    Raises
+    ------
+    ModifierError
+        When ``name`` is not registered (``where`` = ``"family"``) or an option is invalid.
+    """
+    if name not in MODIFIER_FAMILIES:
+        raise ModifierError(MODIFIER_FAMILIES.suggest(name), "family")
+    return MODIFIER_FAMILIES.get(name)(**dict(options or {}))
 
 
 class Modifier(ABC):
@@ -134,7 +145,6 @@ def _check_positive(name: str, values: np.ndarray, unit: str = "keV") -> None:
         raise ModifierError(f"{name} must be > 0 {unit} (got min {values.min():g})")
 
 
-@register
 class Gaussian(Modifier):
     """``m(E) = 1 + A exp(-(E - mu)^2 / (2 sigma^2))``; mu, sigma in keV, A > -1."""
 
@@ -156,7 +166,6 @@ class Gaussian(Modifier):
         return np.array([1.0, 1.0, 0.0])
 
 
-@register
 class MultiGaussian(Modifier):
     """``m(E) = 1 + sum_k A_k exp(-(E - mu_k)^2 / (2 sigma_k^2))`` with K bumps.
 
@@ -205,7 +214,6 @@ class MultiGaussian(Modifier):
         return np.array([1.0, 1.0, 0.0] * self.n_components)
 
 
-@register
 class Spline(Modifier):
     """``m(E) = 1 + d(E)`` with ``d`` given at fixed ``knots`` (keV), interpolated in log E.
 
