@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from xrmodifier_hpc.errors import ConfigError, UserError
-from xrmodifier_hpc.registry import MODIFIER_FAMILIES
+from xrmodifier_hpc.registry import ACTIVATIONS, BACKENDS, MODIFIER_FAMILIES, OBJECTIVES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,7 +200,7 @@ class SimulationConfig:
     xsect: str = "vern"
 
     def _check(self, at: Callable[[str], str]) -> None:
-        _one_of(self.backend, ("native", "xspec"), at("backend"))
+        _one_of(self.backend, BACKENDS.names(), at("backend"))
         _one_of(self.mode, ("poisson", "asimov"), at("mode"))
         _one_of(self.engine, ("numpy", "torch"), at("engine"))
         _one_of(self.device, ("auto", "cpu", "cuda"), at("device"))
@@ -247,7 +247,7 @@ class EmulatorConfig:
     ema_epochs: float = 5.0  #: horizon (epochs) of the weight average validated and kept; 0: off
 
     def _check(self, at: Callable[[str], str]) -> None:
-        _one_of(self.activation, ("gelu", "relu", "silu", "tanh"), at("activation"))
+        _one_of(self.activation, ACTIVATIONS.names(), at("activation"))
         _one_of(self.device, ("auto", "cpu", "cuda"), at("device"))
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError("hidden must list positive layer widths", at("hidden"))
@@ -307,7 +307,7 @@ class InversionConfig:
     def _check(self, at: Callable[[str], str]) -> None:
         _one_of(
             self.objective,
-            ("likelihood", "seed_loss", "gaussian_kl", "wasserstein"),
+            OBJECTIVES.names(),
             at("objective"),
         )
         _one_of(self.start_design, ("sobol", "lhs"), at("start_design"))
