@@ -5,16 +5,22 @@ any rank into an abort of every rank (the others would otherwise wait forever in
 collective) after printing the error with the rank number; :func:`agree` runs a step on every
 rank and, when it fails everywhere with the same kind of user error, ends the run cleanly on
 all ranks (exit 2); :func:`on_root` runs a step on rank 0 and shares its value or its error.
+:func:`fault_point` is the test hook that fails one chosen rank at a named point
+(``XRM_FAULT="NAME@RANK"``), so that the tests can check that every MPI stage ends the whole
+job with that rank's message instead of hanging. :func:`node_share` tells how many ranks
+share this node and how many cores they hold together (thread-pool sizing).
 mpi4py is imported only when the launcher started several ranks.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from xrmodifier_hpc.errors import UserError
@@ -150,3 +156,80 @@ def wait_politely(comm: Any) -> None:
 
 def allsum(comm: Any, value: int) -> int:
     return value if comm is None else int(comm.allreduce(value))
+
+
+#: the environment variable of :func:`fault_point`: ``NAME@RANK``
+FAULT_VAR = "XRM_FAULT"
+
+
+def fault_point(name: str, comm: Any) -> None:
+    """Fail here on one chosen rank: the test hook for "an error on rank R only".
+
+    Parameters
+    ----------
+    name : str
+        The point's name, ``"<stage>.<step>"`` (``"simulate.chunk"``, ``"merge.read"``).
+    comm : mpi4py communicator or None
+        The job's communicator (None: a single process, rank 0).
+
+    Raises
+    ------
+    RuntimeError
+        ``"injected fault at NAME on rank R"`` when the environment variable ``XRM_FAULT``
+        is ``"NAME@R"`` and this process is rank R; nothing happens otherwise.
+    UserError
+        When ``XRM_FAULT`` is set but not of the form ``NAME@RANK``.
+    """
+    spec = os.environ.get(FAULT_VAR)
+    if not spec:
+        return
+    point, at, rank_text = spec.rpartition("@")
+    if not at or not point or not rank_text.strip().isdigit():
+        raise UserError(f"expected NAME@RANK such as simulate.chunk@1, got {spec!r}", FAULT_VAR)
+    rank = comm.rank if comm is not None else 0
+    if point == name and int(rank_text) == rank:
+        raise RuntimeError(f"injected fault at {name} on rank {rank}")
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """The ranks that share this process's node (an MPI shared-memory split).
+
+    Attributes
+    ----------
+    ranks : int
+        Ranks of the communicator on this node (this one included).
+    cpus : int
+        Logical CPUs in the union of their affinity masks.
+    """
+
+    ranks: int
+    cpus: int
+
+
+def node_share(comm: Any, cpus: Iterable[int]) -> NodeShare | None:
+    """Ranks on this node and the CPUs they may use together (collective over ``comm``).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        Every rank of ``comm`` must call this (it splits ``comm`` by shared memory,
+        ``MPI_COMM_TYPE_SHARED``, and gathers the masks within each node).
+    cpus : iterable of int
+        This rank's CPU affinity mask.
+
+    Returns
+    -------
+    NodeShare or None
+        None without a communicator.
+    """
+    if comm is None:
+        return None
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        masks = node.allgather(sorted(cpus))
+        return NodeShare(node.size, len(set().union(*map(set, masks))))
+    finally:
+        node.Free()

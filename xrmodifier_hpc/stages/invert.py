@@ -74,6 +74,7 @@ from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io.atomic import replacing, write_text
 from xrmodifier_hpc.io.observations import Observations, read_observations
 from xrmodifier_hpc.runtime.environment import detect
+from xrmodifier_hpc.runtime.threads import configure_threads
 
 log = logging.getLogger("xrmodifier.invert")
 
@@ -925,7 +926,7 @@ def invert(
     # the tensors here are small (tens to a few thousand rows): intra-op threads cost more in
     # synchronisation than they gain, badly so on a loaded machine; ranks give parallelism
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    configure_threads(ranks=detect().size, torch=True, torch_threads=1)  # BLAS: granted cores
     try:
         return _invert(config, observations, module, comm)
     finally:
