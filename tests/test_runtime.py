@@ -120,6 +120,23 @@ def test_node_split_counts_bound_ranks_by_the_union_of_their_masks():
     assert plan_threads(environ=env, affinity=EIGHT, node=NodeShare(4, 8)).threads == 2
 
 
+def test_a_stage_limit_caps_the_share_of_cores_but_not_the_users_choice():
+    why = threads.FORWARD_MODEL_REASON
+    plan = plan_threads(environ={}, affinity=EIGHT, max_threads=1, max_reason=why)
+    assert (plan.threads, plan.source, plan.capped) == (1, "cores", why)
+    assert plan.describe("openblas 1", None) == (
+        "threads: 1 per process (8 cores granted by affinity, 1 process on this node; "
+        f"{why}); BLAS openblas 1"
+    )
+    # a share already within the limit says nothing about it
+    shared = plan_threads(environ={"MPI_LOCALNRANKS": "8"}, affinity=EIGHT, max_threads=1)
+    assert (shared.threads, shared.capped) == (1, "")
+    # what the user asked for is not limited
+    for env in ({"OMP_NUM_THREADS": "4"}, {threads.THREADS_VAR: "4"}):
+        mine = plan_threads(environ=env, affinity=EIGHT, max_threads=1, max_reason=why)
+        assert (mine.threads, mine.capped) == (4, "")
+
+
 def test_slurm_cpus_per_task_is_not_divided_again():
     env = {"SLURM_JOB_ID": "1", "SLURM_CPUS_PER_TASK": "4", "MPI_LOCALNRANKS": "8"}
     plan = plan_threads(environ=env, affinity=set(range(32)))

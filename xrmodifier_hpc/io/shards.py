@@ -63,7 +63,7 @@ class MergeSummary:
 def check_compatible(
     path: Path, cfg: Config, info: store.FileInfo | None = None
 ) -> store.FileInfo | None:
-    """The file's contents when it holds results of ``cfg``'s simulation.
+    """Inspect a grid or shard file and refuse it unless it holds ``cfg``'s simulation.
 
     Parameters
     ----------
@@ -103,7 +103,7 @@ def check_compatible(
 
 
 def result_shape(cfg: Config) -> store.ResultShape:
-    """The result datasets' sizes for ``cfg``: realisations, and fit-grid points with curves."""
+    """Size the result datasets for ``cfg``: realisations, and fit-grid points with curves."""
     sim = cfg.simulation
     return store.ResultShape(sim.realisations, len(sim.fit_tgrid) if sim.curves else None)
 
@@ -111,7 +111,7 @@ def result_shape(cfg: Config) -> store.ResultShape:
 def grid_meta(
     cfg: Config, grid: Grid, backend: str, backend_version: str, n_ranks: int, writer: str
 ) -> dict[str, Any]:
-    """The ``/meta`` attributes of a grid or shard file (see :mod:`~xrmodifier_hpc.io.store`).
+    """Build the ``/meta`` attributes of a grid or shard file (see :mod:`~xrmodifier_hpc.io.store`).
 
     Parameters
     ----------
@@ -313,7 +313,7 @@ def merge_shards(cfg: Config, grid: Grid, *, overwrite: bool = False) -> MergeSu
 
 
 def missing_message(cfg: Config, done: np.ndarray, infos: list[store.FileInfo]) -> str:
-    """The error for an incomplete merge: how many points, and which shards to compute.
+    """Word the error of an incomplete merge: how many points, and which shards to compute.
 
     Parameters
     ----------

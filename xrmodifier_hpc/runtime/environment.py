@@ -34,6 +34,7 @@ class JobEnvironment:
 
     @property
     def under_mpi_launcher(self) -> bool:
+        """True when an MPI launcher (mpiexec, or srun with several tasks) started us."""
         return any(v in os.environ for v in _RANK_VARS) or (
             "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
         )
@@ -72,8 +73,14 @@ def detect() -> JobEnvironment:
 
 
 def scratch_root() -> Path:
-    """Node-local scratch space: ``$XRM_SCRATCH``, else Slurm's ``$SLURM_TMPDIR`` or ``$TMPDIR``,
-    else the system temporary folder."""
+    """Return node-local scratch space.
+
+    Returns
+    -------
+    Path
+        ``$XRM_SCRATCH``, else Slurm's ``$SLURM_TMPDIR`` or ``$TMPDIR``, else the system
+        temporary folder.
+    """
     for name in ("XRM_SCRATCH", "SLURM_TMPDIR", "TMPDIR"):
         value = os.environ.get(name)
         if value:
@@ -82,12 +89,23 @@ def scratch_root() -> Path:
 
 
 def process_scratch_dir(purpose: str, root: str | Path | None = None) -> Path:
-    """A folder name unique to this process (not created there):
-    ``ROOT/xrmodifier-PURPOSE-JOB-rRANK-pPID``.
+    """Name a folder unique to this process (not created here).
 
     Tools that keep per-user state in files (XSPEC's ``~/.xspec``, HEASoft parameter files) must
     not share it between the ranks of one job, nor between jobs that share a node; the job id,
     rank and pid together keep every process apart.
+
+    Parameters
+    ----------
+    purpose : str
+        What the folder is for (``"xspec"``).
+    root : str or Path, optional
+        Where (default :func:`scratch_root`).
+
+    Returns
+    -------
+    Path
+        ``ROOT/xrmodifier-PURPOSE-JOB-rRANK-pPID``.
     """
     env = detect()
     job = env.slurm_job_id or "local"
@@ -99,8 +117,11 @@ def process_scratch_dir(purpose: str, root: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class TorchDistributedEnv:
-    """A torch.distributed (``env://``) rendezvous: what torchrun sets, and what submitit's
-    ``TorchDistributedEnvironment.export()`` sets inside a submitit job."""
+    """A torch.distributed (``env://``) rendezvous.
+
+    What torchrun sets, and what submitit's ``TorchDistributedEnvironment.export()`` sets
+    inside a submitit job.
+    """
 
     rank: int
     world_size: int
@@ -111,8 +132,14 @@ class TorchDistributedEnv:
 
 
 def torch_distributed() -> TorchDistributedEnv | None:
-    """The ``env://`` variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT) when all the required ones are set, else None (a plain single process)."""
+    """Read the ``env://`` rendezvous variables.
+
+    Returns
+    -------
+    TorchDistributedEnv or None
+        RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT when all the
+        required ones are set, else None (a plain single process).
+    """
     names = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     if not all(os.environ.get(n) for n in names):
         return None
@@ -163,7 +190,7 @@ class CoreGrant:
 
 
 def affinity_cpus() -> frozenset[int]:
-    """The logical CPUs this process may run on (``os.sched_getaffinity``).
+    """Return the logical CPUs this process may run on (``os.sched_getaffinity``).
 
     Returns
     -------
@@ -186,7 +213,7 @@ def _positive_int(value: str | None) -> int | None:
 def granted_cores(
     environ: Mapping[str, str] | None = None, affinity: int | None = None
 ) -> CoreGrant:
-    """The cores this process was granted: Slurm's per-task count, else the affinity mask.
+    """Count the cores this process was granted: Slurm's per-task count, else its affinity mask.
 
     Parameters
     ----------
@@ -211,8 +238,10 @@ def granted_cores(
 
 
 def _slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:
-    """Tasks of this Slurm step on this node, from ``SLURM_STEP_TASKS_PER_NODE`` ("2(x3),1")
-    and ``SLURM_NODEID``; None outside a step."""
+    """Count this Slurm step's tasks on this node (None outside a step).
+
+    From ``SLURM_STEP_TASKS_PER_NODE`` (e.g. ``"2(x3),1"``) and ``SLURM_NODEID``.
+    """
     spec = env.get("SLURM_STEP_TASKS_PER_NODE")
     node = _positive_int(env.get("SLURM_NODEID")) or 0
     if not spec:
@@ -228,7 +257,7 @@ def _slurm_tasks_on_node(env: Mapping[str, str]) -> int | None:
 
 
 def ranks_on_node(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """How many ranks of this job share this node, from the launcher's variables.
+    """Count the ranks of this job that share this node, from the launcher's variables.
 
     Parameters
     ----------

@@ -30,7 +30,23 @@ T = TypeVar("T")
 
 
 def world_comm(env: JobEnvironment) -> Any:
-    """COMM_WORLD when the launcher started several ranks, else None (no MPI at all)."""
+    """COMM_WORLD when the launcher started several ranks, else None (no MPI at all).
+
+    Parameters
+    ----------
+    env : JobEnvironment
+        From :func:`~xrmodifier_hpc.runtime.environment.detect`.
+
+    Returns
+    -------
+    mpi4py.MPI.Comm or None
+
+    Raises
+    ------
+    UserError
+        When mpi4py does not import, or sees another number of ranks than the launcher
+        started (mpi4py built against another MPI).
+    """
     if env.size <= 1:
         return None
     try:
@@ -58,7 +74,26 @@ def _agreed(message: str, where: str | None) -> Agreed:
 
 
 def on_root(comm: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 and give its value to every rank; its UserError is raised on all."""
+    """Run ``fn`` on rank 0 and give its value to every rank; its UserError is raised on all.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        Every rank must call this (None: just ``fn()``).
+    fn : callable
+        The step; its value must be picklable.
+
+    Returns
+    -------
+    object
+        ``fn()``'s value, on every rank.
+
+    Raises
+    ------
+    Agreed
+        On every rank, when ``fn`` raised a UserError on rank 0. Any other exception on
+        rank 0 aborts the job with its message.
+    """
     if comm is None:
         return fn()
     payload: tuple[str, Any] | None = None
@@ -77,8 +112,28 @@ def on_root(comm: Any, fn: Callable[[], T]) -> T:
 
 
 def agree(comm: Any, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on every rank. If it fails everywhere with a UserError, raise that on all
-    ranks; if it fails on some ranks only (or not with a UserError), abort the job."""
+    """Run ``fn`` on every rank and agree on the outcome.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        Every rank must call this (None: just ``fn()``).
+    fn : callable
+        The step, run on every rank.
+
+    Returns
+    -------
+    object
+        This rank's ``fn()`` value, when it succeeded on every rank.
+
+    Raises
+    ------
+    Agreed
+        On every rank, when ``fn`` raised a UserError on every rank (rank 0's message).
+        When it failed on some ranks only, or not with a UserError, rank 0 prints every
+        failing rank's message (``xrmodifier: error: rank R: ...``) and aborts the job (exit
+        code 2 if they were all user errors, else 1).
+    """
     if comm is None:
         return fn()
     try:
@@ -109,7 +164,16 @@ def agree(comm: Any, fn: Callable[[], T]) -> T:
 
 
 def abort(comm: Any, exc: BaseException) -> None:
-    """Print ``exc`` with this rank's number and abort every rank of the job."""
+    """Print ``exc`` with this rank's number and abort every rank of the job.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+        The job's communicator (``MPI_Abort`` on it).
+    exc : BaseException
+        A UserError (one line, exit 2), KeyboardInterrupt (exit 130) or anything else
+        (traceback, exit 1).
+    """
     rank = comm.rank
     if isinstance(exc, UserError):
         text, code = f"xrmodifier: error: rank {rank}: {exc}\n", exc.exit_code
@@ -133,7 +197,18 @@ def _write_then_abort(comm: Any, text: str, code: int) -> None:
 
 @contextmanager
 def fail_fast(comm: Any) -> Iterator[None]:
-    """Turn an exception on one rank into an abort of all ranks (others would wait forever)."""
+    """Turn an exception on one rank into an abort of all ranks (others would wait forever).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        None: exceptions pass through unchanged.
+
+    Yields
+    ------
+    None
+        The body runs inside; an :class:`Agreed` error passes through (every rank raises it).
+    """
     try:
         yield
     except Agreed:
@@ -145,8 +220,16 @@ def fail_fast(comm: Any) -> Iterator[None]:
 
 
 def wait_politely(comm: Any) -> None:
-    """A barrier that sleeps while it waits: MPICH spins a core in blocking calls, which on a
-    shared or oversubscribed node slows the ranks that still compute."""
+    """Wait for every rank in a barrier that sleeps while it waits.
+
+    MPICH spins a core in blocking calls, which on a shared or oversubscribed node slows the
+    ranks that still compute.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        None: returns at once.
+    """
     if comm is None:
         return
     request = comm.Ibarrier()
@@ -155,6 +238,19 @@ def wait_politely(comm: Any) -> None:
 
 
 def allsum(comm: Any, value: int) -> int:
+    """Sum ``value`` over every rank (collective).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        None: ``value`` itself.
+    value : int
+        This rank's count.
+
+    Returns
+    -------
+    int
+    """
     return value if comm is None else int(comm.allreduce(value))
 
 

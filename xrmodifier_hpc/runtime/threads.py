@@ -15,7 +15,9 @@ applies one size per process, in this order of precedence:
 4. the cores granted to the process: ``SLURM_CPUS_PER_TASK`` inside a Slurm job (per task),
    else the CPU affinity mask shared by the ranks of the node (counted with an MPI
    shared-memory split when a communicator exists, else from the launcher's variables:
-   ``MPI_LOCALNRANKS``, ``OMPI_COMM_WORLD_LOCAL_SIZE``, ``SLURM_STEP_TASKS_PER_NODE``, ...).
+   ``MPI_LOCALNRANKS``, ``OMPI_COMM_WORLD_LOCAL_SIZE``, ``SLURM_STEP_TASKS_PER_NODE``, ...),
+   at most what the stage can use (``simulate`` and ``mock``: one, see
+   :data:`FORWARD_MODEL_REASON`).
 
 The size is applied with threadpoolctl to the BLAS and OpenMP libraries already loaded, with
 ``torch.set_num_threads``, and by setting ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/
@@ -46,6 +48,12 @@ THREADS_VAR = "XRM_THREADS"
 AUTO_VAR = "XRM_THREADS_AUTO"
 #: thread variables a user sets for BLAS/OpenMP, in the order they are read
 USER_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+#: why the forward model (simulate, mock) takes one thread per process when sized from the
+#: cores: its work is many small fits, and BLAS threads that share cores spin (measured with
+#: ``benchmarks/bench_command.py``: 2 OpenBLAS threads in one process on 2 cores spent 10x
+#: the CPU time per grid point of one thread); more cores are put to work with more ranks
+FORWARD_MODEL_REASON = "the forward model runs 1 thread per process: use more ranks for more cores"
 
 #: the threadpoolctl limiter in force (kept so that :func:`restore_threads` can undo it)
 _limiter: Any = None
@@ -78,6 +86,8 @@ class ThreadPlan:
     dataloader_workers : int
         Worker processes for a torch ``DataLoader`` in this process: half the threads beyond
         the first, at most 4 (0: load in the main process).
+    capped : str
+        Why the stage took fewer threads than its share of the cores ("" when it did not).
     """
 
     threads: int
@@ -89,6 +99,7 @@ class ThreadPlan:
     ranks_source: str
     user_vars: dict[str, str]
     dataloader_workers: int
+    capped: str = ""
 
     @property
     def from_user_vars(self) -> bool:
@@ -96,7 +107,7 @@ class ThreadPlan:
         return self.source in USER_VARS
 
     def describe(self, blas: str, torch_threads: int | None, ranks: int = 1) -> str:
-        """The one log line: threads per rank, the grant, and what the pools got.
+        """Say in one log line the threads per rank, the grant, and what the pools got.
 
         Parameters
         ----------
@@ -120,6 +131,8 @@ class ThreadPlan:
         grant = f"{self.cores} core{'s' if self.cores != 1 else ''} granted by {self.cores_source}"
         grant += " per task" if self.per_task else ""
         why = f"{grant}, {on_node}"
+        if self.capped:
+            why = f"{why}; {self.capped}"
         if self.source in USER_VARS:
             why = f"{self.source}={self.user_vars[self.source]} set by the user; {why}"
         elif self.source != "cores":
@@ -129,7 +142,7 @@ class ThreadPlan:
 
 
 def _count(value: str, name: str) -> int:
-    """A thread count from a variable: a positive integer; OpenMP's "4,2" lists give 4."""
+    """Read a thread count: a positive integer; OpenMP's "4,2" lists give 4."""
     head = value.split(",")[0].strip()
     if not head.isdigit() or int(head) < 1:
         raise UserError(f"expected a positive number of threads, got {value!r}", name)
@@ -137,7 +150,7 @@ def _count(value: str, name: str) -> int:
 
 
 def user_thread_vars(environ: Mapping[str, str]) -> dict[str, str]:
-    """The thread variables the user set (not the ones this module wrote for a child).
+    """Find the thread variables the user set (not the ones this module wrote for a child).
 
     Parameters
     ----------
@@ -164,6 +177,8 @@ def plan_threads(
     node: NodeShare | None = None,
     config_threads: int = 0,
     config_key: str = "",
+    max_threads: int = 0,
+    max_reason: str = "",
 ) -> ThreadPlan:
     """Decide the threads of this process (no side effects).
 
@@ -181,12 +196,18 @@ def plan_threads(
         The stage's config value (0: not set).
     config_key : str
         Its name for messages, e.g. ``"[emulator] threads"``.
+    max_threads : int
+        At most this many threads when sized from the cores (0: no limit); the user's
+        settings are not limited.
+    max_reason : str
+        Why, for the log line.
 
     Returns
     -------
     ThreadPlan
         The size and its reasons (precedence: ``XRM_THREADS``/``--threads``, the config key,
-        the user's OMP/BLAS variables, then the granted cores shared among the node's ranks).
+        the user's OMP/BLAS variables, then the granted cores shared among the node's ranks,
+        at most ``max_threads``).
 
     Raises
     ------
@@ -208,17 +229,19 @@ def plan_threads(
         share = min(len(mask), node.cpus // max(node.ranks, 1))
     else:
         cores, cores_source, share = grant.cores, grant.source, grant.cores // max(ranks, 1)
-    threads, source = max(share, 1), "cores"
+    threads, source, capped = max(share, 1), "cores", ""
+    if 0 < max_threads < threads:
+        threads, capped = max_threads, max_reason or f"at most {max_threads} for this stage"
     user = user_thread_vars(env)
 
     requested = env.get(THREADS_VAR, "").strip()
     if requested:
-        threads, source = _count(requested, THREADS_VAR), "--threads"
+        threads, source, capped = _count(requested, THREADS_VAR), "--threads", ""
     elif config_threads > 0:
-        threads, source = int(config_threads), config_key or "config"
+        threads, source, capped = int(config_threads), config_key or "config", ""
     elif user:
         name = next(iter(user))
-        threads, source = _count(user[name], name), name
+        threads, source, capped = _count(user[name], name), name, ""
     return ThreadPlan(
         threads=threads,
         source=source,
@@ -229,11 +252,12 @@ def plan_threads(
         ranks_source=ranks_source,
         user_vars=user,
         dataloader_workers=min(4, threads // 2),
+        capped=capped,
     )
 
 
 def loaded_pools() -> str:
-    """The BLAS and OpenMP libraries loaded in this process and their thread counts.
+    """List the BLAS and OpenMP libraries loaded in this process and their thread counts.
 
     Returns
     -------
@@ -307,6 +331,8 @@ def configure_threads(
     config_key: str = "",
     torch: bool = False,
     torch_threads: int | None = None,
+    max_threads: int = 0,
+    max_reason: str = "",
 ) -> ThreadPlan:
     """Size this process's thread pools from its grant and log one line saying so.
 
@@ -327,6 +353,8 @@ def configure_threads(
         The stage uses torch: import it and size its intra-op pool.
     torch_threads : int, optional
         A smaller intra-op size for torch (see :func:`apply_threads`).
+    max_threads, max_reason : int, str
+        A stage's limit when sized from the cores, and why (see :func:`plan_threads`).
 
     Returns
     -------
@@ -341,7 +369,12 @@ def configure_threads(
     mask = affinity_cpus()
     node = node_share(comm, mask) if comm is not None else None
     plan = plan_threads(
-        affinity=mask, node=node, config_threads=config_threads, config_key=config_key
+        affinity=mask,
+        node=node,
+        config_threads=config_threads,
+        config_key=config_key,
+        max_threads=max_threads,
+        max_reason=max_reason,
     )
     torch_now = apply_threads(plan, torch=torch, torch_threads=torch_threads)
     size = comm.size if comm is not None else ranks

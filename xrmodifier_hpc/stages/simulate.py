@@ -39,7 +39,7 @@ from xrmodifier_hpc.io import store
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
 from xrmodifier_hpc.runtime.progress import ProgressChannel
-from xrmodifier_hpc.runtime.threads import configure_threads
+from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.simulate")
 
@@ -67,6 +67,7 @@ class Shard:
     count: int
 
     def __str__(self) -> str:
+        """``"i/n"``."""
         return f"{self.index}/{self.count}"
 
 
@@ -134,7 +135,7 @@ class SimulateSummary:
     messages: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        """The lines printed at the end: points done, time, rate, ranks, mode, then messages."""
+        """Say what was done: points, time, rate, ranks and mode, then the messages."""
         rate = self.computed / self.seconds if self.seconds > 0 else 0.0
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
@@ -214,7 +215,12 @@ def _simulate(
         return summary
     # thread pools before any heavy numpy or torch work (collective: ranks count their node)
     uses_torch = cfg.simulation.backend == "native" and cfg.simulation.engine == "torch"
-    mpi.agree(comm, lambda: configure_threads(comm, torch=uses_torch))
+    mpi.agree(
+        comm,
+        lambda: configure_threads(
+            comm, torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON
+        ),
+    )
     # the backend first: one that cannot start (XSPEC outside the container) is a one-line
     # error before anything is announced
     backend = mpi.agree(comm, lambda: make_backend(cfg))
