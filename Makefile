@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
-export OMP_NUM_THREADS ?= 1
+# no thread variables here: every process sizes its own thread pools from the cores it was
+# granted (xrmodifier_hpc/runtime/threads.py), so tests and benchmarks see what users see
 
 .PHONY: setup demo test test-slurm lint format bench clean
 

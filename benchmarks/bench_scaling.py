@@ -32,6 +32,8 @@ from xrmodifier_hpc.config import set_key
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
+#: thread settings a user may or may not have; the benchmarks run without them
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XRM_THREADS")
 
 
 def make_config(project: Path, name: str, axes: tuple[int, int, int, int], chunk: int) -> Path:
@@ -73,8 +75,10 @@ def run(config: Path, ranks: int, rss_dir: Path) -> Run:
     ]
     if ranks > 1:
         cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), *cmd]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["OMP_NUM_THREADS"] = "1"  # one core per rank: the comparison is per core
+    # as users run it: no thread variables (each rank sizes its pools from its cores)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in THREAD_VARS
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

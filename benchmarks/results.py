@@ -5,6 +5,8 @@ script. It runs nothing itself: it reads
 
 - ``bench_backend.json``: native backend throughput against Sherpa, a plain scipy loop and
   XSPEC's quoted 75 ms per fakeit + fit;
+- ``bench_command.json``: ``xrmodifier simulate`` as typed (1 process, ``mpiexec -n 2``, no
+  thread variables) on both real response pairs, beside the same points in process;
 - ``bench_scaling.json``: ``xrmodifier simulate`` with 1 and 2 MPI ranks, peak memory;
 - ``bench_training.json``: emulator training time on 1e5 points, inference throughput;
 - ``bench_inversion.json``: 64 starts + posterior on 50 sources, 1 and 2 ranks;
@@ -41,6 +43,22 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "bench_training": ("Emulator training and inference", "bench_training.py"),
     "bench_inversion": ("Inversion", "bench_inversion.py"),
 }
+#: benchmarks rendered inside another's section (as a ``###`` part): parent -> stem -> (title,
+#: script); the command's throughput sits beside the in-process one
+PARTS: dict[str, dict[str, tuple[str, str]]] = {
+    "bench_backend": {
+        "bench_command": ("The simulate command as users type it", "bench_command.py"),
+    },
+}
+
+
+def _all_benchmarks() -> dict[str, tuple[str, str]]:
+    """Every benchmark, sections and their parts, in page order."""
+    out: dict[str, tuple[str, str]] = {}
+    for stem, entry in BENCHMARKS.items():
+        out[stem] = entry
+        out.update(PARTS.get(stem, {}))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +139,7 @@ def load_results(out_dir: Path) -> dict[str, tuple[dict[str, Any], str] | None]:
     """Each benchmark's JSON and its date (its ``date`` field, else the file's modification
     time), or None when the file is absent."""
     found: dict[str, tuple[dict[str, Any], str] | None] = {}
-    for stem in BENCHMARKS:
+    for stem in _all_benchmarks():
         path = out_dir / f"{stem}.json"
         if not path.is_file():
             found[stem] = None
@@ -206,6 +224,66 @@ def section_backend(data: dict[str, Any]) -> list[str]:
                 f"growth over the batches {native['rss_growth_mb']:+.1f} MB."
             )
     lines += [f"- {n}" for n in notes]
+    return lines
+
+
+def section_command(data: dict[str, Any]) -> list[str]:
+    st = data.get("settings", {})
+    target = data.get("target_ratio", 0.8)
+    lines = [
+        "`xrmodifier simulate CONFIG` as one process and under `mpiexec -n 2`, with no thread "
+        "variables set (each rank sizes its own pools: the `threads:` line it logs is quoted), "
+        f"timed whole, beside the same grid's points computed in process on one thread (CPU "
+        f"time). {st.get('realisations', 1)} realisation, {st.get('fit_tgrid', 128)} fit "
+        f"temperatures, band {st.get('band_kev', [0.5, 7.0])[0]:g}–"
+        f"{st.get('band_kev', [0.5, 7.0])[1]:g} keV, {st.get('t_true', 40)} T_true, curves on. "
+        "The ratio is the command's points/s per rank over the in-process points/s (target "
+        f"≥ {target:g}); the CPU ratio uses the CPU seconds of all the command's processes "
+        "instead of the wall time (a shared machine's lost time slices do not lower it; "
+        "threads spinning against each other do).",
+        "",
+    ]
+    rows = []
+    threads_lines = []
+    for e in data["pairs"].values():
+        ip = e["in_process"]
+        label = f"{e['reference']} ref, {e['target']} target"
+        rows.append(
+            [label, "in process, 1 thread", str(ip["points"]), "–", _num(ip["points_per_s"], ".0f")]
+            + ["–", "–", "–"]
+        )
+        for ranks, run in e["command"].items():
+            how = "1 process" if ranks == "1" else f"mpiexec -n {ranks}"
+            ratio = run["ratio_to_in_process"]
+            mark = "" if ratio >= target else " (below)"
+            rows.append(
+                [
+                    label,
+                    how,
+                    str(run["points"]),
+                    _num(run["wall_s"], ".1f"),
+                    _num(run["points_per_s_per_rank"], ".0f"),
+                    _num(ratio, ".2f") + mark,
+                    _num(run.get("cpu_ratio_to_in_process"), ".2f"),
+                    _num(run.get("load_average_before"), ".1f"),
+                ]
+            )
+            for line in run.get("threads_log", []):
+                threads_lines.append(f"- {label}, {how}: `threads: {line}`")
+    lines += _table(
+        [
+            "responses",
+            "how",
+            "points",
+            "wall s",
+            "points/s per rank",
+            "ratio",
+            "CPU ratio",
+            "load avg before",
+        ],
+        rows,
+    )
+    lines += ["", "What each rank chose:", "", *threads_lines]
     return lines
 
 
@@ -377,6 +455,7 @@ def section_inversion(data: dict[str, Any]) -> list[str]:
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "bench_backend": section_backend,
+    "bench_command": section_command,
     "bench_scaling": section_scaling,
     "bench_training": section_training,
     "bench_inversion": section_inversion,
@@ -424,7 +503,7 @@ def render(out_dir: Path, machine: dict[str, Any]) -> str:
         ["benchmark", "script", "run at"],
         [
             [title, f"`benchmarks/{script}`", found[stem][1] if found[stem] else "not run"]
-            for stem, (title, script) in BENCHMARKS.items()
+            for stem, (title, script) in _all_benchmarks().items()
         ],
     )
     for number, (stem, (title, script)) in enumerate(BENCHMARKS.items(), start=1):
@@ -435,8 +514,17 @@ def render(out_dir: Path, machine: dict[str, Any]) -> str:
                 f"Not run: `.venv/bin/python benchmarks/{script}` writes "
                 f"`benchmarks/out/{stem}.json`."
             )
-            continue
-        lines += SECTIONS[stem](entry[0])
+        else:
+            lines += SECTIONS[stem](entry[0])
+        for part, (part_title, part_script) in PARTS.get(stem, {}).items():
+            lines += ["", f"### {part_title}", ""]
+            if found[part] is None:
+                lines.append(
+                    f"Not measured yet: `.venv/bin/python benchmarks/{part_script}` writes "
+                    f"`benchmarks/out/{part}.json`."
+                )
+            else:
+                lines += SECTIONS[part](found[part][0])
     return "\n".join(lines) + "\n"
 
 

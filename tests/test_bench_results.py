@@ -242,3 +242,58 @@ def test_machine_info_describes_this_machine(results) -> None:
     assert len(info["load_average"]) == 3
     assert info["cpu"]
     assert info["date"].endswith("UTC")
+
+
+def _command_run(ranks: int, wall: float, ratio: float) -> dict:
+    return {
+        "ranks": ranks,
+        "points": 20480,
+        "wall_s": wall,
+        "in_run_s": wall - 1.5,
+        "cpu_s": 2 * wall,
+        "points_per_s": 20480 / wall,
+        "points_per_s_per_rank": 20480 / wall / ranks,
+        "load_average_before": 0.42,
+        "threads_log": [
+            f"{3 - ranks} per {'rank' if ranks > 1 else 'process'} (2 cores granted by "
+            f"affinity, {ranks} {'ranks' if ranks > 1 else 'process'} on this node); "
+            f"BLAS openblas {3 - ranks}"
+        ],
+        "ratio_to_in_process": ratio,
+        "cpu_ratio_to_in_process": ratio * 0.9,
+    }
+
+
+COMMAND = {
+    "date": "2026-11-30 04:00 UTC",
+    "settings": {"realisations": 1, "fit_tgrid": 128, "band_kev": [0.5, 7.0], "t_true": 40},
+    "target_ratio": 0.8,
+    "pairs": {
+        "acis_ref_epn_target": {
+            "reference": "acis",
+            "target": "epn",
+            "grid_points": 20480,
+            "in_process": {"points_per_s": 2600.0, "points": 3840},
+            "command": {"1": _command_run(1, 9.1, 0.866), "2": _command_run(2, 5.6, 0.703)},
+        }
+    },
+}
+
+
+def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path: Path) -> None:
+    out = _write(tmp_path / "out", bench_backend=BACKEND, bench_command=COMMAND)
+    page = results.render(out, MACHINE)
+    part = page.split("### The simulate command as users type it")[1].split("## 2.")[0]
+    assert page.index("## 1. Backend throughput") < page.index("### The simulate command")
+    assert "| acis ref, epn target | in process, 1 thread | 3840 | – | 2600 |" in part
+    assert "| acis ref, epn target | 1 process | 20480 | 9.1 | 2251 | 0.87 | 0.78 | 0.4 |" in part
+    assert "| mpiexec -n 2 | 20480 | 5.6 | 1829 | 0.70 (below) | 0.63 |" in part
+    assert (
+        "- acis ref, epn target, mpiexec -n 2: `threads: 1 per rank (2 cores granted by "
+        "affinity, 2 ranks on this node); BLAS openblas 1`" in part
+    )
+    assert "target ≥ 0.8" in part
+    assert "| The simulate command as users type it | `benchmarks/bench_command.py` |" in page
+    # absent: the part says how to produce it, the sections keep their numbers
+    alone = results.render(_write(tmp_path / "alone", bench_backend=BACKEND), MACHINE)
+    assert "Not measured yet: `.venv/bin/python benchmarks/bench_command.py`" in alone

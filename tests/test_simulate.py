@@ -49,11 +49,20 @@ GRID_NAMES = (
 # --------------------------------------------------------------------------------------------
 
 
+#: thread settings a user may have; the tests run as a user without them would
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XRM_THREADS")
+
+
 def _env() -> dict[str, str]:
-    # a test run inside a Slurm job must not turn into a shard run
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    # a test run inside a Slurm job must not turn into a shard run; no thread variables (each
+    # rank sizes its pools from its cores), no injected fault unless a test asks for one
+    drop = ("SLURM_", "PMI_", "XRM_FAULT", "XRM_THREADS")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in THREAD_VARS}
+
+
+def _two_cpus() -> list[int]:
+    """The first two CPUs this process may use (all of them on a 2-core machine)."""
+    return sorted(os.sched_getaffinity(0))[:2]
 
 
 def _mpiexec() -> str:
@@ -67,13 +76,20 @@ def run(
     ranks: int = 1,
     env: dict | None = None,
     timeout: float = 180,
+    cpus: list[int] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``xrmodifier ARGS`` as one process, or under ``mpiexec -n ranks``."""
+    """``xrmodifier ARGS`` as one process, or under ``mpiexec -n ranks``; ``cpus``: the
+    affinity mask of the launcher (its ranks inherit it)."""
     cmd = [XRMODIFIER, *args]
     if ranks > 1:
         cmd = [_mpiexec(), "-n", str(ranks), *cmd]
     return subprocess.run(
-        cmd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
+        cmd,
+        env={**_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
 
 
@@ -222,8 +238,16 @@ def test_backend_results_do_not_depend_on_batch_composition(reference):
 
 @pytest.mark.mpi
 def test_two_ranks_write_one_parallel_file_identical_to_one_rank(project, reference):
+    """Also: with no thread variables set and two cores granted by affinity, each rank sizes
+    its pools to one thread and says so."""
     config = make_config(project, "two")
-    proc = ok(run("simulate", str(config), ranks=2))
+    cpus = _two_cpus()
+    proc = ok(run("simulate", str(config), ranks=2, cpus=cpus))
+    n = len(cpus)
+    for rank in (0, 1):
+        line = f"[rank {rank}] threads: 1 per rank ({n} core{'s' if n > 1 else ''} granted by "
+        line += "affinity, 2 ranks on this node); BLAS openblas 1"
+        assert line in proc.stderr, proc.stderr
     path = load_config(config).grid_path
     assert_identical(path, reference["data"])
     with h5py.File(path, "r") as f:  # written with mpio, read back serially
@@ -270,7 +294,7 @@ def test_slurm_array_shards_then_merge_identical(project, reference):
     second = ok(run("simulate", str(config), env=slurm))
     assert "shard 1/2 complete" in second.stdout
     assert len(store.find_shards(path)) == 2
-    merged = ok(run("merge", str(config)))
+    merged = ok(run("merge", str(config), ranks=2))  # each rank copies one shard (mpio)
     assert "merged 2 shard files" in merged.stdout
     assert_identical(path, reference["data"])
     assert store.find_shards(path) == []
@@ -370,7 +394,7 @@ def test_killed_then_resumed_run_is_identical(project, reference):
 def test_progress_log_lines_have_count_rate_and_eta(caplog):
     from xrmodifier_hpc.runtime.progress import Progress
 
-    caplog.set_level(logging.INFO, logger="xrmodifier.simulate")
+    caplog.set_level(logging.INFO, logger="xrmodifier")
     quiet = Progress(100, 40, every=3600.0)
     quiet.update(10)
     assert caplog.records == []  # batch jobs: one line per interval, not per chunk
@@ -515,6 +539,47 @@ def test_error_on_one_rank_aborts_the_job_with_its_message(project, tmp_path):
     assert "target.arf" in proc.stderr
     assert "rank 0:" not in proc.stderr
     assert not load_config(good).grid_path.exists()
+
+
+def _ends_with_rank1s_fault(proc: subprocess.CompletedProcess, point: str, seconds: float) -> None:
+    assert proc.returncode != 0
+    assert seconds < 60, f"the job took {seconds:.0f} s to end after rank 1 failed"
+    assert f"xrmodifier: error: rank 1: RuntimeError: injected fault at {point} on rank 1" in (
+        proc.stderr
+    ), proc.stderr
+    assert "rank 0:" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_fault_on_rank1_only_in_simulate_ends_the_job_with_its_message(project, reference):
+    """Rank 1 fails after its first chunk while rank 0 computes on: the whole job ends, with
+    rank 1's message, and the file keeps only final points."""
+    config = make_config(project, "fault")
+    t0 = time.monotonic()
+    proc = run("simulate", str(config), ranks=2, env={"XRM_FAULT": "simulate.chunk@1"})
+    _ends_with_rank1s_fault(proc, "simulate.chunk", time.monotonic() - t0)
+    partial = store.load_grid(load_config(config).grid_path, allow_incomplete=True)
+    assert 16 <= partial.done.sum() < 72  # rank 1's first chunk at least
+    for name in ("t_fit_orig", "curve_mod"):
+        got = getattr(partial, name)[partial.done]
+        assert got.tobytes() == reference["data"][name][partial.done].tobytes(), name
+
+
+@pytest.mark.mpi
+def test_fault_on_rank1_only_in_merge_ends_the_job_then_a_rerun_merges(project, reference):
+    """A 2-rank merge whose rank 1 fails after reading its shard ends with rank 1's message;
+    the shards stay, and running merge again completes the same grid."""
+    config = make_config(project, "mergefault")
+    path = load_config(config).grid_path
+    for i in (0, 1):
+        ok(run("simulate", str(config), "--shard", f"{i}/2"))
+    t0 = time.monotonic()
+    proc = run("merge", str(config), ranks=2, env={"XRM_FAULT": "merge.read@1"})
+    _ends_with_rank1s_fault(proc, "merge.read", time.monotonic() - t0)
+    assert len(store.find_shards(path)) == 2
+    again = ok(run("merge", str(config), ranks=2))
+    assert "merged 2 shard files" in again.stdout and "complete" in again.stdout
+    assert_identical(path, reference["data"])
 
 
 def _rank_process(proc: subprocess.Popen, rank: int) -> psutil.Process | None:

@@ -9,14 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from xrmodifier_hpc import __version__
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.runtime.environment import detect
+from xrmodifier_hpc.runtime.threads import THREADS_VAR
 
 log = logging.getLogger("xrmodifier")
+
+
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return int(text)
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: passed on as XRM_THREADS (which submitit jobs inherit too)."""
+    p.add_argument(
+        "--threads",
+        type=_thread_count,
+        default=None,
+        metavar="N",
+        help="BLAS/OpenMP and torch threads per process (default: the cores this process was "
+        "granted, shared among the ranks on its node, or OMP_NUM_THREADS when set)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +100,7 @@ def _mock_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-sources", type=int, default=None, help="overrides [mock] n_sources")
     p.add_argument("--seed", type=int, default=None, help="overrides [mock] seed")
+    _add_threads(p)
     p.set_defaults(func=_run_mock)
 
 
@@ -106,6 +127,7 @@ def _invert_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path)
     p.add_argument("observations", type=Path, help="CSV or FITS table: name,t0,t0_err,t1,t1_err")
+    _add_threads(p)
     p.set_defaults(func=_run_invert)
 
 
@@ -204,6 +226,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         help="compute shard I of N only (Slurm arrays; default from "
         "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT), then `xrmodifier merge`",
     )
+    _add_threads(p)
     p.set_defaults(func=_run_simulate)
 
 
@@ -228,7 +251,7 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from xrmodifier_hpc.stages.simulate import merge
+    from xrmodifier_hpc.stages.merge import merge
 
     summary = merge(args.config, overwrite=args.overwrite)
     if detect().rank == 0:
@@ -273,6 +296,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="stop after N epochs, keeping the checkpoint (run again to continue)",
     )
+    _add_threads(p)
     p.set_defaults(func=_run_train)
 
 
@@ -438,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     env = detect()
+    if getattr(args, "threads", None) is not None:
+        os.environ[THREADS_VAR] = str(args.threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=("%(asctime)s " if not env.interactive else "")

@@ -1207,13 +1207,17 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def _set_threads(ecfg: EmulatorConfig) -> int:
-    # one thread unless told otherwise: layers of ~128 units gain ~10% from a second
-    # intra-op thread on an idle machine, but OpenMP threads that share cores with other
-    # work (MPI ranks, a second DDP rank, other jobs) spin and slow a step 10 to 20 times;
-    # more CPUs are put to work with more DDP processes (--executor local --tasks N)
-    n = ecfg.threads if ecfg.threads > 0 else 1
-    torch.set_num_threads(n)
-    return n
+    # [emulator] threads when above 0, else the cores granted to this process, shared among
+    # the DDP processes on its node (OpenMP threads that share cores spin and slow a step 10x)
+    from xrmodifier_hpc.runtime.environment import torch_distributed
+    from xrmodifier_hpc.runtime.threads import configure_threads
+
+    denv = torch_distributed()
+    ranks = denv.world_size if denv else 1
+    key = "[emulator] threads"
+    return configure_threads(
+        ranks=ranks, config_threads=ecfg.threads, config_key=key, torch=True
+    ).threads
 
 
 def training_fingerprint(data: TrainingData, ecfg: EmulatorConfig) -> str:

@@ -1,2 +1,5 @@
-"""Where the code runs: job environment (Slurm, MPI ranks, cores), collective MPI error
-handling, thread pools, progress reporting and submitit launch. No physics."""
+"""Where the code runs.
+
+Job environment (Slurm, MPI ranks, cores), collective MPI error handling, thread pools,
+progress reporting and submitit launch. No physics.
+"""

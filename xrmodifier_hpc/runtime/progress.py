@@ -1,5 +1,8 @@
-"""Progress of long work: a tqdm bar on a terminal, else a log line every few seconds (batch
-jobs), and a channel that carries every MPI rank's counts to rank 0's reporter."""
+"""Progress of long work.
+
+A tqdm bar on a terminal, else a log line every few seconds (batch jobs), and a channel that
+carries every MPI rank's counts to rank 0's reporter.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,23 @@ LOG_EVERY = 10.0
 
 
 class Progress:
-    """Points done / total, rate and ETA: a tqdm bar on a terminal, else a log line every
-    ``every`` seconds (and one at the end). ``initial`` points were done before this run."""
+    """Points done / total, rate and ETA.
+
+    A tqdm bar on a terminal, else a log line every ``every`` seconds (and one at the end).
+
+    Parameters
+    ----------
+    total : int
+        Points in all.
+    initial : int
+        Points done before this run (not counted in the rate).
+    interactive : bool
+        Draw a tqdm bar (a person watches a terminal).
+    every : float
+        Seconds between log lines without a bar.
+    label : str
+        What the line starts with.
+    """
 
     def __init__(
         self,
@@ -51,6 +69,7 @@ class Progress:
             )
 
     def update(self, n: int) -> None:
+        """Count ``n`` more points done (a bar moves, or a line is logged when due)."""
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
@@ -65,6 +84,7 @@ class Progress:
             log.info("%s", self.line(now))
 
     def line(self, now: float | None = None) -> str:
+        """Return the progress line: points, percent, rate (new points only) and ETA."""
         elapsed = (now or time.monotonic()) - self.start
         new = self.done - self.initial
         rate = new / elapsed if elapsed > 0 else 0.0
@@ -77,6 +97,7 @@ class Progress:
         )
 
     def close(self) -> None:
+        """Close the bar, or log the final line."""
         if self.bar is not None:
             self.bar.close()
         else:
@@ -107,6 +128,7 @@ class ProgressChannel:
         )
 
     def report(self, n: int) -> None:
+        """Count ``n`` points done by this rank (sent to rank 0 without waiting)."""
         if self.root:
             self.progress.update(n)
             self._drain()
@@ -130,6 +152,7 @@ class ProgressChannel:
                 self.progress.update(msg)
 
     def finish(self) -> None:
+        """End this rank's reports; rank 0 waits (sleeping) until every rank has finished."""
         if not self.root:
             self.requests.append(self.comm.isend(None, dest=0, tag=_TAG_FINISHED))
             from mpi4py import MPI

@@ -57,6 +57,7 @@ from xrmodifier_hpc.io.result import (
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import detect
 from xrmodifier_hpc.runtime.progress import Progress
+from xrmodifier_hpc.runtime.threads import configure_threads
 
 log = logging.getLogger("xrmodifier.invert")
 
@@ -314,8 +315,8 @@ def invert(
     # the tensors here are small (tens to a few thousand rows): intra-op threads cost more in
     # synchronisation than they gain, badly so on a loaded machine; ranks give parallelism
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     env = detect()
+    configure_threads(ranks=env.size, torch=True, torch_threads=1)  # BLAS: granted cores
     comm = mpi.world_comm(env) if comm == "auto" else comm
     try:
         with mpi.fail_fast(comm):

@@ -37,6 +37,7 @@ from xrmodifier_hpc.io.artefacts import Workdir, provenance, truth_path_for
 from xrmodifier_hpc.io.observations import Observations, write_observations
 from xrmodifier_hpc.io.result import ModifierSpec
 from xrmodifier_hpc.io.truth import MockTruth, TruthSource
+from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.mock")
 
@@ -293,6 +294,8 @@ def mock(
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg = config if isinstance(config, Config) else load_config(config)
+    uses_torch = cfg.simulation.engine == "torch"  # pools sized before any heavy numpy work
+    configure_threads(torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON)
     n = cfg.mock.n_sources if n_sources is None else int(n_sources)
     seed = cfg.mock.seed if seed is None else int(seed)
     if n < 1:

@@ -7,37 +7,39 @@ Three ways to write, one result (bitwise: point k always draws from ``point_rng(
 * ``shards`` (``--shards``, or K > 1 ranks where h5py lacks MPI): each rank writes its own
   shard file, and rank 0 merges them into ``grid.h5`` at the end.
 * ``array`` (``--shard i/n``, by default from a Slurm array task): this job computes shard i
-  of n into its own file; ``xrmodifier merge`` joins the shards afterwards.
+  of n into its own file; ``xrmodifier merge`` (:mod:`~xrmodifier_hpc.stages.merge`) joins
+  the shards afterwards.
 
 Work is dealt as contiguous chunks (``simulation.chunk_size`` points) round-robin over the
 ranks; on resume only the chunks with points not yet done are dealt. Rank 0 shows progress for
 all ranks (ranks send it a count after each chunk). An exception on any rank prints the
 error with the rank and aborts the whole MPI job rather than leaving the others waiting; a
 UserError that every rank meets in the same collective step ends the run cleanly (exit 2).
-This module contains no physics: the backend computes, ``store`` writes.
+Each rank sizes its thread pools from the cores it was granted before any heavy work
+(:mod:`~xrmodifier_hpc.runtime.threads`). This module contains no physics: the backend
+computes, ``store`` writes, ``shards`` knows which files belong together.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from xrmodifier_hpc import __version__
 from xrmodifier_hpc.backends import Backend, PointResults, make_backend
 from xrmodifier_hpc.config import Config, load_config
 from xrmodifier_hpc.config.grid import Grid, chunk_ranges, pending_chunks
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io import shards as shard_files
 from xrmodifier_hpc.io import store
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
 from xrmodifier_hpc.runtime.progress import ProgressChannel
+from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.simulate")
 
@@ -51,17 +53,43 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard ``index`` (0-based) of ``count``: the chunks ``index, index + count, ...``."""
+    """Shard ``index`` (0-based) of ``count``: the chunks ``index, index + count, ...``.
+
+    Attributes
+    ----------
+    index : int
+        0-based shard number.
+    count : int
+        Number of shards (array tasks).
+    """
 
     index: int
     count: int
 
     def __str__(self) -> str:
+        """``"i/n"``."""
         return f"{self.index}/{self.count}"
 
 
 def parse_shard(text: str, where: str = "--shard") -> Shard:
-    """Parse ``"i/n"`` (0 <= i < n) into a :class:`Shard`."""
+    """Parse ``"i/n"`` (0 <= i < n) into a :class:`Shard`.
+
+    Parameters
+    ----------
+    text : str
+        ``"i/n"``.
+    where : str
+        The option or variables it came from, for the error message.
+
+    Returns
+    -------
+    Shard
+
+    Raises
+    ------
+    UserError
+        When ``text`` is not two integers with 0 <= i < n.
+    """
     try:
         i, n = (int(v) for v in str(text).split("/"))
     except ValueError:
@@ -73,7 +101,27 @@ def parse_shard(text: str, where: str = "--shard") -> Shard:
 
 @dataclass
 class SimulateSummary:
-    """What a ``simulate`` run did. ``path``: grid.h5, or the shard file in array mode."""
+    """What a ``simulate`` run did.
+
+    Attributes
+    ----------
+    path : Path
+        ``grid.h5``, or the shard file in array mode.
+    mode : str
+        ``"single"``, ``"shards"`` or ``"array"``.
+    n_ranks : int
+        MPI ranks of the run.
+    n_points, already_done, computed : int
+        Points the run is responsible for, done before it, computed by it.
+    seconds : float
+        Wall time inside :func:`simulate`, s.
+    complete : bool
+        Every point of ``path`` is done.
+    merged_shards : int
+        Leftover shard files folded into ``grid.h5`` first.
+    messages : list of str
+        Extra lines for the user.
+    """
 
     path: Path
     mode: str
@@ -87,6 +135,7 @@ class SimulateSummary:
     messages: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        """Say what was done: points, time, rate, ranks and mode, then the messages."""
         rate = self.computed / self.seconds if self.seconds > 0 else 0.0
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
@@ -94,24 +143,6 @@ class SimulateSummary:
             f"{self.n_ranks} rank{'s' if self.n_ranks != 1 else ''}, {self.mode})"
         )
         return "\n".join([head, *self.messages])
-
-
-@dataclass
-class MergeSummary:
-    """What ``merge`` did."""
-
-    path: Path
-    n_points: int
-    shards: int
-    copied: int
-    complete: bool
-
-    def describe(self) -> str:
-        return (
-            f"{self.path}: merged {self.shards} shard file{'s' if self.shards != 1 else ''} "
-            f"({self.copied} points); {'complete' if self.complete else 'NOT complete'}, "
-            f"{self.n_points} points"
-        )
 
 
 def simulate(
@@ -123,9 +154,33 @@ def simulate(
 ) -> SimulateSummary:
     """Evaluate every grid point of ``config`` with its backend into ``grid.h5`` (or a shard).
 
-    Call it in every rank of an MPI job. ``overwrite`` discards existing results;
-    ``shards`` writes per-rank shards merged at the end; ``shard`` ("i/n") computes one
-    shard of a Slurm array (default: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT).
+    Call it in every rank of an MPI job. Thread pools are sized per rank first
+    (:func:`~xrmodifier_hpc.runtime.threads.configure_threads`; ``--threads N`` reaches it as
+    ``XRM_THREADS``).
+
+    Parameters
+    ----------
+    config : str, Path or Config
+        The config file (or loaded config).
+    overwrite : bool
+        Discard existing results (grid.h5 and shards) and start again.
+    shards : bool
+        One shard file per rank, merged by rank 0 at the end.
+    shard : str or Shard, optional
+        ``"i/n"``: compute shard i of n only (Slurm arrays); default from
+        ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``.
+
+    Returns
+    -------
+    SimulateSummary
+        The same on every rank.
+
+    Raises
+    ------
+    UserError
+        Bad config or files, a grid.h5 of another config (without ``overwrite``), bad shard
+        arguments; raised on every rank when every rank meets it, else the job is aborted
+        with the failing rank's message.
     """
     t0 = time.monotonic()
     env = detect()
@@ -158,6 +213,14 @@ def _simulate(
         summary.messages.append("nothing to do: every point is already done")
         _finish_message(summary, mode, shard)
         return summary
+    # thread pools before any heavy numpy or torch work (collective: ranks count their node)
+    uses_torch = cfg.simulation.backend == "native" and cfg.simulation.engine == "torch"
+    mpi.agree(
+        comm,
+        lambda: configure_threads(
+            comm, torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON
+        ),
+    )
     # the backend first: one that cannot start (XSPEC outside the container) is a one-line
     # error before anything is announced
     backend = mpi.agree(comm, lambda: make_backend(cfg))
@@ -176,7 +239,7 @@ def _simulate(
 
     try:
         writer_kind = {"single": "mpio" if comm is not None else "serial"}.get(mode, mode)
-        meta = _meta(cfg, grid, backend.name, backend.version(), size, writer_kind)
+        meta = shard_files.grid_meta(cfg, grid, backend.name, backend.version(), size, writer_kind)
         done, merged = mpi.on_root(comm, lambda: _prepare(cfg, grid, plan, meta))
         target = plan.targets[rank if mode == "shards" else 0]
         todo = pending_chunks(target.chunks, done)
@@ -188,7 +251,7 @@ def _simulate(
             writer = store.ResultWriter(target.path, comm if parallel_file else None)
         # no close in a finally: closing an mpio file is collective and would wait for a
         # failed rank forever; the abort leaves the file consistent (see store)
-        computed = _compute(backend, grid, mine, done, writer, channel, cfg)
+        computed = _compute(backend, grid, mine, done, writer, channel, cfg, comm)
         if writer is not None and not parallel_file:
             writer.close()  # a rank's own shard: closed (unlocked) before rank 0 merges it
         channel.finish()
@@ -196,9 +259,7 @@ def _simulate(
         if writer is not None and parallel_file:
             writer.close()
         if mode == "shards":
-            mpi.on_root(
-                comm, lambda: _merge_files(cfg, grid, overwrite=False, require_complete=True)
-            )
+            mpi.on_root(comm, lambda: shard_files.merge_shards(cfg, grid))
     finally:
         backend.close()
     total_computed = mpi.allsum(comm, computed)
@@ -207,18 +268,6 @@ def _simulate(
     summary.merged_shards = merged
     _finish_message(summary, mode, shard)
     return summary
-
-
-def merge(config: str | Path | Config, *, overwrite: bool = False) -> MergeSummary:
-    """Join the shard files of ``config``'s workdir (and an existing compatible ``grid.h5``)
-    into ``grid.h5``; refuses when points would be missing. Deletes the merged shards."""
-    comm = mpi.world_comm(detect())
-    with mpi.fail_fast(comm):
-        cfg = mpi.agree(comm, lambda: _load(config))
-        grid = Grid.from_config(cfg)
-        return mpi.on_root(
-            comm, lambda: _merge_files(cfg, grid, overwrite=overwrite, require_complete=True)
-        )
 
 
 def _load(config: str | Path | Config) -> Config:
@@ -285,7 +334,7 @@ def _plan(
         else:
             remove.extend(p for p in (grid_path, *store.find_shards(grid_path)) if p.exists())
     else:
-        base = _compatible(grid_path, cfg)
+        base = shard_files.check_compatible(grid_path, cfg)
         if base is not None:
             done |= base.done
             if mode == "single":
@@ -295,13 +344,13 @@ def _plan(
             # run folds them into grid.h5 first, a --shards run merges them at its end
             leftovers = [store.inspect_file(p) for p in store.find_shards(grid_path)]
             for info in leftovers:
-                _compatible(info.path, cfg, info)
+                shard_files.check_compatible(info.path, cfg, info)
                 done |= info.done
             if mode == "single":
                 merge_first = leftovers
         if mode != "single":
             for t in targets:
-                info = _compatible(t.path, cfg)
+                info = shard_files.check_compatible(t.path, cfg)
                 if info is not None:
                     if info.shard != (t.shard.index, t.shard.count):
                         raise UserError("shard file holds another shard; delete it", str(t.path))
@@ -316,47 +365,18 @@ def _plan(
     return _Plan(mode, targets, done, total, pending, remove, merge_first)
 
 
-def _compatible(
-    path: Path, cfg: Config, info: store.FileInfo | None = None
-) -> store.FileInfo | None:
-    """The file's info when it holds results of this config; None when absent; else refuse."""
-    if info is None:
-        if not path.exists():
-            return None
-        info = store.inspect_file(path)
-    if info.fingerprint != cfg.simulation_fingerprint():
-        what = store.describe_difference(
-            str(info.meta.get("simulation", "")), cfg.simulation_summary()
-        )
-        raise UserError(
-            "holds results of a different simulation config"
-            + (f" ({what})" if what else "")
-            + ": rerun with --overwrite to start again, or point [paths] workdir elsewhere",
-            str(path),
-        )
-    return info
-
-
 def _prepare(cfg: Config, grid: Grid, plan: _Plan, meta: dict[str, Any]) -> tuple[np.ndarray, int]:
     """Delete stale files, create missing ones, fold leftover shards in; return done, merged."""
     for path in plan.remove:
         path.unlink(missing_ok=True)
-    shape = _result_shape(cfg)
+    shape = shard_files.result_shape(cfg)
     done = plan.done.copy()
     for t in plan.targets:
         needed = bool(pending_chunks(t.chunks, done)) or (t.shard is None and plan.merge_first)
         if t.exists or not needed:
             continue
         if t.shard is None:
-            store.create_grid_file(
-                t.path,
-                grid,
-                cfg.simulation.fit_tgrid.array,
-                shape,
-                meta,
-                cfg.modifier.family,
-                cfg.modifier.options,
-            )
+            shard_files.create_grid(cfg, grid, meta)
         else:
             store.create_shard_file(t.path, t.chunks, shape, meta, t.shard.index, t.shard.count)
     merged = 0
@@ -375,90 +395,6 @@ def _prepare(cfg: Config, grid: Grid, plan: _Plan, meta: dict[str, Any]) -> tupl
     return done, len(plan.merge_first)
 
 
-def _merge_files(
-    cfg: Config, grid: Grid, *, overwrite: bool, require_complete: bool
-) -> MergeSummary:
-    grid_path = cfg.grid_path
-    stale: list[Path] = []
-    base = None
-    try:
-        base = _compatible(grid_path, cfg)
-    except UserError:
-        if not overwrite:
-            raise
-        stale.append(grid_path)
-    infos = []
-    for path in store.find_shards(grid_path):
-        try:
-            info = _compatible(path, cfg)
-        except UserError:
-            if not overwrite:
-                raise
-            stale.append(path)
-            continue
-        infos.append(info)
-    if not infos:
-        if base is not None and base.done.all():
-            return MergeSummary(grid_path, grid.n_points, 0, 0, True)
-        raise UserError(
-            f"no shard files to merge in {grid_path.parent / store.SHARD_DIR}: run "
-            "`xrmodifier simulate CONFIG --shard i/n` for every i first",
-            str(grid_path),
-        )
-    done = base.done.copy() if base is not None else np.zeros(grid.n_points, dtype=bool)
-    for info in infos:
-        done |= info.done
-    if require_complete and not done.all():
-        raise UserError(_missing_message(cfg, done, infos), str(grid_path))
-    if base is None:
-        first = infos[0].meta
-        meta = _meta(
-            cfg,
-            grid,
-            str(first.get("backend", "")),
-            str(first.get("backend_version", "")),
-            infos[0].shard[1],
-            "merge",
-        )
-        store.create_grid_file(
-            grid_path,
-            grid,
-            cfg.simulation.fit_tgrid.array,
-            _result_shape(cfg),
-            meta,
-            cfg.modifier.family,
-            cfg.modifier.options,
-        )
-    versions = {str(i.meta.get("backend_version")) for i in infos}
-    if len(versions) > 1:
-        log.warning(
-            "shards were computed by different backend versions: %s", ", ".join(sorted(versions))
-        )
-    copied = 0
-    with store.ResultWriter(grid_path) as writer:
-        for info in infos:
-            copied += store.copy_done_rows(info, writer)
-    for path in [i.path for i in infos] + [p for p in stale if p != grid_path]:
-        path.unlink(missing_ok=True)
-    folder = grid_path.parent / store.SHARD_DIR
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    complete = bool(store.inspect_file(grid_path).done.all())
-    return MergeSummary(grid_path, grid.n_points, len(infos), copied, complete)
-
-
-def _missing_message(cfg: Config, done: np.ndarray, infos: list[store.FileInfo]) -> str:
-    counts = [i.shard[1] for i in infos]
-    count = max(set(counts), key=counts.count)
-    chunks = chunk_ranges(done.size, cfg.simulation.chunk_size)
-    missing = [i for i in range(count) if pending_chunks(chunks[i::count], done)]
-    listed = ", ".join(f"{i}/{count}" for i in missing[:8]) + (" ..." if len(missing) > 8 else "")
-    return (
-        f"{int((~done).sum())} of {done.size} points are not done yet (shard {listed}): run "
-        f"`xrmodifier simulate {cfg.path.name} --shard i/{count}` for each, then merge again"
-    )
-
-
 def _is_complete(plan: _Plan, cfg: Config, mode: str) -> bool:
     if mode == "array":
         path = plan.targets[0].path
@@ -467,35 +403,6 @@ def _is_complete(plan: _Plan, cfg: Config, mode: str) -> bool:
         info = store.inspect_file(path)
         return all(bool(info.done[a:b].all()) for a, b in plan.targets[0].chunks)
     return cfg.grid_path.exists() and bool(store.inspect_file(cfg.grid_path).done.all())
-
-
-def _result_shape(cfg: Config) -> store.ResultShape:
-    sim = cfg.simulation
-    return store.ResultShape(sim.realisations, len(sim.fit_tgrid) if sim.curves else None)
-
-
-def _meta(
-    cfg: Config, grid: Grid, backend: str, backend_version: str, n_ranks: int, writer: str
-) -> dict[str, Any]:
-    sim = cfg.simulation
-    return {
-        "config": cfg.text,
-        "config_path": str(cfg.path),
-        "simulation": cfg.simulation_summary(),
-        "fingerprint": cfg.simulation_fingerprint(),
-        "package_version": __version__,
-        "backend": backend,
-        "backend_version": backend_version,
-        "seed": sim.seed,
-        "mode": sim.mode,
-        "realisations": sim.realisations,
-        "n_points": grid.n_points,
-        "chunk_size": sim.chunk_size,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "n_ranks": n_ranks,
-        "writer": writer,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,12 +418,13 @@ def _compute(
     writer: store.ResultWriter | None,
     channel: ProgressChannel,
     cfg: Config,
+    comm: Any,
 ) -> int:
     """Evaluate the not-done points of ``chunks``; write each chunk before the next."""
     sim = cfg.simulation
     n_tgrid = len(sim.fit_tgrid) if sim.curves else None
     computed = 0
-    for a, b in chunks:
+    for k, (a, b) in enumerate(chunks):
         index = np.arange(a, b)[~done[a:b]]
         theta, t_true = grid.points(index)
         results = backend.run(theta, t_true, index)
@@ -525,6 +433,8 @@ def _compute(
         computed += index.size
         log.debug("points [%d, %d) written (%d computed)", a, b, index.size)
         channel.report(index.size)
+        if k == 0:
+            mpi.fault_point("simulate.chunk", comm)  # test hook: XRM_FAULT=simulate.chunk@R
     return computed
 
 
