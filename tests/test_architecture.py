@@ -55,3 +55,30 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path) -> None:
     )
     assert done.returncode != 0
     assert "xrmodifier_hpc.physics" in done.stdout and "stages" in done.stdout
+
+
+def test_public_docstrings_have_numpydoc_sections() -> None:
+    """tools/check_docstrings.py: Parameters (each argument), Returns, Raises where due."""
+    done = subprocess.run(
+        [str(VENV_BIN / "python"), str(REPO / "tools" / "check_docstrings.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
+def test_docstring_checker_catches_a_missing_section(tmp_path) -> None:
+    bad = tmp_path / "mod.py"
+    bad.write_text(
+        'def f(x: float) -> float:\n    """Twice x.\n\n    Returns\n    -------\n'
+        '    float\n        2 x.\n    """\n    if x < 0:\n        raise ValueError("x")\n'
+        "    return 2 * x\n"
+    )
+    done = subprocess.run(
+        [str(VENV_BIN / "python"), str(REPO / "tools" / "check_docstrings.py"), str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "no Parameters section" in done.stdout and "no Raises section" in done.stdout
