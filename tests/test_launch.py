@@ -19,12 +19,13 @@ import psutil
 import pytest
 from conftest import copy_project, edit_config, run_cli
 
-from xrmodifier_hpc import emulator
 from xrmodifier_hpc.cli import main
 from xrmodifier_hpc.config import load_config
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.artefacts import Workdir
 from xrmodifier_hpc.runtime import launch
 from xrmodifier_hpc.runtime.environment import torch_distributed
+from xrmodifier_hpc.stages import train as train_stage
 
 #: longer than the fixture's default so that a preemption lands mid-training
 LAUNCH_EPOCHS = "120"
@@ -45,8 +46,8 @@ def ddp_reference(emulator_grid_project, tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     ddp_cfg = load_config(_launch_project(emulator_grid_project, base / "ddp"))
     single_cfg = load_config(_launch_project(emulator_grid_project, base / "single"))
-    outcome = launch.train(ddp_cfg, executor="local", tasks=2, follow=None)
-    single = launch.train(single_cfg).primary
+    outcome = train_stage.train(ddp_cfg, executor="local", tasks=2, follow=None)
+    single = train_stage.train(single_cfg).primary
     return ddp_cfg, outcome, single
 
 
@@ -95,13 +96,13 @@ def test_preempted_ddp_job_requeues_and_ends_with_the_same_weights(
     # no periodic checkpoint: whatever the job resumes from was written on the signal
     config.write_text(edit_config(config.read_text(), "emulator", "checkpoint_every", "1000"))
     cfg = load_config(config)
-    job = launch.submit(cfg, "local", tasks=2)
+    job = train_stage.submit(cfg, "local", tasks=2)
     log_path = Path(job.paths.stderr)
     deadline = time.monotonic() + 240
     while not (log_path.exists() and "epoch 6/" in log_path.read_text()):
         assert time.monotonic() < deadline and not job.done(), "training never got going"
         time.sleep(0.05)
-    assert not emulator.checkpoint_path(cfg).exists()
+    assert not Workdir(cfg.workdir).emulator_checkpoint.exists()
     pids = _task_pids(int(job.job_id))
     assert len(pids) == 2, pids
     for pid in pids:
@@ -211,7 +212,7 @@ def test_bad_train_options(emulator_grid_project, tmp_path, capsys, args, messag
 def test_bad_grid_is_reported_before_submitting(demo_config):
     cfg = load_config(demo_config)
     with pytest.raises(UserError, match="xrmodifier simulate"):
-        launch.train(cfg, executor="local", tasks=2)
+        train_stage.train(cfg, executor="local", tasks=2)
     assert not cfg.slurm.logs.exists()  # nothing was submitted
 
 

@@ -144,8 +144,10 @@ class InversionSettings:
 
 def resolve_auto_s_emu(metrics: dict | None, where: str) -> float:
     """The emulator's off-grid RMS relative error of T1 (``s_emu = "auto"``)."""
+    from xrmodifier_hpc.io.metrics import offgrid_error
+
     try:
-        value = float(metrics["offgrid"]["emulator"]["t_fit_orig"])  # type: ignore[index]
+        value = offgrid_error(metrics, "t_fit_orig")
     except (KeyError, TypeError, ValueError):
         raise UserError(
             's_emu = "auto" needs the emulator\'s off-grid error (metrics offgrid.emulator.'

@@ -42,6 +42,7 @@ import numpy as np
 from xrmodifier_hpc.config import Config, load_config
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io.atomic import replacing, write_text
+from xrmodifier_hpc.io.metrics import EmulatorMetrics
 from xrmodifier_hpc.physics.fitstat import LocalPolyGrid
 from xrmodifier_hpc.runtime.environment import detect
 
@@ -93,7 +94,7 @@ class Artefacts:
     result: dict[str, Any]
     samples: np.ndarray
     param_names: tuple[str, ...]
-    metrics: dict[str, Any]
+    metrics: EmulatorMetrics
     offgrid: dict[str, np.ndarray] | None
     truth: dict[str, Any] | None = None
     truth_path: Path | None = None
@@ -206,7 +207,7 @@ def load_artefacts(cfg: Config) -> Artefacts:
         result=result,
         samples=samples,
         param_names=names,
-        metrics=dict(module.metrics or {}),
+        metrics=EmulatorMetrics.from_dict(module.metrics or {}, str(cfg.emulator_path)),
         offgrid=getattr(module, "offgrid", None),
         truth=truth,
         truth_path=truth_path,
@@ -543,17 +544,17 @@ def summary_table(art: Artefacts, figures_dir: Path | None = None) -> str:
         f"seed loss sum_i (T0_i - T1'_i)^2: before {_fmt(sl['before'])} keV^2, after "
         f"{_fmt(sl['after'])} keV^2 ({_fmt(sl['ratio'])}x smaller)"
     )
-    off = art.metrics.get("offgrid", {})
-    if off.get("n_points"):
-        emu, itp = off["emulator"], off["interpolator"]
+    off = art.metrics.offgrid
+    if off.n_points:
+        emu, itp = off.emulator, off.interpolator
         lines.append(
-            f"emulator off-grid RMS relative error ({off['n_points']} asimov points): "
-            f"T1 {100 * emu['t_fit_orig']:.2f}%, T1' {100 * emu['t_fit_mod']:.2f}% "
-            f"(grid interpolation: {100 * itp['t_fit_orig']:.2f}%, "
-            f"{100 * itp['t_fit_mod']:.2f}%)"
+            f"emulator off-grid RMS relative error ({off.n_points} asimov points): "
+            f"T1 {100 * emu.t_fit_orig:.2f}%, T1' {100 * emu.t_fit_mod:.2f}% "
+            f"(grid interpolation: {100 * itp.t_fit_orig:.2f}%, "
+            f"{100 * itp.t_fit_mod:.2f}%)"
         )
     else:
-        lines.append("emulator off-grid accuracy: not measured (offgrid_points = 0)")
+        lines.append(f"emulator off-grid accuracy: not measured ({off.note or 'no points'})")
     for w in res.get("warnings", []):
         lines.append(f"warning: {w}")
     if figures_dir is not None:

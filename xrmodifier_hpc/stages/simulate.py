@@ -15,6 +15,10 @@ all ranks (ranks send it a count after each chunk). An exception on any rank pri
 error with the rank and aborts the whole MPI job rather than leaving the others waiting; a
 UserError that every rank meets in the same collective step ends the run cleanly (exit 2).
 This module contains no physics: the backend computes, ``store`` writes.
+
+Once ``grid.h5`` is complete (here, or in ``merge`` after a Slurm array), the off-grid check
+points that ``train`` measures the emulator with are fitted noise-free, split over the ranks,
+and stored in it (:func:`_write_offgrid`).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ import numpy as np
 
 from xrmodifier_hpc import __version__
 from xrmodifier_hpc.backends import Backend, PointResults, make_backend
+from xrmodifier_hpc.backends.offgrid import simulate_offgrid
 from xrmodifier_hpc.config import Config, load_config
-from xrmodifier_hpc.config.grid import Grid, chunk_ranges, pending_chunks
+from xrmodifier_hpc.config.grid import Grid, chunk_ranges, offgrid_design, pending_chunks
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import store
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
-from xrmodifier_hpc.runtime.progress import ProgressChannel
+from xrmodifier_hpc.runtime.progress import Progress, ProgressChannel
 
 log = logging.getLogger("xrmodifier.simulate")
 
@@ -157,6 +162,8 @@ def _simulate(
         summary = _summary(cfg, plan, 0, time.monotonic() - t0, size, complete=True)
         summary.messages.append("nothing to do: every point is already done")
         _finish_message(summary, mode, shard)
+        if mode != "array":
+            _write_offgrid(cfg, comm, grid)
         return summary
     # the backend first: one that cannot start (XSPEC outside the container) is a one-line
     # error before anything is announced
@@ -206,6 +213,8 @@ def _simulate(
     summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
     summary.merged_shards = merged
     _finish_message(summary, mode, shard)
+    if mode != "array":
+        _write_offgrid(cfg, comm, grid)
     return summary
 
 
@@ -216,9 +225,11 @@ def merge(config: str | Path | Config, *, overwrite: bool = False) -> MergeSumma
     with mpi.fail_fast(comm):
         cfg = mpi.agree(comm, lambda: _load(config))
         grid = Grid.from_config(cfg)
-        return mpi.on_root(
+        summary = mpi.on_root(
             comm, lambda: _merge_files(cfg, grid, overwrite=overwrite, require_complete=True)
         )
+        _write_offgrid(cfg, comm, grid)
+        return summary
 
 
 def _load(config: str | Path | Config) -> Config:
@@ -356,6 +367,7 @@ def _prepare(cfg: Config, grid: Grid, plan: _Plan, meta: dict[str, Any]) -> tupl
                 meta,
                 cfg.modifier.family,
                 cfg.modifier.options,
+                offgrid_points=cfg.emulator.offgrid_points,
             )
         else:
             store.create_shard_file(t.path, t.chunks, shape, meta, t.shard.index, t.shard.count)
@@ -428,6 +440,7 @@ def _merge_files(
             meta,
             cfg.modifier.family,
             cfg.modifier.options,
+            offgrid_points=cfg.emulator.offgrid_points,
         )
     versions = {str(i.meta.get("backend_version")) for i in infos}
     if len(versions) > 1:
@@ -570,6 +583,59 @@ def _summary(
     return SimulateSummary(
         path, plan.mode, size, plan.total, plan.total - plan.pending, computed, seconds, complete
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the off-grid check points
+# --------------------------------------------------------------------------------------------
+
+
+def _write_offgrid(cfg: Config, comm: Any, grid: Grid) -> None:
+    """Fit the ``[emulator] offgrid_points`` check points noise-free and store them in grid.h5.
+
+    Collective: every rank fits a strided share, rank 0 gathers and writes. Does nothing
+    unless grid.h5 is complete and holds another number of check points than the config asks
+    (``offgrid_points`` is not part of the simulation fingerprint: changing it only redoes
+    this step).
+    """
+    n = cfg.emulator.offgrid_points
+    if n == 0 or not mpi.on_root(comm, lambda: _offgrid_missing(cfg.grid_path, n)):
+        return
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    theta, t_true = offgrid_design(grid.bounds, grid.log_axes, n, cfg.simulation.seed)
+    mine = np.arange(rank, n, size)
+    progress = None
+    if rank == 0:
+        log.info("off-grid check: %d noise-free points over %d rank(s)", n, size)
+        label = "off-grid check" + (" (rank 0's share)" if size > 1 else "")
+        progress = Progress(mine.size, interactive=detect().interactive, label=label)
+    fits = simulate_offgrid(cfg, theta[mine], t_true[mine], mine, progress and progress.update)
+    if progress is not None:
+        progress.close()
+    mpi.wait_politely(comm)
+    parts = comm.gather((mine, fits), root=0) if comm is not None else [(mine, fits)]
+    mpi.on_root(comm, lambda: _store_offgrid(cfg.grid_path, theta, t_true, parts))
+
+
+def _offgrid_missing(path: Path, n: int) -> bool:
+    if not path.exists() or not store.inspect_file(path).done.all():
+        return False
+    stored = store.load_offgrid(path)
+    return stored is None or stored.n_points != n
+
+
+def _store_offgrid(path: Path, theta: np.ndarray, t_true: np.ndarray, parts: list) -> None:
+    n = t_true.size
+    points = store.OffgridPoints(
+        theta, t_true, np.full(n, np.nan), np.full(n, np.nan), np.zeros((n, 2), np.uint8)
+    )
+    for index, fits in parts:
+        points.t_fit_orig[index] = fits.t_fit_orig
+        points.t_fit_mod[index] = fits.t_fit_mod
+        points.status[index] = fits.status
+    store.write_offgrid(path, points)
+    failed = int((~np.isfinite(points.t_fit_orig) | ~np.isfinite(points.t_fit_mod)).sum())
+    log.info("off-grid check: %d points stored in %s (%d without a fit)", n, path, failed)
 
 
 # --------------------------------------------------------------------------------------------
