@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import stat
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
@@ -126,6 +128,24 @@ def test_debug_executor_through_the_command(emulator_grid_project, tmp_path):
     assert f"emulator: {config.parent / 'run' / 'emulator.pt'}" in done.stdout
     assert (config.parent / "run" / "emulator_metrics.json").is_file()
     assert "epoch 40/40" in done.stderr
+
+
+def _echo_job(value: int, register_saver=None) -> dict:
+    """A module-level job target (submitit pickles it by reference)."""
+    register_saver(lambda: True)
+    return {"value": value, "rank": 0}
+
+
+def test_launch_runs_the_callable_it_is_given(demo_config):
+    """runtime.launch knows nothing of training: it runs any module-level callable."""
+    cfg = load_config(demo_config)
+    job_fn = launch.DistributedJob(_echo_job, 7, name="echo")
+    again = pickle.loads(pickle.dumps(job_fn))
+    assert again.target is _echo_job and again.args == (7,)
+    with mock.patch.dict(os.environ):  # the job exports its rendezvous variables
+        job = launch.submit(cfg, "debug", _echo_job, 42, name="echo")
+        assert launch.wait_for(job, follow=None) == [{"value": 42, "rank": 0}]
+    assert job_fn.checkpoint().function is job_fn  # requeued as the same call
 
 
 def _fake_slurm(bin_dir: Path, record: Path) -> dict[str, str]:

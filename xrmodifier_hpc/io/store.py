@@ -199,10 +199,32 @@ def create_grid_file(
 ) -> None:
     """Write an empty ``grid.h5`` (grid coordinates, allocated results, provenance) atomically.
 
-    ``meta`` values must be HDF5-attribute friendly (str, int, float); ``options`` is stored
-    as JSON. Replaces an existing file at ``path`` only at the final rename.
-    ``offgrid_points`` > 0 also allocates ``/offgrid`` for that many check points (filled
-    later by :func:`write_offgrid`).
+    Replaces an existing file at ``path`` only at the final rename.
+
+    Parameters
+    ----------
+    path : Path
+        Where (``Workdir.grid``).
+    grid : Grid
+        The (theta, T_true) grid; its points fill ``/grid``.
+    fit_tgrid : numpy.ndarray
+        (n_tgrid,) temperatures of the C(T) curves, keV.
+    shape : ResultShape
+        Realisations and curve length of the result datasets.
+    meta : mapping
+        ``/meta`` attributes (str, int or float values).
+    family : str
+        The modifier family.
+    options : mapping
+        Its options (stored as JSON).
+    offgrid_points : int
+        > 0: also allocate ``/offgrid`` for that many check points (filled later by
+        :func:`write_offgrid`).
+
+    Raises
+    ------
+    TypeError
+        When a ``meta`` value cannot be an HDF5 attribute (nothing is left behind).
     """
     with _atomic_create(path) as f:
         g = f.create_group("grid")
