@@ -8,7 +8,7 @@ T1' as in real fits). Simulating 1e5 real points would time the backend, not the
 
 Training uses the default ``[emulator]`` settings (3 x 128 GELU, 300 epochs, batch 512,
 early stopping, weight average, scatter network) in one process with the default one torch
-thread (the second core stays free; see ``emulator._set_threads``); the time includes reading
+thread (the second core stays free; see ``emulator.set_threads``); the time includes reading
 the grid. Inference: ``emulator.load`` of the trained
 model, evaluations per second for batches of 1 and 10,000 points, forward only and forward
 plus gradient with respect to theta (what the inversion needs), float64 and float32.
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from xrmodifier_hpc import emulator
+from xrmodifier_hpc.backends.base import STATUS_UNUSABLE
 from xrmodifier_hpc.config import EmulatorConfig
-from xrmodifier_hpc.config.grid import Grid
+from xrmodifier_hpc.config.grid import Grid, offgrid_design
 from xrmodifier_hpc.io.store import ResultShape, ResultWriter, create_grid_file, load_grid
 
 HERE = Path(__file__).resolve().parent
@@ -102,19 +103,23 @@ def synthesise_grid(path: Path, quick: bool, seed: int = 5) -> Grid:
 
 def bench_training(grid_path: Path, workdir: Path, quick: bool) -> tuple[dict, Path]:
     t0 = time.perf_counter()
-    data = emulator.TrainingData.from_grid(load_grid(grid_path, curves=False))
+    data = emulator.TrainingData.from_grid(
+        load_grid(grid_path, curves=False), unusable=STATUS_UNUSABLE
+    )
     t_read = time.perf_counter() - t0
     ecfg = EmulatorConfig(epochs=30 if quick else EmulatorConfig.epochs)
-    threads = emulator._set_threads(ecfg)
+    threads = emulator.set_threads(ecfg)
     trainer = emulator.Trainer(data, ecfg, workdir / "checkpoint.pt", "bench", torch.device("cpu"))
     t1 = time.perf_counter()
     outcome = trainer.run()
     t_train = time.perf_counter() - t1
     model = trainer.model.cpu()
-    theta, t_true = emulator.offgrid_design(data.bounds, data.log_axes, 2000, seed=3)
+    theta, t_true = offgrid_design(data.bounds, data.log_axes, 2000, seed=3)
     truth = t_true[:, None] * np.exp(analytic_map(theta, t_true))
-    emu = emulator.rms_rel(emulator._predict(model, theta, t_true), truth)
-    interp = emulator.rms_rel(emulator.GridInterpolator(data)(theta, t_true), truth)
+    emu = dataclasses.asdict(emulator.rms_rel(emulator.predict(model, theta, t_true), truth))
+    interp = dataclasses.asdict(
+        emulator.rms_rel(emulator.GridInterpolator(data)(theta, t_true), truth)
+    )
     path = emulator.save(model, workdir / "emulator.pt")
     per_epoch = t_train / max(1, outcome.epochs_run - 0)
     result = {

@@ -61,7 +61,7 @@ def demo_config(tmp_path: Path) -> Path:
 
 def shrink_to_small(text: str) -> str:
     """A config text with the grid cut to 3 x 2 x 3 thetas x 4 temperatures (72 points), a
-    48-point fit grid and chunks of 16 points."""
+    48-point fit grid, chunks of 16 points and 8 off-grid check points (simulate fits them)."""
     for key, value in (
         ("mu", "{ linspace = [1.0, 2.5, 3] }"),
         ("sigma", "{ values = [0.2, 0.5] }"),
@@ -70,6 +70,7 @@ def shrink_to_small(text: str) -> str:
         text = edit_config(text, "modifier.grid", key, value)
     text = edit_config(text, "temperatures", "t_true", "{ logspace = [1.5, 8.0, 4] }")
     text = edit_config(text, "simulation", "fit_tgrid", "{ logspace = [0.5, 30.0, 48] }")
+    text = edit_config(text, "emulator", "offgrid_points", "8")
     return edit_config(text, "simulation", "chunk_size", "16")
 
 

@@ -16,9 +16,17 @@ import torch
 from conftest import copy_project, edit_config, run_cli
 
 from xrmodifier_hpc import emulator
-from xrmodifier_hpc.backends.base import STATUS_AT_GRID_BOUND, STATUS_NOT_CONVERGED
+from xrmodifier_hpc.backends.base import (
+    STATUS_AT_GRID_BOUND,
+    STATUS_NOT_CONVERGED,
+    STATUS_UNUSABLE,
+)
 from xrmodifier_hpc.config import EmulatorConfig, load_config
+from xrmodifier_hpc.config.grid import offgrid_design
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.artefacts import Workdir
+from xrmodifier_hpc.io.metrics import EmulatorMetrics
+from xrmodifier_hpc.stages.train import check_grid, train_process
 
 
 def _axes():
@@ -61,7 +69,14 @@ def _data_from_map(fn, n_real=2, noise=0.0, seed=0):
     )
     status = np.zeros((t.size, n_real, 2), np.uint8)
     data = emulator.TrainingData.from_arrays(
-        ("mu", "sigma", "A"), axes, theta, t, temps[..., 0], temps[..., 1], status
+        ("mu", "sigma", "A"),
+        axes,
+        theta,
+        t,
+        temps[..., 0],
+        temps[..., 1],
+        status,
+        unusable=STATUS_UNUSABLE,
     )
     return data, theta, t, temps, status
 
@@ -84,7 +99,14 @@ def test_training_targets_leave_out_failed_fits_and_count_them():
     status[2, 1, :] = STATUS_NOT_CONVERGED  # a usable flag: kept
     temps[3, 0, 0] = np.nan  # non-finite: left out like a failed fit
     data = emulator.TrainingData.from_arrays(
-        ("mu", "sigma", "A"), axes, theta, t, temps[..., 0], temps[..., 1], status
+        ("mu", "sigma", "A"),
+        axes,
+        theta,
+        t,
+        temps[..., 0],
+        temps[..., 1],
+        status,
+        unusable=STATUS_UNUSABLE,
     )
     assert data.n == n - 1 and data.n_excluded == 1 and data.n_grid_points == n
     assert data.n_realisations_excluded == 2  # points 0 and 3 lost one realisation each
@@ -99,7 +121,7 @@ def test_training_targets_leave_out_failed_fits_and_count_them():
 def test_interpolator_is_exact_for_multilinear_maps_and_leave_one_out_too():
     data, *_ = _data_from_map(_linear_in_inputs)
     interp = emulator.GridInterpolator(data)
-    theta, t = emulator.offgrid_design(data.bounds, data.log_axes, 64, seed=3)
+    theta, t = offgrid_design(data.bounds, data.log_axes, 64, seed=3)
     expected = t[:, None] * np.exp(_linear_in_inputs(theta, t))
     np.testing.assert_allclose(interp(theta, t), expected, rtol=1e-10)
     # leave-one-out: each node predicted from its neighbours only (its own value is spoiled)
@@ -117,15 +139,15 @@ def test_interpolator_is_exact_for_multilinear_maps_and_leave_one_out_too():
 
 def test_offgrid_design_lies_strictly_inside_and_off_the_nodes():
     data, *_ = _data_from_map(_smooth_map)
-    theta, t = emulator.offgrid_design(data.bounds, data.log_axes, 500, seed=11)
+    theta, t = offgrid_design(data.bounds, data.log_axes, 500, seed=11)
     x = np.column_stack([theta, t])
     assert x.shape == (500, 4)
     assert (x > data.bounds[:, 0]).all() and (x < data.bounds[:, 1]).all()
     for k, axis in enumerate(data.axes):
         assert np.abs(x[:, k, None] - axis[None, :]).min() > 0
-    again = emulator.offgrid_design(data.bounds, data.log_axes, 500, seed=11)
+    again = offgrid_design(data.bounds, data.log_axes, 500, seed=11)
     np.testing.assert_array_equal(again[0], theta)
-    other = emulator.offgrid_design(data.bounds, data.log_axes, 500, seed=12)
+    other = offgrid_design(data.bounds, data.log_axes, 500, seed=12)
     assert not np.allclose(other[0], theta)
 
 
@@ -145,12 +167,12 @@ def test_emulator_smooths_noise_better_than_interpolation(tmp_path):
     trainer = emulator.Trainer(data, ecfg, tmp_path / "ck.pt", "fp", torch.device("cpu"))
     outcome = trainer.run()
     assert outcome.completed and outcome.history[-1]["loss"] < outcome.history[0]["loss"]
-    theta, t = emulator.offgrid_design(data.bounds, data.log_axes, 400, seed=5)
+    theta, t = offgrid_design(data.bounds, data.log_axes, 400, seed=5)
     truth = t[:, None] * np.exp(_smooth_map(theta, t))
-    emu = emulator.rms_rel(emulator._predict(trainer.model, theta, t), truth)
+    emu = emulator.rms_rel(emulator.predict(trainer.model, theta, t), truth)
     interp = emulator.rms_rel(emulator.GridInterpolator(data)(theta, t), truth)
     for key in ("t_fit_orig", "t_fit_mod"):
-        assert emu[key] < interp[key], (emu, interp)
+        assert getattr(emu, key) < getattr(interp, key), (emu, interp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,10 +183,16 @@ def test_emulator_smooths_noise_better_than_interpolation(tmp_path):
 def test_train_writes_emulator_and_metrics_and_load_round_trips(emulator_grid_project, tmp_path):
     config = copy_project(emulator_grid_project, tmp_path / "p")
     cfg = load_config(config)
-    result = emulator.train(cfg)
+    result = train_process(cfg)
     assert result.completed and result.rank == 0 and result.world_size == 1
     assert result.last_loss < result.first_loss
-    metrics = json.loads(emulator.metrics_path(cfg).read_text())
+    metrics = json.loads(Workdir(cfg.workdir).emulator_metrics.read_text())
+    assert metrics["schema"] == "xrmodifier.emulator_metrics" and metrics["schema_version"] == 1
+    assert metrics["provenance"]["stage"] == "train"
+    # the typed record reads back what was written
+    record = EmulatorMetrics.read(Workdir(cfg.workdir).emulator_metrics)
+    assert record.to_dict() == metrics
+    assert record.offgrid.n_requested == 24 and record.offgrid.note == ""
     for section in ("heldout", "offgrid"):
         assert metrics[section]["n_points"] > 0
         for who in ("emulator", "interpolator"):
@@ -175,7 +203,7 @@ def test_train_writes_emulator_and_metrics_and_load_round_trips(emulator_grid_pr
     tr = metrics["training"]
     assert tr["epochs_run"] == 40 and tr["world_size"] == 1 and tr["n_excluded_failed"] >= 0
     assert tr["n_train"] + tr["n_val"] + tr["n_excluded_failed"] == 288
-    assert not emulator.checkpoint_path(cfg).exists()  # done: the next run starts afresh
+    assert not Workdir(cfg.workdir).emulator_checkpoint.exists()  # the next run starts afresh
 
     model = emulator.load(cfg.emulator_path)
     assert model.param_names == ("mu", "sigma", "A")
@@ -210,7 +238,7 @@ def test_loaded_module_is_differentiable_in_theta_and_t_true(emulator_grid_proje
         text = edit_config(text, "emulator", key, value)
     config.write_text(text)
     cfg = load_config(config)
-    emulator.train(cfg)
+    train_process(cfg)
     model = emulator.load(cfg.emulator_path)
     assert model.log_scatter(torch.ones(1, 3), torch.ones(1)) is None
     assert model.metrics["offgrid"]["n_points"] == 0
@@ -240,15 +268,15 @@ def test_interrupted_training_resumes_to_the_same_weights(emulator_grid_project,
     """Stopped after 13 epochs and restarted, training ends bitwise where one run ends."""
     straight = load_config(copy_project(emulator_grid_project, tmp_path / "straight"))
     split = load_config(copy_project(emulator_grid_project, tmp_path / "split"))
-    ref = emulator.train(straight)
+    ref = train_process(straight)
     assert ref.completed and ref.epochs_run == 40
 
-    first = emulator.train(split, max_epochs_this_session=13)
+    first = train_process(split, max_epochs_this_session=13)
     assert not first.completed and first.epochs_run == 13
-    assert emulator.checkpoint_path(split).is_file()
+    assert Workdir(split.workdir).emulator_checkpoint.is_file()
     assert not split.emulator_path.exists()  # nothing half-made is written
     with caplog.at_level(logging.INFO, logger="xrmodifier"):
-        second = emulator.train(split)
+        second = train_process(split)
     assert "resuming from" in caplog.text and "at epoch 13" in caplog.text
     assert second.completed and second.epochs_run == 40
     assert second.weights_digest == ref.weights_digest  # bitwise
@@ -260,12 +288,12 @@ def test_interrupted_training_resumes_to_the_same_weights(emulator_grid_project,
 def test_checkpoint_from_other_settings_is_not_resumed(emulator_grid_project, tmp_path, caplog):
     config = copy_project(emulator_grid_project, tmp_path / "p")
     cfg = load_config(config)
-    emulator.train(cfg, max_epochs_this_session=5)
+    train_process(cfg, max_epochs_this_session=5)
     config.write_text(edit_config(config.read_text(), "emulator", "learning_rate", "1e-3"))
     config.write_text(edit_config(config.read_text(), "emulator", "epochs", "6"))
     config.write_text(edit_config(config.read_text(), "emulator", "offgrid_points", "0"))
     with caplog.at_level(logging.INFO, logger="xrmodifier"):
-        result = emulator.train(load_config(config))
+        result = train_process(load_config(config))
     assert "ignoring checkpoint" in caplog.text and "resuming" not in caplog.text
     assert result.completed and result.epochs_run == 6
 
@@ -299,7 +327,7 @@ def test_train_on_grid_of_other_settings_refuses(emulator_grid_project, tmp_path
     config = copy_project(emulator_grid_project, tmp_path / "p")
     config.write_text(edit_config(config.read_text(), "simulation", "counts", "40000.0"))
     with pytest.raises(UserError, match="simulated with other settings"):
-        emulator.check_grid(load_config(config))
+        check_grid(load_config(config))
 
 
 def test_train_on_damaged_grid_file_is_a_clean_error(emulator_grid_project, tmp_path):

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import stat
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
 from conftest import copy_project, edit_config, run_cli
 
-from xrmodifier_hpc import emulator
 from xrmodifier_hpc.cli import main
 from xrmodifier_hpc.config import load_config
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.io.artefacts import Workdir
 from xrmodifier_hpc.runtime import launch
 from xrmodifier_hpc.runtime.environment import torch_distributed
+from xrmodifier_hpc.stages import train as train_stage
 
 #: longer than the fixture's default so that a preemption lands mid-training
 LAUNCH_EPOCHS = "120"
@@ -45,8 +48,8 @@ def ddp_reference(emulator_grid_project, tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     ddp_cfg = load_config(_launch_project(emulator_grid_project, base / "ddp"))
     single_cfg = load_config(_launch_project(emulator_grid_project, base / "single"))
-    outcome = launch.train(ddp_cfg, executor="local", tasks=2, follow=None)
-    single = launch.train(single_cfg).primary
+    outcome = train_stage.train(ddp_cfg, executor="local", tasks=2, follow=None)
+    single = train_stage.train(single_cfg).primary
     return ddp_cfg, outcome, single
 
 
@@ -95,13 +98,13 @@ def test_preempted_ddp_job_requeues_and_ends_with_the_same_weights(
     # no periodic checkpoint: whatever the job resumes from was written on the signal
     config.write_text(edit_config(config.read_text(), "emulator", "checkpoint_every", "1000"))
     cfg = load_config(config)
-    job = launch.submit(cfg, "local", tasks=2)
+    job = train_stage.submit(cfg, "local", tasks=2)
     log_path = Path(job.paths.stderr)
     deadline = time.monotonic() + 240
     while not (log_path.exists() and "epoch 6/" in log_path.read_text()):
         assert time.monotonic() < deadline and not job.done(), "training never got going"
         time.sleep(0.05)
-    assert not emulator.checkpoint_path(cfg).exists()
+    assert not Workdir(cfg.workdir).emulator_checkpoint.exists()
     pids = _task_pids(int(job.job_id))
     assert len(pids) == 2, pids
     for pid in pids:
@@ -125,6 +128,24 @@ def test_debug_executor_through_the_command(emulator_grid_project, tmp_path):
     assert f"emulator: {config.parent / 'run' / 'emulator.pt'}" in done.stdout
     assert (config.parent / "run" / "emulator_metrics.json").is_file()
     assert "epoch 40/40" in done.stderr
+
+
+def _echo_job(value: int, register_saver=None) -> dict:
+    """A module-level job target (submitit pickles it by reference)."""
+    register_saver(lambda: True)
+    return {"value": value, "rank": 0}
+
+
+def test_launch_runs_the_callable_it_is_given(demo_config):
+    """runtime.launch knows nothing of training: it runs any module-level callable."""
+    cfg = load_config(demo_config)
+    job_fn = launch.DistributedJob(_echo_job, 7, name="echo")
+    again = pickle.loads(pickle.dumps(job_fn))
+    assert again.target is _echo_job and again.args == (7,)
+    with mock.patch.dict(os.environ):  # the job exports its rendezvous variables
+        job = launch.submit(cfg, "debug", _echo_job, 42, name="echo")
+        assert launch.wait_for(job, follow=None) == [{"value": 42, "rank": 0}]
+    assert job_fn.checkpoint().function is job_fn  # requeued as the same call
 
 
 def _fake_slurm(bin_dir: Path, record: Path) -> dict[str, str]:
@@ -211,7 +232,7 @@ def test_bad_train_options(emulator_grid_project, tmp_path, capsys, args, messag
 def test_bad_grid_is_reported_before_submitting(demo_config):
     cfg = load_config(demo_config)
     with pytest.raises(UserError, match="xrmodifier simulate"):
-        launch.train(cfg, executor="local", tasks=2)
+        train_stage.train(cfg, executor="local", tasks=2)
     assert not cfg.slurm.logs.exists()  # nothing was submitted
 
 

@@ -197,3 +197,86 @@ def test_describe_difference_names_changed_keys():
         'simulation.realisations: 2 -> 4; source.model: "a" -> "b"'
     )
     assert store.describe_difference("not json", new) == ""
+
+
+# --------------------------------------------------------------------------------------------
+# the off-grid check points
+# --------------------------------------------------------------------------------------------
+
+
+def offgrid(n: int, seed: int = 0) -> store.OffgridPoints:
+    rng = np.random.default_rng(seed)
+    t_true = rng.uniform(2.0, 8.0, n)
+    status = np.zeros((n, 2), np.uint8)
+    status[0] = (1, 0)
+    return store.OffgridPoints(
+        theta=rng.uniform(0.0, 1.0, (n, 3)),
+        t_true=t_true,
+        t_fit_orig=t_true * 1.1,
+        t_fit_mod=t_true * 0.99,
+        status=status,
+    )
+
+
+def assert_same_points(got: store.OffgridPoints, want: store.OffgridPoints) -> None:
+    for name in ("theta", "t_true", "t_fit_orig", "t_fit_mod", "status"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_offgrid_points_written_in_place_when_allocated_at_creation(tmp_path, grid):
+    path = tmp_path / "grid.h5"
+    shape = store.ResultShape(N_REAL, None)
+    store.create_grid_file(path, grid, np.ones(8), shape, META, "gaussian", {}, offgrid_points=5)
+    assert store.load_offgrid(path) is None  # allocated, not written yet
+    size = path.stat().st_size
+    points = offgrid(5)
+    store.write_offgrid(path, points)
+    assert path.stat().st_size == size  # raw data into the allocated datasets only
+    back = store.load_offgrid(path)
+    assert back.n_points == 5 and back.meta["mode"] == "asimov" and back.meta["realisations"] == 1
+    assert_same_points(back, points)
+    with h5py.File(path, "r") as f:
+        assert f["offgrid/status"].dtype == np.uint8
+        for name in ("theta", "t_true", "t_fit_orig", "t_fit_mod", "status", "done"):
+            ds = f[f"offgrid/{name}"]
+            assert ds.id.get_storage_size() == ds.size * ds.dtype.itemsize, name
+
+
+def test_offgrid_points_of_another_count_or_an_older_grid_go_through_a_copy(tmp_path, grid):
+    path = tmp_path / "grid.h5"
+    new_grid_file(path, grid, curves=False)  # an older grid: no /offgrid group at all
+    with store.ResultWriter(path) as writer:
+        writer.write(np.arange(12), rows(np.arange(12), curves=False))
+    assert store.load_offgrid(path) is None
+    first = offgrid(7, seed=1)
+    store.write_offgrid(path, first)
+    assert_same_points(store.load_offgrid(path), first)
+    second = offgrid(3, seed=2)  # the config now asks for another count
+    store.write_offgrid(path, second)
+    assert_same_points(store.load_offgrid(path), second)
+    assert not store.partial_path(path).exists()
+    # the grid itself is untouched
+    data = store.load_grid(path)
+    assert data.complete
+    np.testing.assert_array_equal(data.t_fit_mod, rows(np.arange(12))["t_fit_mod"])
+    # a failed write leaves the file as it was and no partial copy behind
+    broken = offgrid(4, seed=3)
+    broken.t_true = broken.t_true[:2]
+    with pytest.raises((TypeError, ValueError)):
+        store.write_offgrid(path, broken)
+    assert not store.partial_path(path).exists()
+    assert_same_points(store.load_offgrid(path), second)
+
+
+def test_offgrid_of_a_shard_or_damaged_group_is_a_clean_error(tmp_path, grid):
+    shard = store.shard_path(tmp_path / "grid.h5", 0, 2)
+    store.create_shard_file(shard, [(0, 6)], store.ResultShape(N_REAL, None), META, 0, 2)
+    with pytest.raises(UserError, match="not an xrmodifier grid file"):
+        store.write_offgrid(shard, offgrid(3))
+    path = tmp_path / "grid.h5"
+    new_grid_file(path, grid, curves=False)
+    store.write_offgrid(path, offgrid(3))
+    with h5py.File(path, "r+") as f:
+        del f["offgrid/t_fit_mod"]
+    with pytest.raises(UserError, match="damaged /offgrid group.*xrmodifier simulate"):
+        store.load_offgrid(path)

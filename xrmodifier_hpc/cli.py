@@ -302,8 +302,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from xrmodifier_hpc.config import load_config
-    from xrmodifier_hpc.emulator import describe_metrics
-    from xrmodifier_hpc.runtime.launch import train
+    from xrmodifier_hpc.stages.train import describe_metrics, train
 
     cfg = load_config(args.config)
     out = train(
@@ -326,7 +325,7 @@ def _run_train(args: argparse.Namespace) -> int:
             f"run `xrmodifier train {args.config}` again to continue"
         )
         return 0
-    print(describe_metrics(first["metrics"]))
+    print(describe_metrics(out.metrics))
     print(f"emulator: {first['emulator_path']}\nmetrics:  {first['metrics_path']}")
     return 0
 

@@ -7,6 +7,7 @@ Point ``k`` always draws from the stream seeded by ``(seed, k)``, whatever the r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,11 @@ class Grid:
         """(d + 1, 2) lower/upper bounds of each parameter, then of T_true (keV)."""
         return np.array([[a.min(), a.max()] for a in (*self.param_axes, self.t_true_axis)])
 
+    @property
+    def log_axes(self) -> tuple[bool, ...]:
+        """Per parameter, then T_true (always True): whether the axis is used in log."""
+        return tuple(is_geometric(a) for a in self.param_axes) + (True,)
+
     def points(self, index: np.ndarray | Sequence[int] | slice) -> tuple[np.ndarray, np.ndarray]:
         """theta (n, d) and t_true (n,) of the points ``index``."""
         if isinstance(index, slice):
@@ -102,3 +108,77 @@ def contiguous_runs(index: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], breaks))
     stops = np.concatenate((breaks, [index.size]))
     return [(int(index[s]), int(index[e - 1]) + 1) for s, e in zip(starts, stops)]
+
+
+def is_geometric(axis: np.ndarray) -> bool:
+    """Whether a grid axis is the config's ``logspace``: positive, evenly spaced in log.
+
+    Such a parameter is normalised, interpolated and sampled off the grid in log.
+
+    Parameters
+    ----------
+    axis : numpy.ndarray
+        (n,) axis values in any order (physical units).
+
+    Returns
+    -------
+    bool
+        True for at least 3 positive values evenly spaced in log but not linearly.
+    """
+    axis = np.sort(np.asarray(axis, np.float64))
+    if axis.size < 3 or axis[0] <= 0:
+        return False
+    dlog, dlin = np.diff(np.log(axis)), np.diff(axis)
+    return bool(np.allclose(dlog, dlog[0], rtol=1e-6) and not np.allclose(dlin, dlin[0], rtol=1e-6))
+
+
+def offgrid_design(
+    bounds: np.ndarray, log_axes: Sequence[bool], n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The off-grid check points: ``n`` scrambled-Sobol points strictly inside the grid.
+
+    Uniform in the emulator's input coordinates (log for T_true and geometric axes), drawn
+    from the ``OFFGRID_STREAM`` of ``seed`` so they never share a stream with grid points or
+    mock observations, and the same for the same arguments.
+
+    Parameters
+    ----------
+    bounds : numpy.ndarray
+        (d + 1, 2) lower/upper bound of each modifier parameter, then of T_true (keV)
+        (:attr:`Grid.bounds`).
+    log_axes : sequence of bool
+        (d + 1,) which axes are sampled in log (:attr:`Grid.log_axes`).
+    n : int
+        Number of points (>= 0).
+    seed : int
+        The simulation seed (``[simulation] seed``).
+
+    Returns
+    -------
+    theta : numpy.ndarray
+        (n, d) modifier parameters, in the units of the grid axes.
+    t_true : numpy.ndarray
+        (n,) true temperatures, keV.
+
+    Notes
+    -----
+    Sobol' sequence (Sobol' 1967) with linear matrix scrambling and a digital shift
+    (Matousek 1998), as ``scipy.stats.qmc.Sobol`` draws it; the unit-cube points are clipped
+    to [1e-6, 1 - 1e-6] so that none lies on the grid's edge.
+    """
+    from scipy.stats import qmc
+
+    bounds = np.asarray(bounds, np.float64)
+    dim = bounds.shape[0]
+    if n == 0:
+        return np.empty((0, dim - 1)), np.empty(0)
+    sobol = qmc.Sobol(dim, scramble=True, seed=np.random.default_rng([seed, OFFGRID_STREAM]))
+    u = sobol.random_base2(max(1, math.ceil(math.log2(n))))[:n]
+    u = np.clip(u, 1e-6, 1 - 1e-6)
+    mask = np.asarray(log_axes, bool)
+    lo, hi = bounds[:, 0].copy(), bounds[:, 1].copy()
+    lo[mask], hi[mask] = np.log(lo[mask]), np.log(hi[mask])
+    x = lo + u * (hi - lo)
+    x[:, mask] = np.exp(x[:, mask])
+    x = np.clip(x, bounds[:, 0], bounds[:, 1])
+    return x[:, :-1], x[:, -1]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from xrmodifier_hpc.io.metrics import EmulatorMetrics
 from xrmodifier_hpc.io.ogip import Arf
 from xrmodifier_hpc.io.result import InversionResult
 from xrmodifier_hpc.io.truth import MockTruth
@@ -26,8 +26,8 @@ class Artefacts:
         summaries were computed), parameter units.
     param_names : tuple of str
         The d parameters.
-    metrics : dict
-        The emulator's metrics (``emulator_metrics.json``'s content).
+    metrics : EmulatorMetrics
+        The emulator's accuracy (``emulator_metrics.json``).
     offgrid : dict of str to ndarray, or None
         The emulator's off-grid check points (``emulator.load(...).offgrid``).
     target_arf, corrected_arf : Arf
@@ -45,7 +45,7 @@ class Artefacts:
     result: InversionResult
     samples: np.ndarray
     param_names: tuple[str, ...]
-    metrics: dict[str, Any]
+    metrics: EmulatorMetrics
     offgrid: dict[str, np.ndarray] | None
     target_arf: Arf
     corrected_arf: Arf

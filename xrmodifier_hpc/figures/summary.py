@@ -61,17 +61,17 @@ def summary_table(art: Artefacts, figures_dir: Path | None = None) -> str:
         f"seed loss sum_i (T0_i - T1'_i)^2: before {_fmt(sl.before)} keV^2, after "
         f"{_fmt(sl.after)} keV^2 ({_fmt(sl.ratio)}x smaller)"
     )
-    off = art.metrics.get("offgrid", {})
-    if off.get("n_points"):
-        emu, itp = off["emulator"], off["interpolator"]
+    off = art.metrics.offgrid
+    emu, itp = off.emulator, off.interpolator
+    if off.n_points and None not in (*emu.values(), *itp.values()):
         lines.append(
-            f"emulator off-grid RMS relative error ({off['n_points']} asimov points): "
-            f"T1 {100 * emu['t_fit_orig']:.2f}%, T1' {100 * emu['t_fit_mod']:.2f}% "
-            f"(grid interpolation: {100 * itp['t_fit_orig']:.2f}%, "
-            f"{100 * itp['t_fit_mod']:.2f}%)"
+            f"emulator off-grid RMS relative error ({off.n_points} asimov points): "
+            f"T1 {100 * emu.t_fit_orig:.2f}%, T1' {100 * emu.t_fit_mod:.2f}% "
+            f"(grid interpolation: {100 * itp.t_fit_orig:.2f}%, "
+            f"{100 * itp.t_fit_mod:.2f}%)"
         )
     else:
-        lines.append("emulator off-grid accuracy: not measured (offgrid_points = 0)")
+        lines.append(f"emulator off-grid accuracy: not measured ({off.note or 'no points'})")
     for w in res.warnings:
         lines.append(f"warning: {w}")
     if figures_dir is not None:

@@ -57,6 +57,11 @@ class MergeSummary:
             f"{self.path}: merged {self.shards} shard file{'s' if self.shards != 1 else ''} "
             f"({self.copied} points); {'complete' if self.complete else 'NOT complete'}, "
             f"{self.n_points} points"
+            + (
+                "; next: `xrmodifier simulate CONFIG` adds the off-grid check points for train"
+                if self.complete
+                else ""
+            )
         )
 
 
@@ -162,6 +167,7 @@ def create_grid(cfg: Config, grid: Grid, meta: dict[str, Any]) -> None:
         meta,
         cfg.modifier.family,
         cfg.modifier.options,
+        offgrid_points=cfg.emulator.offgrid_points,
     )
 
 

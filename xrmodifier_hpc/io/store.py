@@ -13,11 +13,22 @@ Layout of ``grid.h5`` (``LAYOUT_VERSION``; temperatures in keV)::
     /results/counts                   (n_points, n_real)          float32
     /results/curve_orig, curve_mod    (n_points, n_real, n_tgrid) float32   only with curves
     /results/done                     (n_points,)                 bool
+    /offgrid/theta     (n_off, d)     float64   off-grid check points (asimov fits), optional
+    /offgrid/t_true    (n_off,)       float64
+    /offgrid/t_fit_orig, t_fit_mod    (n_off,)                    float64   T1, T1'
+    /offgrid/status                   (n_off, 2)                  uint8     [orig, mod] bits
+    /offgrid/done                     (1,)                        bool      attrs: provenance
     /meta  attrs: kind, layout_version, config, simulation, fingerprint, package_version,
                   backend, backend_version, seed, mode, realisations, n_points, chunk_size,
                   created, host, n_ranks, writer
 
 Points not done read as NaN with status 0xFF (every "unusable" bit set); ``done`` decides.
+
+``/offgrid`` holds the points ``simulate`` fits noise-free between the grid nodes so that
+``train`` can judge the emulator off the grid without running a backend. It is allocated with
+the file when the count is known then (``create_grid_file(offgrid_points=...)``) and filled
+by raw writes, ``done`` last; otherwise (a grid made before, another count)
+:func:`write_offgrid` writes a copy of the file with the group and renames it into place.
 
 A shard file (``shards/grid-shard-IIII-of-NNNN.h5``) holds only its own points: the same
 ``/results`` datasets with one row per point of its chunks, listed in ``/shard/chunks``
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,7 +59,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from xrmodifier_hpc.config.grid import Grid, contiguous_runs
+from xrmodifier_hpc.config.grid import OFFGRID_STREAM, Grid, contiguous_runs
 from xrmodifier_hpc.errors import UserError
 
 LAYOUT_VERSION = 1
@@ -183,11 +195,36 @@ def create_grid_file(
     meta: Mapping[str, Any],
     family: str,
     options: Mapping[str, Any],
+    offgrid_points: int = 0,
 ) -> None:
     """Write an empty ``grid.h5`` (grid coordinates, allocated results, provenance) atomically.
 
-    ``meta`` values must be HDF5-attribute friendly (str, int, float); ``options`` is stored
-    as JSON. Replaces an existing file at ``path`` only at the final rename.
+    Replaces an existing file at ``path`` only at the final rename.
+
+    Parameters
+    ----------
+    path : Path
+        Where (``Workdir.grid``).
+    grid : Grid
+        The (theta, T_true) grid; its points fill ``/grid``.
+    fit_tgrid : numpy.ndarray
+        (n_tgrid,) temperatures of the C(T) curves, keV.
+    shape : ResultShape
+        Realisations and curve length of the result datasets.
+    meta : mapping
+        ``/meta`` attributes (str, int or float values).
+    family : str
+        The modifier family.
+    options : mapping
+        Its options (stored as JSON).
+    offgrid_points : int
+        > 0: also allocate ``/offgrid`` for that many check points (filled later by
+        :func:`write_offgrid`).
+
+    Raises
+    ------
+    TypeError
+        When a ``meta`` value cannot be an HDF5 attribute (nothing is left behind).
     """
     with _atomic_create(path) as f:
         g = f.create_group("grid")
@@ -208,6 +245,8 @@ def create_grid_file(
         axes.create_dataset("t_true", data=np.asarray(grid.t_true_axis, dtype=np.float64))
         g.create_dataset("fit_tgrid", data=np.asarray(fit_tgrid, dtype=np.float64))
         _create_results(f, grid.n_points, shape)
+        if offgrid_points > 0:
+            _create_offgrid(f, offgrid_points, grid.n_params)
         _write_meta(f, meta, GRID_KIND)
 
 
@@ -568,3 +607,170 @@ def load_grid(path: str | Path, *, curves: bool = True, allow_incomplete: bool =
                 str(path),
             ) from None
     return data
+
+
+# --------------------------------------------------------------------------------------------
+# the off-grid check points
+# --------------------------------------------------------------------------------------------
+
+#: /offgrid datasets: name -> (shape after n, dtype, fill)
+_OFFGRID_DATASETS: dict[str, tuple[tuple[int, ...] | None, str, Any]] = {
+    "theta": (None, "f8", np.nan),  # (n, d)
+    "t_true": ((), "f8", np.nan),
+    "t_fit_orig": ((), "f8", np.nan),
+    "t_fit_mod": ((), "f8", np.nan),
+    "status": ((2,), "u1", STATUS_NOT_DONE),
+}
+
+
+@dataclass
+class OffgridPoints:
+    """Noise-free (asimov) fits at quasi-random points between the grid nodes.
+
+    Parameters
+    ----------
+    theta : numpy.ndarray
+        (n, d) modifier parameters (grid units).
+    t_true : numpy.ndarray
+        (n,) true temperatures, keV.
+    t_fit_orig, t_fit_mod : numpy.ndarray
+        (n,) T1 and T1' of the asimov spectrum, keV (NaN where the fit failed).
+    status : numpy.ndarray
+        (n, 2) uint8 fit-status bits of the [original, modified] fits.
+    meta : dict
+        The group's attributes as read (``mode``, ``realisations``, ``stream``, ``design``);
+        backend, its version and the seed are the grid's ``/meta``.
+    """
+
+    theta: np.ndarray
+    t_true: np.ndarray
+    t_fit_orig: np.ndarray
+    t_fit_mod: np.ndarray
+    status: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_points(self) -> int:
+        """Number of check points."""
+        return int(self.t_true.shape[0])
+
+
+def _create_offgrid(f: h5py.File, n: int, d: int) -> h5py.Group:
+    g = f.create_group("offgrid")
+    for name, (tail, dtype, fill) in _OFFGRID_DATASETS.items():
+        shape = (n, d) if tail is None else (n, *tail)
+        _create_dataset(g, name, shape, dtype, fill)
+    _create_dataset(g, "done", (1,), "bool", False)
+    g.attrs.update(
+        mode="asimov",
+        realisations=1,
+        stream=OFFGRID_STREAM,
+        design="scrambled Sobol strictly inside the grid (config.grid.offgrid_design)",
+    )
+    return g
+
+
+def _offgrid_fits(f: h5py.File, n: int, d: int) -> bool:
+    """Whether ``f`` has an ``/offgrid`` group allocated for n points of d parameters."""
+    g = f.get("offgrid")
+    if not isinstance(g, h5py.Group) or "done" not in g:
+        return False
+    for name, (tail, _, _) in _OFFGRID_DATASETS.items():
+        shape = (n, d) if tail is None else (n, *tail)
+        if name not in g or g[name].shape != shape:
+            return False
+    return True
+
+
+def _fill_offgrid(g: h5py.Group, points: OffgridPoints) -> None:
+    """Raw writes of every row (``done`` is the caller's)."""
+    for name in _OFFGRID_DATASETS:
+        ds = g[name]
+        ds[...] = np.asarray(getattr(points, name)).astype(ds.dtype, copy=False)
+
+
+def write_offgrid(path: str | Path, points: OffgridPoints) -> None:
+    """Store the off-grid check points in ``grid.h5``, crash-safely.
+
+    Into the ``/offgrid`` group allocated at creation when it has the right size (raw writes,
+    ``done`` last); otherwise into a copy of the file that is renamed into place, so a kill
+    at any moment leaves the grid readable.
+
+    Parameters
+    ----------
+    path : str or Path
+        An existing ``grid.h5``.
+    points : OffgridPoints
+        The points (``points.meta`` is not stored: the group's attributes are fixed).
+
+    Raises
+    ------
+    UserError
+        When ``path`` is missing or not a grid file.
+    """
+    path = Path(path)
+    n, d = points.n_points, int(np.asarray(points.theta).reshape(points.n_points, -1).shape[1])
+    with _open_read(path, "grid file") as f:
+        _check_kind(f, path, (GRID_KIND,))
+        in_place = _offgrid_fits(f, n, d)
+    if in_place:
+        with h5py.File(path, "r+") as f:
+            g = f["offgrid"]
+            g["done"][0] = False
+            f.flush()
+            _fill_offgrid(g, points)
+            f.flush()
+            g["done"][0] = True
+        return
+    tmp = partial_path(path)
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            if "offgrid" in f:
+                del f["offgrid"]
+            g = _create_offgrid(f, n, d)
+            _fill_offgrid(g, points)
+            g["done"][0] = True
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_offgrid(path: str | Path) -> OffgridPoints | None:
+    """The off-grid check points of ``grid.h5``, or None when it holds none (yet).
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``grid.h5``.
+
+    Returns
+    -------
+    OffgridPoints or None
+        None when the file has no ``/offgrid`` group (made before ``simulate`` produced
+        them) or the group was never completed.
+
+    Raises
+    ------
+    UserError
+        When the file is missing, unreadable or not a grid file, or its ``/offgrid`` group
+        is damaged.
+    """
+    path = Path(path)
+    with _open_read(path, "grid file") as f:
+        _check_kind(f, path, (GRID_KIND,))
+        g = f.get("offgrid")
+        if not isinstance(g, h5py.Group):
+            return None
+        try:
+            if not bool(g["done"][0]):
+                return None
+            arrays = {name: g[name][()] for name in _OFFGRID_DATASETS}
+        except KeyError:
+            raise UserError(
+                "damaged /offgrid group: rerun `xrmodifier simulate CONFIG` to rewrite it",
+                str(path),
+            ) from None
+        meta = _attrs(g)
+    return OffgridPoints(**arrays, meta=meta)

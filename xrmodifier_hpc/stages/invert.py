@@ -40,6 +40,7 @@ from xrmodifier_hpc.inference.posterior import (
 from xrmodifier_hpc.inference.view import EmulatorView
 from xrmodifier_hpc.io.artefacts import Workdir, provenance
 from xrmodifier_hpc.io.atomic import replacing
+from xrmodifier_hpc.io.metrics import offgrid_error
 from xrmodifier_hpc.io.observations import Observations, read_observations
 from xrmodifier_hpc.io.result import (
     EmulatorError,
@@ -173,7 +174,7 @@ def resolve_auto_s_emu(metrics: dict | None, where: str) -> float:
         When it is missing, non-finite or negative.
     """
     try:
-        value = float(metrics["offgrid"]["emulator"]["t_fit_orig"])  # type: ignore[index]
+        value = offgrid_error(metrics, "t_fit_orig")
     except (KeyError, TypeError, ValueError):
         raise UserError(
             's_emu = "auto" needs the emulator\'s off-grid error (metrics offgrid.emulator.'

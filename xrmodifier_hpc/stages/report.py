@@ -34,6 +34,7 @@ from xrmodifier_hpc.figures.summary import summary_table
 from xrmodifier_hpc.figures.temperatures import figure_data_temperatures, plot_temperatures
 from xrmodifier_hpc.io.artefacts import Workdir, truth_path_for
 from xrmodifier_hpc.io.atomic import replacing, write_text
+from xrmodifier_hpc.io.metrics import EmulatorMetrics
 from xrmodifier_hpc.io.result import InversionResult
 from xrmodifier_hpc.io.truth import MockTruth
 from xrmodifier_hpc.runtime.environment import detect
@@ -192,21 +193,30 @@ def read_truth(observations: Path, names: tuple[str, ...]) -> tuple[MockTruth | 
     return truth, candidate
 
 
-def emulator_metrics(module: Any) -> dict[str, Any]:
-    """Return the emulator's metrics (``emulator_metrics.json``'s content, kept in emulator.pt).
+def emulator_metrics(module: Any, where: str) -> EmulatorMetrics:
+    """Return the emulator's metrics record (kept in emulator.pt beside its weights).
 
     Parameters
     ----------
     module : torch.nn.Module
         ``emulator.load``'s module.
+    where : str
+        The emulator file (for messages).
 
     Returns
     -------
-    dict
-        ``heldout``, ``offgrid`` (RMS relative errors by predictor and output), ...; empty
-        when the emulator has none.
+    EmulatorMetrics
+        Held-out and off-grid accuracy, training summary.
+
+    Raises
+    ------
+    UserError
+        When the emulator carries no metrics of the current schema (rerun ``train``).
     """
-    return dict(getattr(module, "metrics", None) or {})
+    data = getattr(module, "metrics", None)
+    if not data:
+        raise UserError("this emulator has no metrics: rerun `xrmodifier train CONFIG`", where)
+    return EmulatorMetrics.from_dict(data, where)
 
 
 def load_artefacts(cfg: Config) -> Artefacts:
@@ -248,7 +258,7 @@ def load_artefacts(cfg: Config) -> Artefacts:
         result=result,
         samples=samples,
         param_names=names,
-        metrics=emulator_metrics(module),
+        metrics=emulator_metrics(module, str(Workdir(cfg.workdir).emulator)),
         offgrid=getattr(module, "offgrid", None),
         target_arf=read_arf(cfg.instruments.target.arf),
         corrected_arf=read_arf(wd.corrected_arf),

@@ -15,6 +15,12 @@ ranks; on resume only the chunks with points not yet done are dealt. Rank 0 show
 all ranks (ranks send it a count after each chunk). An exception on any rank prints the
 error with the rank and aborts the whole MPI job rather than leaving the others waiting; a
 UserError that every rank meets in the same collective step ends the run cleanly (exit 2).
+
+Once ``grid.h5`` is complete, the off-grid check points that ``train`` measures the emulator
+with are fitted noise-free, split over the ranks, and stored in it (:func:`_write_offgrid`).
+After a Slurm array and ``xrmodifier merge``, running ``simulate`` once more on the complete
+grid does only that step (``jobs/merge.sbatch`` does it).
+
 Each rank sizes its thread pools from the cores it was granted before any heavy work
 (:mod:`~xrmodifier_hpc.runtime.threads`). This module contains no physics: the backend
 computes, ``store`` writes, ``shards`` knows which files belong together.
@@ -31,14 +37,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from xrmodifier_hpc.backends import Backend, PointResults, make_backend
+from xrmodifier_hpc.backends.offgrid import simulate_offgrid
 from xrmodifier_hpc.config import Config, load_config
-from xrmodifier_hpc.config.grid import Grid, chunk_ranges, pending_chunks
+from xrmodifier_hpc.config.grid import Grid, chunk_ranges, offgrid_design, pending_chunks
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import shards as shard_files
 from xrmodifier_hpc.io import store
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
-from xrmodifier_hpc.runtime.progress import ProgressChannel
+from xrmodifier_hpc.runtime.progress import Progress, ProgressChannel
 from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.simulate")
@@ -212,6 +219,8 @@ def _simulate(
         summary = _summary(cfg, plan, 0, time.monotonic() - t0, size, complete=True)
         summary.messages.append("nothing to do: every point is already done")
         _finish_message(summary, mode, shard)
+        if mode != "array":
+            _write_offgrid(cfg, comm, grid)
         return summary
     # thread pools before any heavy numpy or torch work (collective: ranks count their node)
     uses_torch = cfg.simulation.backend == "native" and cfg.simulation.engine == "torch"
@@ -267,6 +276,8 @@ def _simulate(
     summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
     summary.merged_shards = merged
     _finish_message(summary, mode, shard)
+    if mode != "array":
+        _write_offgrid(cfg, comm, grid)
     return summary
 
 
@@ -480,6 +491,59 @@ def _summary(
     return SimulateSummary(
         path, plan.mode, size, plan.total, plan.total - plan.pending, computed, seconds, complete
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the off-grid check points
+# --------------------------------------------------------------------------------------------
+
+
+def _write_offgrid(cfg: Config, comm: Any, grid: Grid) -> None:
+    """Fit the ``[emulator] offgrid_points`` check points noise-free and store them in grid.h5.
+
+    Collective: every rank fits a strided share, rank 0 gathers and writes. Does nothing
+    unless grid.h5 is complete and holds another number of check points than the config asks
+    (``offgrid_points`` is not part of the simulation fingerprint: changing it only redoes
+    this step).
+    """
+    n = cfg.emulator.offgrid_points
+    if n == 0 or not mpi.on_root(comm, lambda: _offgrid_missing(cfg.grid_path, n)):
+        return
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    theta, t_true = offgrid_design(grid.bounds, grid.log_axes, n, cfg.simulation.seed)
+    mine = np.arange(rank, n, size)
+    progress = None
+    if rank == 0:
+        log.info("off-grid check: %d noise-free points over %d rank(s)", n, size)
+        label = "off-grid check" + (" (rank 0's share)" if size > 1 else "")
+        progress = Progress(mine.size, interactive=detect().interactive, label=label)
+    fits = simulate_offgrid(cfg, theta[mine], t_true[mine], mine, progress and progress.update)
+    if progress is not None:
+        progress.close()
+    mpi.wait_politely(comm)
+    parts = comm.gather((mine, fits), root=0) if comm is not None else [(mine, fits)]
+    mpi.on_root(comm, lambda: _store_offgrid(cfg.grid_path, theta, t_true, parts))
+
+
+def _offgrid_missing(path: Path, n: int) -> bool:
+    if not path.exists() or not store.inspect_file(path).done.all():
+        return False
+    stored = store.load_offgrid(path)
+    return stored is None or stored.n_points != n
+
+
+def _store_offgrid(path: Path, theta: np.ndarray, t_true: np.ndarray, parts: list) -> None:
+    n = t_true.size
+    points = store.OffgridPoints(
+        theta, t_true, np.full(n, np.nan), np.full(n, np.nan), np.zeros((n, 2), np.uint8)
+    )
+    for index, fits in parts:
+        points.t_fit_orig[index] = fits.t_fit_orig
+        points.t_fit_mod[index] = fits.t_fit_mod
+        points.status[index] = fits.status
+    store.write_offgrid(path, points)
+    failed = int((~np.isfinite(points.t_fit_orig) | ~np.isfinite(points.t_fit_mod)).sum())
+    log.info("off-grid check: %d points stored in %s (%d without a fit)", n, path, failed)
 
 
 # --------------------------------------------------------------------------------------------
