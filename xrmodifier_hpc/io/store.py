@@ -910,7 +910,7 @@ def _create_offgrid(f: h5py.File, n: int, d: int) -> h5py.Group:
 
 
 def _offgrid_fits(f: h5py.File, n: int, d: int) -> bool:
-    """Whether ``f`` has an ``/offgrid`` group allocated for n points of d parameters."""
+    """Check whether ``f`` has an ``/offgrid`` group allocated for n points of d parameters."""
     g = f.get("offgrid")
     if not isinstance(g, h5py.Group) or "done" not in g:
         return False
@@ -922,7 +922,7 @@ def _offgrid_fits(f: h5py.File, n: int, d: int) -> bool:
 
 
 def _fill_offgrid(g: h5py.Group, points: OffgridPoints) -> None:
-    """Raw writes of every row (``done`` is the caller's)."""
+    """Write every row of ``points`` raw into ``g`` (``done`` is the caller's)."""
     for name in _OFFGRID_DATASETS:
         ds = g[name]
         ds[...] = np.asarray(getattr(points, name)).astype(ds.dtype, copy=False)
