@@ -51,7 +51,7 @@ def simulate_offgrid(
     index: np.ndarray,
     progress: Callable[[int], None] | None = None,
 ) -> OffgridFits:
-    """Noise-free T1 and T1' at the given off-grid points with the configured backend.
+    """Fit noise-free T1 and T1' at the given off-grid points with the configured backend.
 
     Parameters
     ----------
@@ -71,7 +71,8 @@ def simulate_offgrid(
     Returns
     -------
     OffgridFits
-        One asimov realisation per point.
+        One asimov realisation per point, with the backend's name and version (both ''
+        when ``n`` is 0: no backend is built then).
 
     Raises
     ------

@@ -73,19 +73,19 @@ class TrainingData:
         return np.array([[a.min(), a.max()] for a in self.axes], dtype=np.float64)
 
     def transformed(self, theta: np.ndarray, t_true: np.ndarray) -> np.ndarray:
-        """Inputs with log applied where ``log_axes`` says (not yet scaled).
+        """Return the inputs with log applied where ``log_axes`` says (not yet scaled).
 
         Parameters
         ----------
         theta : numpy.ndarray
-            (n, d) parameters.
+            (n, d) parameters, physical units (``param_units``).
         t_true : numpy.ndarray
-            (n,) keV.
+            (n,) true temperatures, keV.
 
         Returns
         -------
         numpy.ndarray
-            (n, d + 1) float64.
+            (n, d + 1) float64: the parameters then T_true, each in log where its axis is.
         """
         x = np.column_stack([np.asarray(theta, np.float64), np.asarray(t_true, np.float64)])
         mask = np.asarray(self.log_axes)
@@ -93,7 +93,7 @@ class TrainingData:
         return x
 
     def digest(self) -> str:
-        """Content hash of the training targets: a checkpoint only resumes on the same data.
+        """Return a content hash of the targets: a checkpoint only resumes on the same data.
 
         Returns
         -------
@@ -119,6 +119,8 @@ class TrainingData:
         Returns
         -------
         TrainingData
+            One target per grid point with a usable fit of T1 and of T1' (see
+            :meth:`from_arrays`).
         """
         return cls.from_arrays(
             tuple(g.param_names),
@@ -168,11 +170,12 @@ class TrainingData:
         unusable : int
             Status bits that make a fit unusable (the backends' ``STATUS_UNUSABLE``).
         param_units : tuple of str, optional
-            Units of the parameters.
+            Units of the parameters ('' each when None).
 
         Returns
         -------
         TrainingData
+            The kept points with their targets, and the counts of what was left out.
         """
         theta = np.asarray(theta, np.float64).reshape(len(t_true), len(param_names))
         t_true = np.asarray(t_true, np.float64)
@@ -207,7 +210,7 @@ class TrainingData:
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation point indices: a seeded permutation, the same on every rank.
+    """Return train and validation point indices: a seeded permutation, the same on every rank.
 
     Parameters
     ----------

@@ -63,12 +63,12 @@ class OffgridTruth:
 
 
 def rms_rel(pred: np.ndarray, ref: np.ndarray) -> RmsRel:
-    """RMS relative error ``sqrt(mean(((pred - ref) / ref)^2))`` per output.
+    """Return the RMS relative error ``sqrt(mean(((pred - ref) / ref)^2))`` per output.
 
     Parameters
     ----------
     pred, ref : numpy.ndarray
-        (n, 2) [T1, T1'] keV.
+        (n, 2) [T1, T1'] keV: the prediction and the reference it is measured against.
 
     Returns
     -------
@@ -83,16 +83,16 @@ def rms_rel(pred: np.ndarray, ref: np.ndarray) -> RmsRel:
 
 @torch.no_grad()
 def predict(model: Emulator, theta: np.ndarray, t_true: np.ndarray) -> np.ndarray:
-    """The emulator's temperatures in float64 on the CPU (``model`` itself is left as it is).
+    """Return the emulator's temperatures in float64 on the CPU (``model`` is left as it is).
 
     Parameters
     ----------
     model : Emulator
-        The emulator.
+        The emulator (a float64 CPU copy of it predicts).
     theta : numpy.ndarray
-        (n, d) parameters.
+        (n, d) modifier parameters, physical units.
     t_true : numpy.ndarray
-        (n,) keV.
+        (n,) true temperatures, keV.
 
     Returns
     -------
@@ -106,7 +106,10 @@ def predict(model: Emulator, theta: np.ndarray, t_true: np.ndarray) -> np.ndarra
 
 
 def heldout_accuracy(data: TrainingData, model: Emulator, val_idx: np.ndarray) -> HeldOutAccuracy:
-    """Emulator and leave-one-out interpolation at the validation points.
+    """Measure the emulator and leave-one-out interpolation at the validation points.
+
+    Both are compared with the points' mean over usable realisations,
+    ``t_true * exp(y)`` (keV).
 
     Parameters
     ----------
@@ -115,7 +118,7 @@ def heldout_accuracy(data: TrainingData, model: Emulator, val_idx: np.ndarray) -
     model : Emulator
         The trained emulator.
     val_idx : numpy.ndarray
-        Indices of the validation points.
+        (n_val,) int indices of the validation points into ``data``.
 
     Returns
     -------
@@ -138,7 +141,7 @@ def heldout_accuracy(data: TrainingData, model: Emulator, val_idx: np.ndarray) -
 def offgrid_accuracy(
     data: TrainingData, model: Emulator, points: OffgridTruth, n_requested: int, note: str = ""
 ) -> tuple[OffGridAccuracy, dict[str, np.ndarray]]:
-    """Emulator and interpolation at the off-grid check points, overall and by T_true.
+    """Measure the emulator and interpolation at the off-grid check points, overall and by T_true.
 
     Parameters
     ----------

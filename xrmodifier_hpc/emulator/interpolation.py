@@ -47,14 +47,16 @@ class GridInterpolator:
         return np.log(a) if self.data.log_axes[k] else a
 
     def __call__(self, theta: np.ndarray, t_true: np.ndarray) -> np.ndarray:
-        """Interpolated temperatures.
+        """Return interpolated temperatures.
+
+        Outside the grid the interpolation extrapolates linearly (no bounds error).
 
         Parameters
         ----------
         theta : numpy.ndarray
-            (n, d) parameters.
+            (n, d) modifier parameters, physical units.
         t_true : numpy.ndarray
-            (n,) keV.
+            (n,) true temperatures, keV.
 
         Returns
         -------
@@ -65,7 +67,7 @@ class GridInterpolator:
         return np.asarray(t_true)[:, None] * np.exp(self._rgi(x))
 
     def leave_one_out(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Interpolated temperatures at grid points as if each of them were missing.
+        """Return interpolated temperatures at grid points as if each of them were missing.
 
         Along every axis where both neighbours are usable, linear interpolation between
         them; averaged over those axes.
@@ -73,7 +75,7 @@ class GridInterpolator:
         Parameters
         ----------
         points : numpy.ndarray
-            (m,) indices into the data.
+            (m,) int indices into the data.
 
         Returns
         -------
@@ -116,6 +118,11 @@ def _node_table(
 
     Returns the multi-index per point (n, d + 1), the node values (shape..., 2) of ``y`` and
     a usable-node mask (False for failed or excluded points).
+
+    Raises
+    ------
+    UserError
+        When a point does not lie on a grid axis (relative tolerance 1e-9).
     """
     shape = tuple(a.size for a in data.axes)
     cols = [*data.theta.T, data.t_true]

@@ -24,7 +24,7 @@ MIN_VAR = 1e-12
 
 
 def encode(y: np.ndarray) -> np.ndarray:
-    """Targets to network outputs.
+    """Convert targets to network outputs (the ratio T1/T1' as a separate output).
 
     Parameters
     ----------
@@ -40,7 +40,7 @@ def encode(y: np.ndarray) -> np.ndarray:
 
 
 def decode(z: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`encode`, on tensors.
+    """Invert :func:`encode`, on tensors.
 
     Parameters
     ----------
@@ -96,7 +96,7 @@ class Networks(nn.Module):
         self.scatter = _mlp(n_in, scatter_hidden, 2, activation) if scatter_hidden else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Standardised outputs of both networks.
+        """Return the standardised outputs of both networks.
 
         Parameters
         ----------
@@ -196,24 +196,24 @@ class Emulator(nn.Module):
         return self.nets.scatter is not None
 
     def normalise(self, theta: torch.Tensor, t_true: torch.Tensor) -> torch.Tensor:
-        """Network inputs: [-1, 1] over the grid (beyond it outside).
+        """Return the network inputs: [-1, 1] over the grid (beyond it outside).
 
         Parameters
         ----------
         theta : torch.Tensor
             (n, d) parameters, physical units.
         t_true : torch.Tensor
-            (n,) keV.
+            (n,) true temperatures, keV (any shape with n values).
 
         Returns
         -------
         torch.Tensor
-            (n, d + 1).
+            (n, d + 1) normalised inputs (log first on the ``log_axes``), ``theta``'s dtype.
 
         Raises
         ------
         ValueError
-            When the shapes do not match.
+            When ``theta`` is not (n, d) or ``t_true`` does not have n values.
         """
         d = len(self.param_names)
         if theta.ndim != 2 or theta.shape[1] != d:
@@ -231,14 +231,14 @@ class Emulator(nn.Module):
         return 2.0 * (x - lo) / width - 1.0
 
     def forward(self, theta: torch.Tensor, t_true: torch.Tensor) -> torch.Tensor:
-        """Emulated temperatures.
+        """Return the emulated temperatures.
 
         Parameters
         ----------
         theta : torch.Tensor
             (n, d) parameters, physical units.
         t_true : torch.Tensor
-            (n,) keV.
+            (n,) true temperatures, keV.
 
         Returns
         -------
@@ -251,14 +251,14 @@ class Emulator(nn.Module):
         return t_true.reshape(-1, 1) * torch.exp(decode(z))
 
     def log_scatter(self, theta: torch.Tensor, t_true: torch.Tensor) -> torch.Tensor | None:
-        """Relative scatter of T1 and T1' across realisations, in log.
+        """Return the relative scatter of T1 and T1' across realisations, in log.
 
         Parameters
         ----------
         theta : torch.Tensor
-            (n, d) parameters.
+            (n, d) parameters, physical units.
         t_true : torch.Tensor
-            (n,) keV.
+            (n,) true temperatures, keV.
 
         Returns
         -------
@@ -274,12 +274,14 @@ class Emulator(nn.Module):
         return 0.5 * log_var
 
     def spec(self) -> dict[str, Any]:
-        """What rebuilds this module without its weights.
+        """Return what rebuilds this module without its weights.
 
         Returns
         -------
         dict
-            Names, units, bounds, log flags and the architecture.
+            ``param_names``, ``param_units``, ``bounds`` ((d + 1, 2) tensor, keV for T_true),
+            ``log_axes`` and the architecture (``hidden``, ``activation``,
+            ``scatter_hidden``).
         """
         return {
             "param_names": list(self.param_names),
@@ -291,7 +293,7 @@ class Emulator(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Emulator:
-        """A fresh module from :meth:`spec`'s output.
+        """Build a fresh module from :meth:`spec`'s output.
 
         Parameters
         ----------
@@ -315,7 +317,10 @@ class Emulator(nn.Module):
 
 
 def build_emulator(data: TrainingData, ecfg: EmulatorConfig, train_idx: np.ndarray) -> Emulator:
-    """A fresh emulator for ``data`` (seeded initialisation), output scaling from the train split.
+    """Build a fresh emulator for ``data``, with output scaling from the train split.
+
+    The initialisation is seeded with ``ecfg.seed``. Both mean outputs share one scale (the
+    larger standard deviation), so that the loss is a squared error in log T for either.
 
     Parameters
     ----------
@@ -324,11 +329,18 @@ def build_emulator(data: TrainingData, ecfg: EmulatorConfig, train_idx: np.ndarr
     ecfg : EmulatorConfig
         Architecture and seed.
     train_idx : numpy.ndarray
-        Indices of the training points (the scaling must not see validation points).
+        (n_train,) int indices of the training points (the scaling must not see validation
+        points).
 
     Returns
     -------
     Emulator
+        Untrained, with its output (and scatter) scaling set.
+
+    Raises
+    ------
+    UserError
+        For an unknown ``[emulator] activation``.
     """
     torch.manual_seed(ecfg.seed)
     model = Emulator(

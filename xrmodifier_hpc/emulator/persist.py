@@ -57,7 +57,7 @@ def save(model: Emulator, path: str | Path) -> Path:
 def load(
     path: str | Path, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
 ) -> Emulator:
-    """The trained emulator from ``emulator.pt``, in eval mode with its weights frozen.
+    """Read the trained emulator from ``emulator.pt``, in eval mode with its weights frozen.
 
     Gradients still flow to ``theta`` and ``t_true``.
 

@@ -112,7 +112,9 @@ class _Schedule:
 
 
 def rank_world() -> tuple[int, int]:
-    """Rank of this process and world size of ``torch.distributed`` (0, 1 without it).
+    """Return the rank of this process and the world size of ``torch.distributed``.
+
+    (0, 1) when ``torch.distributed`` is not available or not initialised.
 
     Returns
     -------
@@ -125,17 +127,17 @@ def rank_world() -> tuple[int, int]:
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names and bytes (to compare weights bitwise).
+    """Return the SHA-256 of a state dict's names and bytes (to compare weights bitwise).
 
     Parameters
     ----------
     state : dict of str to torch.Tensor
-        A ``state_dict()``.
+        A ``state_dict()`` (tensors on any device).
 
     Returns
     -------
     str
-        Hex digest.
+        Hex digest over the keys in sorted order.
     """
     h = hashlib.sha256()
     for key in sorted(state):
@@ -145,14 +147,14 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file renamed into place.
+    """Save ``obj`` with ``torch.save`` to a temporary file renamed into place.
 
     Parameters
     ----------
     obj : object
-        What to save.
+        What to save (anything ``torch.save`` accepts).
     path : Path
-        Destination.
+        Destination; replaced only when the new file is complete.
     """
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -160,16 +162,18 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def format_seconds(s: float) -> str:
-    """A duration for log lines: ``42s``, ``3m07s``, ``2h05m`` (``?`` when not finite).
+    """Format a duration for log lines: ``42s``, ``3m07s``, ``2h05m`` (``?`` when not finite).
 
     Parameters
     ----------
     s : float
-        Seconds.
+        Duration, s.
 
     Returns
     -------
     str
+        From the duration rounded to whole seconds: ``Ns`` below a minute, ``NmSSs`` below
+        an hour, else ``NhMMm`` (seconds dropped).
     """
     if not math.isfinite(s):
         return "?"
@@ -182,7 +186,7 @@ def format_seconds(s: float) -> str:
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """The torch device to train on.
+    """Return the torch device to train on.
 
     Parameters
     ----------
@@ -194,6 +198,7 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     Returns
     -------
     torch.device
+        ``cpu``, or ``cuda:<local_rank modulo the visible GPUs>``.
 
     Raises
     ------
@@ -233,19 +238,20 @@ def set_threads(ecfg: EmulatorConfig) -> int:
 
 
 def training_fingerprint(data: TrainingData, ecfg: EmulatorConfig) -> str:
-    """What a checkpoint may be resumed with: the data and the settings that shape training.
+    """Return the fingerprint a checkpoint must match: the data and the settings of training.
 
     Parameters
     ----------
     data : TrainingData
         The targets.
     ecfg : EmulatorConfig
-        The settings (bookkeeping ones, such as ``checkpoint_every``, do not count).
+        The settings (bookkeeping ones do not count: ``checkpoint_every``,
+        ``offgrid_points``, ``threads``, ``device``).
 
     Returns
     -------
     str
-        SHA-256 hex digest.
+        SHA-256 hex digest of the settings (JSON) and :meth:`TrainingData.digest`.
     """
     settings = dataclasses.asdict(ecfg)
     for key in ("checkpoint_every", "offgrid_points", "threads", "device"):
@@ -398,6 +404,8 @@ class Trainer:
         Returns
         -------
         FitOutcome
+            How the run ended; when completed, ``model`` holds the best epoch's weight
+            average.
         """
         nets = self._wrap()
         schedule = self._schedule()
@@ -435,7 +443,7 @@ class Trainer:
         return self._finish(progress, epoch, session_epochs, stopped_early)
 
     def _wrap(self) -> nn.Module:
-        """The networks, wrapped in DDP when there are several ranks."""
+        """Return the networks, wrapped in DDP when there are several ranks."""
         if self.world <= 1:
             return self.model.nets
         from torch.nn.parallel import DistributedDataParallel
@@ -500,7 +508,10 @@ class Trainer:
         return progress, start_epoch
 
     def _train_epoch(self, nets: nn.Module, schedule: _Schedule, epoch: int) -> tuple[float, float]:
-        """One pass over this rank's share of the training points; (train, scatter) loss."""
+        """Run one pass over this rank's share of the training points; return the losses.
+
+        The (train, scatter) mean losses over the epoch, all-reduced over the ranks.
+        """
         dev = self.device
         schedule.sampler.set_epoch(epoch)
         order = self.train_t[torch.as_tensor(list(iter(schedule.sampler)), dtype=torch.long)]

@@ -54,16 +54,18 @@ class RmsRel:
         Returns
         -------
         RmsRel
+            The errors as floats (fractions), None where absent or null.
         """
         data = data or {}
         return cls(*(None if data.get(k) is None else float(data[k]) for k in OUTPUTS))
 
     def values(self) -> tuple[float | None, float | None]:
-        """(T1, T1') errors.
+        """Return the (T1, T1') errors.
 
         Returns
         -------
         tuple of (float or None)
+            ``(t_fit_orig, t_fit_mod)``, fractions; None where not measured.
         """
         return self.t_fit_orig, self.t_fit_mod
 
@@ -100,6 +102,7 @@ class HeldOutAccuracy:
         Returns
         -------
         HeldOutAccuracy
+            The section as a record (missing errors: None).
         """
         return cls(
             n_points=int(data["n_points"]),
@@ -140,6 +143,7 @@ class TemperatureBin:
         Returns
         -------
         TemperatureBin
+            The bin, its (low, high) range in keV.
         """
         lo, hi = data["t_true"]
         return cls(
@@ -193,6 +197,7 @@ class OffGridAccuracy:
         Returns
         -------
         OffGridAccuracy
+            The section as a record (optional keys missing: their defaults).
         """
         return cls(
             n_points=int(data["n_points"]),
@@ -261,6 +266,7 @@ class TrainingSummary:
         Returns
         -------
         TrainingSummary
+            The section as a record.
         """
         best = data.get("best_val_loss")
         return cls(
@@ -308,6 +314,8 @@ class AccuracyTarget:
         Returns
         -------
         AccuracyTarget
+            ``goal``, and met when off-grid points were measured and the emulator's errors
+            of both T1 and T1' are below it.
         """
         values = offgrid.emulator.values()
         met = offgrid.n_points > 0 and all(v is not None and v < goal for v in values)
@@ -325,6 +333,7 @@ class AccuracyTarget:
         Returns
         -------
         AccuracyTarget
+            The section as a record.
         """
         return cls(float(data["offgrid_rms_rel"]), bool(data["met"]))
 
@@ -368,7 +377,7 @@ class EmulatorMetrics(Record):
 
 
 def offgrid_error(metrics: EmulatorMetrics | Mapping[str, Any] | None, output: str) -> float:
-    """The emulator's off-grid RMS relative error of one output (what ``s_emu = "auto"`` uses).
+    """Return the emulator's off-grid RMS relative error of one output (for ``s_emu = "auto"``).
 
     Parameters
     ----------

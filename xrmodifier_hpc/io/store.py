@@ -96,18 +96,55 @@ _BLOCK_ROWS = 65536
 
 
 def shard_path(grid_path: Path, index: int, count: int) -> Path:
-    """Where shard ``index`` of ``count`` of ``grid_path`` lives."""
+    """Return where shard ``index`` of ``count`` of ``grid_path`` lives.
+
+    Parameters
+    ----------
+    grid_path : Path
+        The ``grid.h5`` the shards belong to; the shards live in ``shards/`` beside it.
+    index : int
+        0-based shard index (``SLURM_ARRAY_TASK_ID``).
+    count : int
+        Number of shards.
+
+    Returns
+    -------
+    Path
+        ``<grid dir>/shards/grid-shard-IIII-of-NNNN.h5``.
+    """
     return Path(grid_path).parent / SHARD_DIR / f"grid-shard-{index:04d}-of-{count:04d}.h5"
 
 
 def find_shards(grid_path: Path) -> list[Path]:
-    """The shard files beside ``grid_path`` (any count), sorted by name."""
+    """Return the shard files beside ``grid_path`` (any count), sorted by name.
+
+    Parameters
+    ----------
+    grid_path : Path
+        The ``grid.h5`` whose ``shards/`` folder is searched.
+
+    Returns
+    -------
+    list of Path
+        Files matching ``grid-shard-*-of-*.h5``; empty when there is no ``shards/`` folder.
+    """
     folder = Path(grid_path).parent / SHARD_DIR
     return sorted(folder.glob("grid-shard-*-of-*.h5")) if folder.is_dir() else []
 
 
 def partial_path(path: Path) -> Path:
-    """The name a file is built under before it is renamed into place."""
+    """Return the name a file is built under before it is renamed into place.
+
+    Parameters
+    ----------
+    path : Path
+        The final file name.
+
+    Returns
+    -------
+    Path
+        ``path`` with ``.partial`` appended to its name.
+    """
     return path.with_name(path.name + ".partial")
 
 
@@ -118,12 +155,41 @@ def partial_path(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class ResultShape:
-    """Sizes of the result datasets: realisations, and fit-grid points (None: no curves)."""
+    """Sizes of the result datasets: realisations, and fit-grid points (None: no curves).
+
+    Attributes
+    ----------
+    n_real : int
+        Realisations per grid point.
+    n_tgrid : int or None
+        Points of the fit temperature grid (length of the C(T) curves); None when the grid
+        is simulated without curves.
+    """
 
     n_real: int
     n_tgrid: int | None
 
     def shape(self, name: str, rows: int) -> tuple[int, ...]:
+        """Return the shape of result dataset ``name`` for ``rows`` points.
+
+        Parameters
+        ----------
+        name : str
+            A result dataset name (one of ``RESULT_NAMES``).
+        rows : int
+            Number of points (rows) the file holds.
+
+        Returns
+        -------
+        tuple of int
+            ``(rows,)``, ``(rows, n_real)``, ``(rows, n_real, 2)`` or
+            ``(rows, n_real, n_tgrid)`` (``n_tgrid`` 0 when there are no curves).
+
+        Raises
+        ------
+        KeyError
+            When ``name`` is not a result dataset.
+        """
         key = _RESULT_DATASETS[name][0]
         return {
             "point": (rows,),
@@ -134,6 +200,7 @@ class ResultShape:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Result dataset names this shape allocates (curves only when ``n_tgrid`` is set)."""
         return tuple(
             n for n in _RESULT_DATASETS if self.n_tgrid is not None or n not in CURVE_DATASETS
         )
@@ -149,7 +216,7 @@ def _early_dcpl() -> h5py.h5p.PropDCID:
 def _create_dataset(
     group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str, fill: Any = None
 ) -> h5py.Dataset:
-    """A contiguous dataset allocated (and filled) now, so later writes are raw data only."""
+    """Create a contiguous dataset allocated (and filled) now, so later writes are raw data only."""
     kwargs: dict[str, Any] = {"dcpl": _early_dcpl(), "track_times": False}
     if fill is not None:
         kwargs.update(fillvalue=fill, fill_time="alloc")
@@ -258,7 +325,29 @@ def create_shard_file(
     index: int,
     count: int,
 ) -> None:
-    """Write an empty shard holding the rows of ``chunks`` (global [start, stop)) atomically."""
+    """Write an empty shard holding the rows of ``chunks`` (global [start, stop)) atomically.
+
+    Parameters
+    ----------
+    path : Path
+        Where (usually :func:`shard_path`); replaced only at the final rename.
+    chunks : sequence of (int, int)
+        (m, 2) global [start, stop) point ranges the shard holds, in order; the shard has
+        one result row per point of them.
+    shape : ResultShape
+        Realisations and curve length of the result datasets.
+    meta : mapping
+        ``/meta`` attributes (str, int or float values).
+    index : int
+        0-based shard index (stored in ``/shard``).
+    count : int
+        Number of shards (stored in ``/shard``).
+
+    Raises
+    ------
+    TypeError
+        When a ``meta`` value cannot be an HDF5 attribute (nothing is left behind).
+    """
     chunks_arr = np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
     rows = int((chunks_arr[:, 1] - chunks_arr[:, 0]).sum())
     with _atomic_create(path) as f:
@@ -277,7 +366,25 @@ def create_shard_file(
 
 @dataclass
 class FileInfo:
-    """What an existing grid or shard file holds, read without loading its results."""
+    """What an existing grid or shard file holds, read without loading its results.
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    kind : str
+        ``GRID_KIND`` or ``SHARD_KIND``.
+    meta : dict
+        The ``/meta`` attributes (provenance, ``fingerprint``, ``n_points``, ...).
+    n_points : int
+        Points of the whole grid.
+    done : numpy.ndarray
+        (n_points,) bool over the GLOBAL grid (False outside a shard's chunks).
+    chunks : numpy.ndarray or None
+        Shards: (m, 2) int64 global [start, stop) ranges held; None for a grid file.
+    shard : tuple of (int, int) or None
+        Shards: (index, count); None for a grid file.
+    """
 
     path: Path
     kind: str
@@ -289,10 +396,12 @@ class FileInfo:
 
     @property
     def fingerprint(self) -> str:
+        """The simulation fingerprint stored in ``/meta`` ('' when absent)."""
         return str(self.meta.get("fingerprint", ""))
 
     @property
     def n_done(self) -> int:
+        """Number of points done."""
         return int(self.done.sum())
 
 
@@ -344,7 +453,25 @@ def _check_kind(f: h5py.File, path: Path, kinds: tuple[str, ...]) -> dict[str, A
 
 
 def inspect_file(path: Path) -> FileInfo:
-    """Read kind, provenance and the done mask of a grid or shard file (UserError if foreign)."""
+    """Read kind, provenance and the done mask of a grid or shard file.
+
+    Parameters
+    ----------
+    path : Path
+        A ``grid.h5`` or a shard file.
+
+    Returns
+    -------
+    FileInfo
+        The file's kind, ``/meta`` and done mask over the global grid (shards: also their
+        chunks and (index, count)).
+
+    Raises
+    ------
+    UserError
+        When the file is missing, not readable HDF5, not an xrmodifier grid or shard file,
+        written by a newer layout version, or damaged (datasets missing).
+    """
     path = Path(path)
     with _open_read(path, "grid file") as f:
         meta = _check_kind(f, path, (GRID_KIND, SHARD_KIND))
@@ -374,7 +501,23 @@ def _offsets(chunks: np.ndarray) -> np.ndarray:
 
 
 def describe_difference(stored: str, current: str, limit: int = 3) -> str:
-    """Which keys differ between two ``simulation_summary()`` JSON texts ('' if unknown)."""
+    """Describe which keys differ between two ``simulation_summary()`` JSON texts.
+
+    Parameters
+    ----------
+    stored : str
+        The summary stored in a file's ``/meta``.
+    current : str
+        The summary of the current configuration.
+    limit : int
+        Most keys to name; the rest are counted (``and N more``).
+
+    Returns
+    -------
+    str
+        ``key: old -> new`` parts (dotted keys, values shortened to 40 characters) joined
+        by ``; ``; '' when either text is not JSON.
+    """
     try:
         old, new = _flatten(json.loads(stored)), _flatten(json.loads(current))
     except (TypeError, ValueError):
@@ -410,6 +553,15 @@ class ResultWriter:
 
     Opened serially, or by every rank of ``comm`` with the ``mpio`` driver (a collective open;
     every write after it is independent, so ranks never wait for each other).
+
+    Parameters
+    ----------
+    path : Path
+        An existing grid or shard file (made by :func:`create_grid_file` or
+        :func:`create_shard_file`), opened ``r+``.
+    comm : mpi4py.MPI.Comm or None
+        None: open serially (a flush after each write); otherwise the communicator of the
+        ranks opening the file together with the ``mpio`` driver.
     """
 
     def __init__(self, path: Path, comm: Any = None) -> None:
@@ -444,6 +596,22 @@ class ResultWriter:
 
         ``arrays`` maps every result dataset name to an array with ``len(index)`` rows
         (converted to the stored dtype here).
+
+        Parameters
+        ----------
+        index : numpy.ndarray
+            (n,) sorted global point indices, all held by this file.
+        arrays : mapping of str to numpy.ndarray
+            Every result dataset name of the file (``names``) to its n rows, shaped as the
+            layout says (e.g. ``t_fit_orig`` (n, n_real), keV; ``counts`` (n, n_real),
+            counts).
+
+        Raises
+        ------
+        ValueError
+            When a run of ``index`` is not held by this file (a shard's chunks).
+        KeyError
+            When ``arrays`` lacks one of the file's result datasets.
         """
         index = np.asarray(index, dtype=np.int64)
         runs = []
@@ -476,9 +644,23 @@ class ResultWriter:
 
 
 def copy_done_rows(source: FileInfo, writer: ResultWriter, block: int = 4096) -> int:
-    """Copy the done points of a shard or grid file into ``writer``; returns how many.
+    """Copy the done points of a shard or grid file into ``writer``.
 
     Streams ``block`` points at a time so memory does not grow with the grid.
+
+    Parameters
+    ----------
+    source : FileInfo
+        The file to copy from (:func:`inspect_file`).
+    writer : ResultWriter
+        The open destination; its result datasets are copied.
+    block : int
+        Points read at a time.
+
+    Returns
+    -------
+    int
+        Number of points copied.
     """
     copied = 0
     with h5py.File(source.path, "r") as f:
@@ -512,6 +694,42 @@ class GridData:
     Points with ``done`` False hold NaN values and status 0xFF. ``axes`` maps each modifier
     parameter name (family order) and ``"t_true"`` to its grid axis. Curves are None when the
     grid was simulated without them or loaded with ``curves=False``.
+
+    Attributes
+    ----------
+    path : Path
+        The file read.
+    theta : numpy.ndarray
+        (n_points, d) float64 modifier parameters (units ``param_units``).
+    t_true : numpy.ndarray
+        (n_points,) float64 true temperatures, keV.
+    param_names, param_units : tuple of str
+        The d modifier parameter names and units, family order.
+    family : str
+        The modifier family.
+    options : dict
+        The family's options.
+    axes : dict of str to numpy.ndarray
+        Each parameter name and ``"t_true"`` to its (n_k,) float64 grid axis.
+    fit_tgrid : numpy.ndarray
+        (n_tgrid,) float64 temperatures of the C(T) curves, keV.
+    t_fit_orig, t_fit_mod : numpy.ndarray
+        (n_points, n_real) float32 fitted temperatures T1 and T1', keV.
+    err_orig, err_mod : numpy.ndarray
+        (n_points, n_real, 2) float32 -/+ 1 sigma errors of T1 and T1', keV: distances from
+        the best fit down to the lower and up to the upper end of the delta-C = 1 interval.
+    status : numpy.ndarray
+        (n_points, n_real, 2) uint8 fit-status bits of the [original, modified] fits.
+    norm : numpy.ndarray
+        (n_points,) float64 model normalisation each point was simulated with.
+    counts : numpy.ndarray
+        (n_points, n_real) float32 noticed counts of each realisation, counts.
+    done : numpy.ndarray
+        (n_points,) bool, which points are computed.
+    curve_orig, curve_mod : numpy.ndarray or None
+        (n_points, n_real, n_tgrid) float32 C(T) curves, or None (see above).
+    meta : dict
+        The ``/meta`` attributes (provenance).
     """
 
     path: Path
@@ -537,14 +755,17 @@ class GridData:
 
     @property
     def n_points(self) -> int:
+        """Number of grid points."""
         return int(self.t_true.shape[0])
 
     @property
     def n_real(self) -> int:
+        """Realisations per point."""
         return int(self.t_fit_orig.shape[1])
 
     @property
     def complete(self) -> bool:
+        """Whether every point is done."""
         return bool(self.done.all())
 
     @property
@@ -556,8 +777,26 @@ class GridData:
 def load_grid(path: str | Path, *, curves: bool = True, allow_incomplete: bool = False) -> GridData:
     """Read a ``grid.h5`` written by ``xrmodifier simulate`` (or ``merge``).
 
-    Raises UserError when the file is missing, not a grid file, or (unless
-    ``allow_incomplete``) has points not done. ``curves=False`` skips the (large) curves.
+    Parameters
+    ----------
+    path : str or Path
+        The ``grid.h5``.
+    curves : bool
+        False skips the (large) C(T) curves (``curve_orig``/``curve_mod`` are then None).
+    allow_incomplete : bool
+        True accepts a grid with points not done (they read as NaN, status 0xFF).
+
+    Returns
+    -------
+    GridData
+        Everything in the file as numpy arrays (temperatures in keV).
+
+    Raises
+    ------
+    UserError
+        When the file is missing, not readable HDF5, not a grid file, written by a newer
+        layout, damaged (datasets missing), or (unless ``allow_incomplete``) has points not
+        done.
     """
     path = Path(path)
     if not path.exists():
@@ -671,7 +910,7 @@ def _create_offgrid(f: h5py.File, n: int, d: int) -> h5py.Group:
 
 
 def _offgrid_fits(f: h5py.File, n: int, d: int) -> bool:
-    """Whether ``f`` has an ``/offgrid`` group allocated for n points of d parameters."""
+    """Check whether ``f`` has an ``/offgrid`` group allocated for n points of d parameters."""
     g = f.get("offgrid")
     if not isinstance(g, h5py.Group) or "done" not in g:
         return False
@@ -683,7 +922,7 @@ def _offgrid_fits(f: h5py.File, n: int, d: int) -> bool:
 
 
 def _fill_offgrid(g: h5py.Group, points: OffgridPoints) -> None:
-    """Raw writes of every row (``done`` is the caller's)."""
+    """Write every row of ``points`` raw into ``g`` (``done`` is the caller's)."""
     for name in _OFFGRID_DATASETS:
         ds = g[name]
         ds[...] = np.asarray(getattr(points, name)).astype(ds.dtype, copy=False)
@@ -738,7 +977,7 @@ def write_offgrid(path: str | Path, points: OffgridPoints) -> None:
 
 
 def load_offgrid(path: str | Path) -> OffgridPoints | None:
-    """The off-grid check points of ``grid.h5``, or None when it holds none (yet).
+    """Return the off-grid check points of ``grid.h5``, or None when it holds none (yet).
 
     Parameters
     ----------

@@ -58,7 +58,7 @@ class JobFailed(UserError):
 
 
 def device_kind(requested: str = "auto") -> str:
-    """The kind of device a task will compute on.
+    """Return the kind of device a task will compute on.
 
     Parameters
     ----------
@@ -78,7 +78,7 @@ def device_kind(requested: str = "auto") -> str:
 
 
 def dist_backend(kind: str) -> str:
-    """The torch.distributed backend for a device kind.
+    """Return the torch.distributed backend for a device kind.
 
     Parameters
     ----------
@@ -230,7 +230,7 @@ def _mem(gb: float) -> str:
 
 
 def container_python(cfg: Config, gpus: bool) -> str | None:
-    """The interpreter command for jobs in ``[slurm] container`` (``apptainer exec``).
+    """Return the interpreter command for jobs in ``[slurm] container`` (``apptainer exec``).
 
     Binds the config's folder, the work folder and the logs so the job sees them.
 
@@ -244,7 +244,8 @@ def container_python(cfg: Config, gpus: bool) -> str | None:
     Returns
     -------
     str or None
-        The command, or None without a container.
+        ``apptainer exec [--nv] --bind ... IMAGE`` followed by ``[slurm] container_python``
+        (shell-quoted), or None without a container.
     """
     image = cfg.slurm.container
     if not image:
@@ -269,7 +270,7 @@ def make_executor(
     device: str = "auto",
     job_name: str = "xrmodifier",
 ) -> tuple[submitit.Executor, bool]:
-    """A configured submitit executor and whether its tasks use GPUs.
+    """Build a configured submitit executor and say whether its tasks use GPUs.
 
     Parameters
     ----------
@@ -293,7 +294,10 @@ def make_executor(
     Returns
     -------
     executor : submitit.Executor
+        ``SlurmExecutor``, ``LocalExecutor`` or ``DebugExecutor``, logs in
+        ``[slurm] logs/%j``.
     gpus : bool
+        Whether each task gets a GPU (always False for ``debug``).
 
     Raises
     ------
@@ -398,6 +402,7 @@ def submit(
     Returns
     -------
     submitit.Job
+        The submitted job (see :func:`wait_for`).
 
     Raises
     ------

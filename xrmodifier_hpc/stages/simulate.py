@@ -74,7 +74,7 @@ class Shard:
     count: int
 
     def __str__(self) -> str:
-        """``"i/n"``."""
+        """Return ``"i/n"``."""
         return f"{self.index}/{self.count}"
 
 
@@ -91,6 +91,7 @@ def parse_shard(text: str, where: str = "--shard") -> Shard:
     Returns
     -------
     Shard
+        ``Shard(i, n)``.
 
     Raises
     ------
@@ -142,7 +143,14 @@ class SimulateSummary:
     messages: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        """Say what was done: points, time, rate, ranks and mode, then the messages."""
+        """Say what was done: points, time, rate, ranks and mode, then the messages.
+
+        Returns
+        -------
+        str
+            One line ``PATH: D/N points done (C computed now in S s, R points/s, K ranks,
+            MODE)``, then one line per message.
+        """
         rate = self.computed / self.seconds if self.seconds > 0 else 0.0
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "

@@ -81,6 +81,7 @@ def check_grid(cfg: Config) -> store.GridData:
     Returns
     -------
     xrmodifier_hpc.io.store.GridData
+        The grid without its C(T) curves (temperatures in keV).
 
     Raises
     ------
@@ -117,7 +118,7 @@ def check_grid(cfg: Config) -> store.GridData:
 
 
 def load_training_data(cfg: Config) -> TrainingData:
-    """The config's ``grid.h5`` reduced to per-point training targets.
+    """Read the config's ``grid.h5`` reduced to per-point training targets.
 
     Fits whose status has a ``backends.base.STATUS_UNUSABLE`` bit are left out.
 
@@ -129,6 +130,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     Returns
     -------
     TrainingData
+        One target per grid point with usable fits of both T1 and T1'.
 
     Raises
     ------
@@ -146,7 +148,7 @@ def load_training_data(cfg: Config) -> TrainingData:
 
 
 def load_offgrid_truth(cfg: Config) -> tuple[OffgridTruth | None, str]:
-    """The off-grid check points stored in ``grid.h5``, and a note for the metrics.
+    """Read the off-grid check points stored in ``grid.h5``, and a note for the metrics.
 
     Parameters
     ----------
@@ -156,7 +158,9 @@ def load_offgrid_truth(cfg: Config) -> tuple[OffgridTruth | None, str]:
     Returns
     -------
     truth : OffgridTruth or None
-        None when there is nothing to measure with.
+        The points, their asimov [T1, T1'] (keV) and which are usable (no
+        ``STATUS_UNUSABLE`` bit, finite and positive); None when there is nothing to measure
+        with.
     note : str
         Why there is nothing, or how the stored points differ from the config; empty
         otherwise. Logged here too.
@@ -164,7 +168,8 @@ def load_offgrid_truth(cfg: Config) -> tuple[OffgridTruth | None, str]:
     Raises
     ------
     UserError
-        When grid.h5's ``/offgrid`` group is damaged.
+        When grid.h5 is missing, unreadable or not a grid file, or its ``/offgrid`` group
+        is damaged.
     """
     wanted = cfg.emulator.offgrid_points
     if wanted == 0:
@@ -234,11 +239,12 @@ class TrainResult:
     metrics: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The result as plain values (paths as strings), as a job returns it.
+        """Return the result as plain values (paths as strings), as a job returns it.
 
         Returns
         -------
         dict
+            Every field by name; ``emulator_path`` and ``metrics_path`` as str or None.
         """
         out = dataclasses.asdict(self)
         for key in ("emulator_path", "metrics_path"):
@@ -270,6 +276,7 @@ def train_process(
     Returns
     -------
     TrainResult
+        This process's outcome (paths and metrics set on rank 0 when completed).
 
     Raises
     ------
@@ -315,7 +322,7 @@ def train_process(
 def _measure_and_write(
     cfg: Config, data: TrainingData, trainer: Trainer, outcome: FitOutcome, result: TrainResult
 ) -> None:
-    """Rank 0 after training: metrics, ``emulator.pt``, ``emulator_metrics.json``."""
+    """Measure the emulator on rank 0 after training; write ``emulator.pt`` and its metrics."""
     wd = Workdir(cfg.workdir)
     model = trainer.model.to("cpu")
     heldout = heldout_accuracy(data, model, trainer.val_idx)
@@ -368,7 +375,7 @@ def _train_job(
     max_epochs_this_session: int | None,
     register_saver: Callable[[Callable[[], bool]], None] | None = None,
 ) -> dict[str, Any]:
-    """What each task of a submitted training job runs (module level: submitit pickles it)."""
+    """Run one task of a submitted training job (module level: submitit pickles it)."""
     cfg = load_config(config_path)
     result = train_process(
         cfg, max_epochs_this_session=max_epochs_this_session, register_saver=register_saver
@@ -442,6 +449,7 @@ def submit(
     Returns
     -------
     submitit.Job
+        The submitted job; every task returns :meth:`TrainResult.as_dict`.
 
     Raises
     ------
@@ -472,7 +480,7 @@ def train(
     epochs_this_run: int | None = None,
     follow: TextIO | None = sys.stderr,
 ) -> TrainOutcome:
-    """The ``train`` stage wherever it runs.
+    """Run the ``train`` stage wherever it runs.
 
     Checks the grid first (a bad grid is a one-line error here, not a failed job), then
     trains in this process (``executor`` None) or submits and, with ``wait``, waits.
@@ -497,6 +505,8 @@ def train(
     Returns
     -------
     TrainOutcome
+        The executor, the job and its log folder when submitted, and the per-task results
+        (empty for a job not waited for).
 
     Raises
     ------
@@ -542,7 +552,7 @@ def _check_options(executor: str | None, tasks: int | None, epochs_this_run: int
 
 
 def describe_metrics(metrics: EmulatorMetrics) -> str:
-    """A short table of the accuracy: RMS relative error, emulator next to interpolation.
+    """Format a short table of the accuracy: RMS relative error, emulator next to interpolation.
 
     Parameters
     ----------
@@ -552,7 +562,8 @@ def describe_metrics(metrics: EmulatorMetrics) -> str:
     Returns
     -------
     str
-        Lines for the terminal.
+        Lines for the terminal: held-out and off-grid errors (percent) of T1 and T1',
+        the training summary and whether the off-grid target is met.
     """
 
     def pct(v: float | None) -> str:
