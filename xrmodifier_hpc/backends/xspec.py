@@ -543,6 +543,11 @@ class OutputCapture:
     Python's own ``sys.stdout``/``sys.stderr`` and C's stdio are flushed on both sides, so
     the product's lines before and after stay on the terminal and everything written in
     between (XSPEC's C++ streams, Fortran, ``mv``) lands in the log.
+
+    Parameters
+    ----------
+    log_fd : int
+        An open, writable file descriptor of the log (not closed here).
     """
 
     def __init__(self, log_fd: int) -> None:

@@ -209,6 +209,13 @@ class Record:
     Subclasses are frozen dataclasses whose fields are JSON-ready values (numbers, strings,
     lists, dicts, nested dataclasses converted by their own ``from_dict``); they set
     ``SCHEMA`` (a name) and ``VERSION`` (an int, raised when a field changes meaning).
+
+    Attributes
+    ----------
+    SCHEMA : str
+        The record's name, written as ``schema``.
+    VERSION : int
+        Its schema version, written as ``schema_version``.
     """
 
     SCHEMA: ClassVar[str] = "record"

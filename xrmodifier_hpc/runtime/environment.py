@@ -143,6 +143,18 @@ class TorchDistributedEnv:
 
     What torchrun sets, and what submitit's ``TorchDistributedEnvironment.export()`` sets
     inside a submitit job.
+
+    Attributes
+    ----------
+    rank, world_size : int
+        ``RANK`` and ``WORLD_SIZE``: this process and the number of processes.
+    local_rank, local_world_size : int
+        ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``: the same on this node (default: the global
+        values).
+    master_addr : str
+        ``MASTER_ADDR``: host of rank 0.
+    master_port : int
+        ``MASTER_PORT``: its rendezvous port.
     """
 
     rank: int
