@@ -445,6 +445,13 @@ PARSERS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the ``xrmodifier`` argument parser: global options and one subcommand per stage.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; each subcommand sets ``func``, the handler :func:`main` calls.
+    """
     parser = argparse.ArgumentParser(
         prog="xrmodifier",
         description="Find a parametric ARF correction that makes two X-ray telescopes agree.",
@@ -458,6 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``xrmodifier`` command and map its errors to exit codes.
+
+    A :class:`~xrmodifier_hpc.errors.UserError` is printed on one line (by rank 0 under MPI)
+    and ends the command with its ``exit_code`` (2); Ctrl-C gives 130.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: the command's (0 on success), 2 for a user error, 130 when
+        interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     env = detect()

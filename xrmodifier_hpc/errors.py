@@ -7,6 +7,20 @@ class UserError(Exception):
     """Bad input the user can fix (config, file, option). The CLI prints it on one line, exit 2.
 
     ``where`` names the file, key or HDU at fault; the message says what is wrong and what to do.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what to do.
+    where : str, optional
+        The file, key or HDU at fault; printed before the message.
+
+    Attributes
+    ----------
+    exit_code : int
+        The CLI's exit status for this error (2).
+    message, where
+        The constructor's arguments.
     """
 
     exit_code = 2

@@ -1,5 +1,7 @@
-"""One plug-in style for every family: backends, modifier families, source-model components,
-inversion objectives and emulator activations.
+"""One plug-in style for every family of plug-ins.
+
+The families: backends, modifier families, source-model components, inversion objectives and
+emulator activations.
 
 Each family is a :class:`Registry`: names mapped to ``"module:attribute"`` targets that are
 imported only when a name is used (so the config can validate a backend name without
@@ -28,6 +30,11 @@ class Registry:
         What the family is called in messages (``"backend"``, ``"modifier family"``).
     targets : dict of str to str
         Name to ``"package.module:attribute"``.
+
+    Attributes
+    ----------
+    kind : str
+        The ``kind`` argument.
     """
 
     def __init__(self, kind: str, targets: dict[str, str]) -> None:
@@ -36,7 +43,13 @@ class Registry:
         self._loaded: dict[str, Any] = {}
 
     def names(self) -> tuple[str, ...]:
-        """The registered names, in registration order."""
+        """Return the registered names, in registration order.
+
+        Returns
+        -------
+        tuple of str
+            The names the config accepts.
+        """
         return tuple(self._targets)
 
     def __contains__(self, name: object) -> bool:
@@ -49,7 +62,18 @@ class Registry:
         return len(self._targets)
 
     def add(self, name: str, target: str | Any) -> None:
-        """Register ``name``: a ``"module:attribute"`` string or the object itself."""
+        """Register ``name``: a ``"module:attribute"`` string or the object itself.
+
+        An existing ``name`` is replaced.
+
+        Parameters
+        ----------
+        name : str
+            The plug-in's name.
+        target : str or object
+            ``"package.module:attribute"`` (imported on first use) or the class or function
+            itself.
+        """
         if isinstance(target, str):
             self._targets[name] = target
             self._loaded.pop(name, None)
@@ -58,13 +82,36 @@ class Registry:
             self._loaded[name] = target
 
     def suggest(self, name: str) -> str:
-        """The message for an unknown ``name``: the closest names and every known one."""
+        """Return the message for an unknown ``name``: the closest name and every known one.
+
+        Parameters
+        ----------
+        name : str
+            The unknown name.
+
+        Returns
+        -------
+        str
+            ``unknown KIND 'name' (did you mean 'x'?); known: a, b, ...``.
+        """
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
 
     def get(self, name: str, where: str | None = None) -> Any:
-        """The class or function registered as ``name``.
+        """Return the class or function registered as ``name``, importing it on first use.
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+        where : str, optional
+            What the error names (a config key).
+
+        Returns
+        -------
+        Any
+            The registered class or function.
 
         Raises
         ------

@@ -44,13 +44,62 @@ STATUS_UNUSABLE = STATUS_AT_GRID_BOUND | STATUS_TOO_FEW_COUNTS | STATUS_FAILED
 
 
 def describe_status(code: int) -> list[str]:
-    """Names of the bits set in a status code (empty list: converged)."""
+    """Return the names of the bits set in a status code (empty list: converged).
+
+    Parameters
+    ----------
+    code : int
+        A fit status: an OR of the ``STATUS_*`` bits (0 is ``STATUS_OK``).
+
+    Returns
+    -------
+    list of str
+        The names in ``STATUS_NAMES`` of the bits set in ``code``, in bit order.
+    """
     return [name for bit, name in STATUS_NAMES.items() if code & bit]
 
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    """What a backend needs from the config, flattened. Units: s, keV."""
+    """What a backend needs from the config, flattened. Units: s, keV.
+
+    Attributes
+    ----------
+    exposure : float
+        Exposure time of the simulated spectra (s).
+    band : tuple of float
+        ``(low, high)`` energies (keV) of the noticed band.
+    realisations : int
+        Spectra simulated per grid point (``n_real``).
+    seed : int
+        Global seed; each point draws from ``grid.point_rng(seed, index, stream)``.
+    fit_tgrid : numpy.ndarray
+        Fit-temperature grid, shape ``(n_tgrid,)`` (keV): the fit range and the nodes of the
+        stored C(T) curves.
+    counts : float or None
+        Expected counts in ``band`` through the original response, setting the normalisation
+        per true temperature; None when ``norm`` is given.
+    norm : float or None
+        Fixed model normalisation (model units); None when ``counts`` is given.
+    mode : str
+        ``"poisson"`` (Poisson counts) or ``"asimov"`` (expected counts, no noise).
+    curves : bool
+        Whether the C(T) curves are returned.
+    min_counts : float
+        Fewer noticed counts than this: not fitted, status ``STATUS_TOO_FEW_COUNTS``.
+    engine : str
+        Native array engine, ``"numpy"`` or ``"torch"``.
+    device : str
+        Torch device, ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    source_params : dict of str to float
+        Source-model parameters held fixed, by name.
+    temperature_param : str
+        Name of the model's temperature parameter (``kT``).
+    abund, xsect : str
+        XSPEC's abundance and photoelectric cross-section tables.
+    stream : int
+        Random stream of the points (``GRID_STREAM`` for the grid).
+    """
 
     exposure: float
     band: tuple[float, float]
@@ -72,6 +121,22 @@ class SimulationSettings:
 
     @classmethod
     def from_config(cls, cfg: Config, role: str = "target", **overrides) -> SimulationSettings:
+        """Build the settings from ``[simulation]``, ``[source]`` and instrument ``role``.
+
+        Parameters
+        ----------
+        cfg : Config
+            The loaded config.
+        role : str
+            ``"target"`` or ``"reference"``: whose exposure (s) is used.
+        **overrides
+            Fields that replace the config's values (e.g. ``seed``, ``stream``, ``curves``).
+
+        Returns
+        -------
+        SimulationSettings
+            The flattened settings.
+        """
         sim: SimulationConfig = cfg.simulation
         inst = getattr(cfg.instruments, role)
         values = dict(
@@ -105,6 +170,25 @@ class PointResults:
     (n, n_real, 2): the original fit's bits, then the modified fit's. Curves are C(T) on the
     fit-temperature grid, or None when not requested. ``norm`` (n,) is the model
     normalisation each point was simulated with; ``counts`` (n, n_real) the noticed counts.
+
+    Attributes
+    ----------
+    t_fit_orig, t_fit_mod : numpy.ndarray
+        Best-fit temperatures T1 (original response) and T1' (modified response), shape
+        ``(n, n_real)`` (keV); NaN where not fitted.
+    err_orig, err_mod : numpy.ndarray
+        Distances (keV) down and up to the ends of the delta-C = 1 interval, shape
+        ``(n, n_real, 2)``.
+    status : numpy.ndarray
+        Status bits (``STATUS_*``), shape ``(n, n_real, 2)``, uint8: original fit, then
+        modified fit.
+    norm : numpy.ndarray
+        Model normalisation each point was simulated with, shape ``(n,)``.
+    counts : numpy.ndarray
+        Noticed counts in the band, shape ``(n, n_real)`` (counts).
+    curve_orig, curve_mod : numpy.ndarray or None
+        C(T) on the fit-temperature grid, shape ``(n, n_real, n_tgrid)``; None when curves
+        were not requested.
     """
 
     t_fit_orig: np.ndarray
@@ -119,10 +203,26 @@ class PointResults:
 
     @property
     def n_points(self) -> int:
+        """Number of points ``n``."""
         return self.t_fit_orig.shape[0]
 
     def check_shapes(self, n: int, n_real: int, n_tgrid: int | None) -> None:
-        """Raise AssertionError when the arrays do not have the documented shapes."""
+        """Raise AssertionError when the arrays do not have the documented shapes.
+
+        Parameters
+        ----------
+        n : int
+            Number of points.
+        n_real : int
+            Realisations per point.
+        n_tgrid : int or None
+            Nodes of the fit-temperature grid; None skips the curves.
+
+        Raises
+        ------
+        AssertionError
+            An array's shape differs; the message names the array.
+        """
         for name in ("t_fit_orig", "t_fit_mod"):
             assert getattr(self, name).shape == (n, n_real), name
         for name in ("err_orig", "err_mod"):
@@ -145,9 +245,25 @@ class Backend(ABC):
 
     @classmethod
     def from_config(cls, cfg: Config, role: str = "target", **overrides) -> Backend:
-        """Build the backend for instrument ``role`` of ``cfg`` (``overrides`` replace
-        simulation settings). The default builds ``cls(instrument, model, modifier,
-        settings)`` with the native model of ``[source] model`` (table files read)."""
+        """Build the backend for instrument ``role`` of ``cfg``.
+
+        ``overrides`` replace simulation settings. The default builds ``cls(instrument, model,
+        modifier, settings)`` with the native model of ``[source] model`` (table files read).
+
+        Parameters
+        ----------
+        cfg : Config
+            The loaded config.
+        role : str
+            ``"target"`` or ``"reference"``: the instrument whose response is used.
+        **overrides
+            Simulation settings replacing the config's (see :class:`SimulationSettings`).
+
+        Returns
+        -------
+        Backend
+            A backend of this class, ready to :meth:`run`.
+        """
         from xrmodifier_hpc.io.ogip import Instrument
         from xrmodifier_hpc.io.tables import load_model
         from xrmodifier_hpc.physics.modifiers import get_modifier
@@ -161,7 +277,13 @@ class Backend(ABC):
 
     @abstractmethod
     def version(self) -> str:
-        """Version string recorded in artefacts' provenance."""
+        """Return the version string recorded in artefacts' provenance.
+
+        Returns
+        -------
+        str
+            The backend's name and version (and its engine's, where it has one).
+        """
 
     @abstractmethod
     def run(
@@ -171,8 +293,25 @@ class Backend(ABC):
         index: np.ndarray,
         norm: np.ndarray | None = None,
     ) -> PointResults:
-        """Simulate and fit a batch: ``theta`` (n, d), ``t_true`` (n,) keV, ``index`` (n,) the
-        points' stream indices; ``norm`` (n,) overrides the settings' counts/norm."""
+        """Simulate and fit a batch of grid points.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            Modifier parameters, shape ``(n, d)``.
+        t_true : numpy.ndarray
+            True temperatures, shape ``(n,)`` (keV).
+        index : numpy.ndarray
+            The points' stream indices, shape ``(n,)``, int: point ``index[i]`` draws from
+            ``grid.point_rng(seed, index[i], stream)``.
+        norm : numpy.ndarray, optional
+            Model normalisations, shape ``(n,)``, overriding the settings' counts/norm.
+
+        Returns
+        -------
+        PointResults
+            Fits of ``n`` points x ``realisations``.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release scratch files or external processes."""

@@ -1,5 +1,7 @@
-"""The PyXspec backend: the ``native`` contract computed by a real XSPEC (inside the container),
-for any XSPEC model expression, and XSPEC's model evaluation for ``xrmodifier tabulate``.
+"""The PyXspec backend: the ``native`` contract computed by a real XSPEC (in the container).
+
+It accepts any XSPEC model expression, and also gives XSPEC's model evaluation for
+``xrmodifier tabulate``.
 
 ``make_backend`` imports this module only when ``backend = "xspec"`` is chosen. The module
 itself imports anywhere (its helpers are plain functions); PyXspec is imported when the first
@@ -123,30 +125,61 @@ ERR_SEARCH_UPPER = 7
 
 
 def pyxspec_available() -> bool:
-    """Whether ``import xspec`` can work here (PyXspec on the path: inside the container)."""
+    """Tell whether ``import xspec`` can work here (PyXspec on the path: inside the container).
+
+    Returns
+    -------
+    bool
+        True when the ``xspec`` module is found (it is not imported).
+    """
     return importlib.util.find_spec("xspec") is not None
 
 
 def realisation_seeds(seed: int, index: int, n_real: int, stream: int) -> np.ndarray:
-    """``Xset.seed`` values for the ``n_real`` realisations of grid point ``index``.
+    """Return the ``Xset.seed`` values for the ``n_real`` realisations of grid point ``index``.
 
     Drawn from the point's own stream (:func:`grid.point_rng`), so they depend only on
     ``(seed, stream, index)``: the same point gets the same spectra on any rank, in any batch.
+
+    Parameters
+    ----------
+    seed : int
+        The global seed (``[simulation] seed``).
+    index : int
+        The point's stream index.
+    n_real : int
+        Number of realisations.
+    stream : int
+        The random stream (``grid.GRID_STREAM``, ``MOCK_STREAM``, ``OFFGRID_STREAM``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Seeds, shape ``(n_real,)``, int64, in ``[1, SEED_MAX)`` (XSPEC takes a C int).
     """
     return point_rng(seed, index, stream).integers(1, SEED_MAX, size=n_real, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class ScratchLayout:
-    """This process's XSPEC scratch folder: ``home`` (HOME, holding the ``.xspec/cache``
-    XSPEC expects), ``pfiles`` (the user half of PFILES), ``inputs`` (links to the responses
-    under names without blanks or brackets, which XSPEC's command parser would split or
-    interpret) and one ``arf-N`` folder per backend for the modified ARFs."""
+    """Scratch folder of this process's XSPEC.
+
+    It holds ``home`` (HOME, holding the ``.xspec/cache`` XSPEC expects), ``pfiles`` (the user
+    half of PFILES), ``inputs`` (links to the responses under names without blanks or
+    brackets, which XSPEC's command parser would split or interpret) and one ``arf-N`` folder
+    per backend for the modified ARFs.
+
+    Attributes
+    ----------
+    root : Path
+        The process's scratch folder (``runtime.environment.process_scratch_dir``).
+    """
 
     root: Path
 
     @property
     def home(self) -> Path:
+        """XSPEC's HOME (``root/home``)."""
         return self.root / "home"
 
     @property
@@ -156,38 +189,68 @@ class ScratchLayout:
 
     @property
     def pfiles(self) -> Path:
+        """The user half of PFILES (``root/pfiles``)."""
         return self.root / "pfiles"
 
     @property
     def inputs(self) -> Path:
+        """Links to the responses under plain names (``root/inputs``)."""
         return self.root / "inputs"
 
     def arf_dir(self, owner: int) -> Path:
+        """Return the folder for the modified ARFs of one backend.
+
+        Parameters
+        ----------
+        owner : int
+            The backend's number within this process's XSPEC session.
+
+        Returns
+        -------
+        Path
+            ``root/arf-<owner>`` (not created here).
+        """
         return self.root / f"arf-{owner}"
 
     def create(self) -> None:
+        """Create the cache, pfiles and inputs folders (mode 0700); existing ones are kept."""
         for path in (self.xspec_cache, self.pfiles, self.inputs):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def remove_work(self) -> None:
-        """Remove what the backends put here (links, modified ARFs, parameter files) and
-        keep ``home`` (a loaded XSPEC still uses ``~/.xspec/cache`` when the process exits)
-        and the log."""
+        """Remove what the backends put here (links, modified ARFs, parameter files).
+
+        Keep ``home`` (a loaded XSPEC still uses ``~/.xspec/cache`` when the process exits)
+        and the log.
+        """
         for path in self.root.glob("*"):
             if path.is_dir() and path != self.home:
                 shutil.rmtree(path, ignore_errors=True)
 
     def remove(self) -> None:
+        """Remove the whole scratch folder (errors ignored)."""
         shutil.rmtree(self.root, ignore_errors=True)
 
 
 def xspec_environment(layout: ScratchLayout, environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables XSPEC must see before it starts, for batch use in ``layout``.
+    """Return the variables XSPEC must see before it starts, for batch use in ``layout``.
 
     PFILES is "user;system" (HEASoft): the user half moves to the scratch folder so parallel
     processes never write the same parameter file; the system half is kept from an existing
     PFILES, else ``$HEADAS/syspfiles``. HEADASNOQUERY and HEADASPROMPT=/dev/null stop any
     tool from prompting or opening the terminal (HEASoft's batch-processing advice).
+
+    Parameters
+    ----------
+    layout : ScratchLayout
+        This process's scratch folder.
+    environ : mapping of str to str
+        The current environment (``os.environ``); only read.
+
+    Returns
+    -------
+    dict of str to str
+        ``HOME``, ``PFILES``, ``HEADASNOQUERY`` and ``HEADASPROMPT``, to set before import.
     """
     existing = environ.get("PFILES", "")
     system = existing.split(";", 1)[1] if ";" in existing else ""
@@ -205,9 +268,30 @@ _TABLE = re.compile(r"\b(atable|mtable|etable)\{([^}]*)\}")
 
 
 def xspec_expression(expression: str, base: Path) -> str:
-    """The model expression for XSPEC: table-model files (``atable{t.fits}``) made absolute
-    against ``base`` (the config's folder), since XSPEC resolves them against its working
-    directory; the native ``bremss{xspec}`` is XSPEC's ``bremss``."""
+    """Return the model expression for XSPEC.
+
+    Table-model files (``atable{t.fits}``) are made absolute against ``base`` (the config's
+    folder), since XSPEC resolves them against its working directory; the native
+    ``bremss{xspec}`` is XSPEC's ``bremss``.
+
+    Parameters
+    ----------
+    expression : str
+        The model expression of ``[source] model``.
+    base : Path
+        Folder that relative table files are resolved against.
+
+    Returns
+    -------
+    str
+        The expression with absolute table paths and ``bremss{xspec}`` as ``bremss``.
+
+    Raises
+    ------
+    UserError
+        The expression uses ``bremss{smooth}``, which exists only in the native backend
+        (names ``[source.model]``).
+    """
 
     def absolute(match: re.Match) -> str:
         path = Path(match.group(2).strip())
@@ -226,18 +310,44 @@ def xspec_expression(expression: str, base: Path) -> str:
 
 
 def band_ignore(band: tuple[float, float]) -> str:
-    """The ``Spectrum.ignore`` argument keeping only ``band`` (keV). Numbers carry a decimal
-    point, which is how XSPEC tells energies from channel numbers."""
+    """Return the ``Spectrum.ignore`` argument keeping only ``band`` (keV).
+
+    Numbers carry a decimal point, which is how XSPEC tells energies from channel numbers.
+
+    Parameters
+    ----------
+    band : tuple of float
+        ``(low, high)`` energies (keV) to keep.
+
+    Returns
+    -------
+    str
+        ``"**-LOW HIGH-**"`` with six decimals.
+    """
     lo, hi = band
     return f"**-{float(lo):.6f} {float(hi):.6f}-**"
 
 
 def steppar_command(tgrid: np.ndarray, par_index: int) -> str | None:
-    """``Fit.steppar`` argument that visits exactly ``tgrid`` (keV), or None when the grid is
-    neither log- nor linearly spaced (the profile is then computed point by point).
+    """Return the ``Fit.steppar`` argument that visits exactly ``tgrid`` (keV).
 
-    ``N`` steps give ``N + 1`` trials; ``best`` restarts the other free parameters (the norm)
-    from the best fit at every trial."""
+    None when the grid is neither log- nor linearly spaced (the profile is then computed point
+    by point). ``N`` steps give ``N + 1`` trials; ``best`` restarts the other free parameters
+    (the norm) from the best fit at every trial.
+
+    Parameters
+    ----------
+    tgrid : numpy.ndarray
+        Fit-temperature grid, shape ``(n_tgrid,)`` (keV), increasing.
+    par_index : int
+        XSPEC's index of the temperature parameter.
+
+    Returns
+    -------
+    str or None
+        ``"best log|nolog INDEX LOW HIGH STEPS"``, or None for fewer than two nodes or an
+        irregular grid.
+    """
     grid = np.asarray(tgrid, dtype=np.float64)
     if grid.size < 2:
         return None
@@ -252,8 +362,25 @@ def steppar_command(tgrid: np.ndarray, par_index: int) -> str | None:
 
 
 def fit_status(best: float, bounds: tuple[float, float], flags: str) -> int:
-    """Status bits (``base.STATUS_*``) of one fit from its best temperature, the fit-grid
-    bounds (keV) and the status string of ``Parameter.error``."""
+    """Return the status bits (``base.STATUS_*``) of one fit.
+
+    Parameters
+    ----------
+    best : float
+        Best-fit temperature (keV); non-finite gives ``STATUS_FAILED``.
+    bounds : tuple of float
+        ``(low, high)`` ends of the fit-temperature grid (keV); a best fit on or beyond them
+        is ``STATUS_AT_GRID_BOUND``.
+    flags : str
+        The 9-letter ``T``/``F`` status string of ``Parameter.error`` (padded with ``F``).
+
+    Returns
+    -------
+    int
+        OR of ``STATUS_AT_GRID_BOUND``, ``STATUS_ERROR_AT_BOUND`` (hard limit hit) and
+        ``STATUS_NOT_CONVERGED`` (new minimum, non-monotonic, minimisation problem or failed
+        search); ``STATUS_OK`` (0) when none applies.
+    """
     status = STATUS_OK
     lo, hi = bounds
     if not np.isfinite(best):
@@ -278,9 +405,25 @@ def fit_status(best: float, bounds: tuple[float, float], flags: str) -> int:
 
 
 def interval_distances(best: float, low: float, high: float, flags: str) -> tuple[float, float]:
-    """Distances (keV) from the best fit down to ``low`` and up to ``high``, the ends of the
-    delta-C = 1 interval from ``Parameter.error``; NaN on a side whose search failed (XSPEC
-    then reports no usable end)."""
+    """Return the distances (keV) from the best fit down to ``low`` and up to ``high``.
+
+    ``low`` and ``high`` are the ends of the delta-C = 1 interval from ``Parameter.error``;
+    NaN on a side whose search failed (XSPEC then reports no usable end).
+
+    Parameters
+    ----------
+    best : float
+        Best-fit temperature (keV).
+    low, high : float
+        Lower and upper ends of the interval (keV); a value <= 0 counts as no end.
+    flags : str
+        The 9-letter ``T``/``F`` status string of ``Parameter.error``.
+
+    Returns
+    -------
+    tuple of float
+        ``(best - low, high - best)`` (keV), NaN where unusable.
+    """
     flags = flags.ljust(9, "F")
     down = best - low if flags[ERR_SEARCH_LOWER] != "T" and low > 0 else float("nan")
     up = high - best if flags[ERR_SEARCH_UPPER] != "T" and high > 0 else float("nan")
@@ -288,7 +431,18 @@ def interval_distances(best: float, low: float, high: float, flags: str) -> tupl
 
 
 def best_node(curve: np.ndarray) -> int | None:
-    """Index of the lowest finite value of a C(T) scan, or None when none is finite."""
+    """Return the index of the lowest finite value of a C(T) scan, or None when none is finite.
+
+    Parameters
+    ----------
+    curve : numpy.ndarray
+        C-statistic on the fit-temperature grid, shape ``(n_tgrid,)``.
+
+    Returns
+    -------
+    int or None
+        Index into ``curve`` of its finite minimum; None when no value is finite.
+    """
     curve = np.asarray(curve, dtype=np.float64)
     finite = np.isfinite(curve)
     if not finite.any():
@@ -297,8 +451,24 @@ def best_node(curve: np.ndarray) -> int | None:
 
 
 def find_parameter(model: Any, name: str, expression: str) -> Any:
-    """The one parameter of a PyXspec ``Model`` called ``name`` (``kT``) or
-    ``component.name`` (``apec.kT``, for a name that several components share).
+    """Return the one parameter of a PyXspec ``Model`` called ``name``.
+
+    ``name`` is a bare name (``kT``) or ``component.name`` (``apec.kT``, for a name that
+    several components share).
+
+    Parameters
+    ----------
+    model : xspec.Model
+        The PyXspec model.
+    name : str
+        Parameter name, bare or qualified by its component.
+    expression : str
+        The model expression (for messages).
+
+    Returns
+    -------
+    xspec.Parameter
+        The parameter.
 
     Raises
     ------
@@ -336,8 +506,20 @@ def find_parameter(model: Any, name: str, expression: str) -> Any:
 
 
 def xspec_log_path(workdir: Path | None, rank: int | None = None) -> Path | None:
-    """Where this rank's XSPEC output goes: ``WORKDIR/logs/xspec-rankN.log`` (None without a
-    work folder: the log then lives in the scratch folder)."""
+    """Return where this rank's XSPEC output goes: ``WORKDIR/logs/xspec-rankN.log``.
+
+    Parameters
+    ----------
+    workdir : Path or None
+        The work folder; None: no log path (the log then lives in the scratch folder).
+    rank : int, optional
+        The MPI rank (default: detected from the environment).
+
+    Returns
+    -------
+    Path or None
+        The log file (not created here), or None without a work folder.
+    """
     if workdir is None:
         return None
     rank = detect().rank if rank is None else rank
@@ -361,6 +543,11 @@ class OutputCapture:
     Python's own ``sys.stdout``/``sys.stderr`` and C's stdio are flushed on both sides, so
     the product's lines before and after stay on the terminal and everything written in
     between (XSPEC's C++ streams, Fortran, ``mv``) lands in the log.
+
+    Parameters
+    ----------
+    log_fd : int
+        An open, writable file descriptor of the log (not closed here).
     """
 
     def __init__(self, log_fd: int) -> None:
@@ -427,8 +614,10 @@ def _open_log(path: Path) -> int:
 
 
 def _open_session(log_path: Path | None = None) -> _Session:
-    """Prepare this process's scratch folder, environment and log, then import PyXspec
-    (its start-up output goes to the log)."""
+    """Prepare this process's scratch folder, environment and log, then import PyXspec.
+
+    PyXspec's start-up output goes to the log.
+    """
     global _session
     if _session is not None:
         _session.layout.create()
@@ -533,8 +722,10 @@ class _ModelHandle:
 
 
 def _build_model(xs: Any, expression: str, settings: SimulationSettings) -> _ModelHandle:
-    """``AllModels.clear()``, then XSPEC's model of ``expression`` with the frozen
-    parameters set by XSPEC's names and the temperature and norm parameters found.
+    """Clear ``AllModels``, then build XSPEC's model of ``expression``.
+
+    The frozen parameters are set by XSPEC's names and the temperature and norm parameters
+    are found.
 
     Raises
     ------
@@ -569,8 +760,10 @@ def _build_model(xs: Any, expression: str, settings: SimulationSettings) -> _Mod
 
 
 def _band_photons(values: np.ndarray, edges: np.ndarray, band: tuple[float, float]) -> float:
-    """Photons cm^-2 s^-1 in ``band`` (keV) from a model's values per bin of ``edges``; NaN
-    when any value is not finite."""
+    """Return the photons cm^-2 s^-1 in ``band`` (keV) from a model's values per bin of ``edges``.
+
+    NaN when any value is not finite.
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0 or not np.all(np.isfinite(values)):
         return float("nan")
@@ -591,9 +784,10 @@ def _refuse_dark_model(expression: str, band: tuple[float, float], where: str) -
 
 
 def validate_model(cfg: Config) -> str:
-    """Ask XSPEC whether ``[source]`` is a model it can compute: the expression, the
-    temperature and frozen parameters by XSPEC's names, and photons in the band at the
-    lowest and highest true temperature.
+    """Ask XSPEC whether ``[source]`` is a model it can compute.
+
+    Checked: the expression, the temperature and frozen parameters by XSPEC's names, and
+    photons in the band at the lowest and highest true temperature.
 
     Parameters
     ----------
@@ -723,8 +917,24 @@ class XspecBackend(Backend):
 
     @classmethod
     def from_config(cls, cfg: Config, role: str = "target", **overrides) -> XspecBackend:
-        """The backend for instrument ``role`` of ``cfg``: XSPEC parses ``[source] model``
-        itself, so no native model is built."""
+        """Build the backend for instrument ``role`` of ``cfg``.
+
+        XSPEC parses ``[source] model`` itself, so no native model is built.
+
+        Parameters
+        ----------
+        cfg : Config
+            The loaded config.
+        role : str
+            ``"target"`` or ``"reference"``: the instrument whose response is used.
+        **overrides
+            Simulation settings replacing the config's (see ``SimulationSettings``).
+
+        Returns
+        -------
+        XspecBackend
+            The backend, with XSPEC loaded and the model checked.
+        """
         from xrmodifier_hpc.io.ogip import Instrument
         from xrmodifier_hpc.physics.modifiers import get_modifier
 
@@ -777,7 +987,7 @@ class XspecBackend(Backend):
 
     @property
     def log_path(self) -> Path:
-        """This process's XSPEC log."""
+        """Path of the XSPEC log of this process."""
         return self._session.log_path
 
     # ---------------------------------------------------------------------------- set-up
@@ -806,10 +1016,13 @@ class XspecBackend(Backend):
         return handle
 
     def _temperature_spec(self, value: float, simulate: bool = False) -> list[float]:
-        """XSPEC's six numbers for the temperature parameter (value, delta, hard and soft
-        limits; keV). Fitting: the limits sit just outside the fit grid, so a best fit pinned
-        there is "at bound". Simulating: widened to hold ``value`` too, since a true
-        temperature may lie outside the fit grid (the fit then runs into the bound)."""
+        """Return XSPEC's six numbers for the temperature parameter.
+
+        Value, delta, hard and soft limits (keV). Fitting: the limits sit just outside the fit
+        grid, so a best fit pinned there is "at bound". Simulating: widened to hold ``value``
+        too, since a true temperature may lie outside the fit grid (the fit then runs into the
+        bound).
+        """
         lo, hi = self._bounds
         lo, hi = lo * (1 - LIMIT_MARGIN), hi * (1 + LIMIT_MARGIN)
         if simulate:
@@ -819,6 +1032,13 @@ class XspecBackend(Backend):
     # ---------------------------------------------------------------------------- public
 
     def version(self) -> str:
+        """Return XSPEC's and PyXspec's versions, recorded in artefacts' provenance.
+
+        Returns
+        -------
+        str
+            ``"XSPEC <version> (PyXspec <version>)"``.
+        """
         with self._session.capture:
             return _version(self._xs)
 
@@ -829,6 +1049,35 @@ class XspecBackend(Backend):
         index: np.ndarray,
         norm: np.ndarray | None = None,
     ) -> PointResults:
+        """Simulate with ``fakeit`` and fit with XSPEC a batch of grid points.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            Modifier parameters, shape ``(n, d)``.
+        t_true : numpy.ndarray
+            True temperatures, shape ``(n,)`` (keV).
+        index : numpy.ndarray
+            The points' stream indices, shape ``(n,)``, int (seeds from
+            :func:`realisation_seeds`).
+        norm : numpy.ndarray, optional
+            Model normalisations (XSPEC units), shape ``(n,)``, overriding the settings'
+            counts/norm.
+
+        Returns
+        -------
+        PointResults
+            Fits of ``n`` points x ``realisations``; a failed XSPEC fit is a status, not an
+            exception.
+
+        Raises
+        ------
+        ValueError
+            ``theta``, ``t_true`` and ``index`` describe different numbers of points.
+        UserError
+            ``theta`` lies outside the modifier family's domain (``ModifierError``), or the
+            model gives no photons or counts in the band.
+        """
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         t_true = np.asarray(t_true, dtype=np.float64).reshape(-1)
         index = np.asarray(index, dtype=np.int64).reshape(-1)
@@ -859,6 +1108,10 @@ class XspecBackend(Backend):
         return out
 
     def close(self) -> None:
+        """Clear XSPEC's data and models, remove this backend's ARF folder, leave the session.
+
+        Idempotent; XSPEC itself stays loaded (it cannot be unloaded).
+        """
         if self._closed:
             return
         self._closed = True
@@ -877,8 +1130,10 @@ class XspecBackend(Backend):
     # ---------------------------------------------------------------------------- per point
 
     def _check_photons(self, handle: _ModelHandle, t: float) -> None:
-        """Refuse a model without photons in the band at ``t`` (keV), from XSPEC's model
-        values on the loaded response's energies (spectrum 1)."""
+        """Refuse a model without photons in the band at ``t`` (keV).
+
+        Judged from XSPEC's model values on the loaded response's energies (spectrum 1).
+        """
         model = handle.model
         edges = np.asarray(model.energies(1), dtype=np.float64)
         photons = _band_photons(model.values(1), edges, self.settings.band)
@@ -890,9 +1145,11 @@ class XspecBackend(Backend):
             )
 
     def _norm_for(self, t_true: float) -> float:
-        """Model normalisation (XSPEC units) for one true temperature: ``settings.norm``, or
-        the one giving ``settings.counts`` expected counts in the band through the ORIGINAL
-        response (an asimov fakeit at norm 1, scaled)."""
+        """Return the model normalisation (XSPEC units) for one true temperature.
+
+        ``settings.norm``, or the one giving ``settings.counts`` expected counts in the band
+        through the ORIGINAL response (an asimov fakeit at norm 1, scaled).
+        """
         if self.settings.norm is not None:
             return float(self.settings.norm)
         key = float(t_true)
@@ -975,8 +1232,11 @@ class XspecBackend(Backend):
             arf_path.unlink(missing_ok=True)
 
     def _fit(self, handle: _ModelHandle, t_start: float, norm_start: float) -> _FitResult:
-        """C-stat fit of the temperature and norm: the C(T) scan, XSPEC's fit from its best
-        node, the delta-C = 1 interval (refitting while the search finds a new minimum)."""
+        """Fit the temperature and norm with C-stat.
+
+        The C(T) scan, XSPEC's fit from its best node, the delta-C = 1 interval (refitting
+        while the search finds a new minimum).
+        """
         xs = self._xs
         kt = handle.temperature
         result = _FitResult()
@@ -1021,8 +1281,10 @@ class XspecBackend(Backend):
         return result
 
     def _profile(self, handle: _ModelHandle, best: float) -> np.ndarray:
-        """C(T) on the fit grid with the norm refitted at every T (keV); the parameters are
-        left at ``best`` and the norm that went with it."""
+        """Return C(T) on the fit grid with the norm refitted at every T (keV).
+
+        The parameters are left at ``best`` and the norm that went with it.
+        """
         xs = self._xs
         kt = handle.temperature
         best_norm = float(handle.norm.values[0])
@@ -1056,14 +1318,14 @@ class XspecBackend(Backend):
 
 
 class XspecTabulator:
-    """XSPEC's model values on a fixed energy grid, one parameter set at a time, for table
-    models (``xrmodifier tabulate``).
+    """XSPEC's model values on a fixed energy grid, one parameter set at a time.
 
-    An expression with a ``norm`` parameter is additive: its values at norm 1 are photons
-    cm^-2 s^-1 per bin (an ``atable``). One without is multiplicative: it is evaluated as
-    ``(expression)*powerlaw`` with PhoIndex 0 and norm 1, whose values are the factor times
-    the bin width (keV), and divided by the width (an ``mtable``); XSPEC multiplies a bin's
-    flux by a multiplicative component's value for that bin, so this is the factor XSPEC uses.
+    For table models (``xrmodifier tabulate``). An expression with a ``norm`` parameter is
+    additive: its values at norm 1 are photons cm^-2 s^-1 per bin (an ``atable``). One
+    without is multiplicative: it is evaluated as ``(expression)*powerlaw`` with PhoIndex 0
+    and norm 1, whose values are the factor times the bin width (keV), and divided by the
+    width (an ``mtable``); XSPEC multiplies a bin's flux by a multiplicative component's value
+    for that bin, so this is the factor XSPEC uses.
 
     Parameters
     ----------
@@ -1080,6 +1342,14 @@ class XspecTabulator:
         Where XSPEC's output goes (default: the scratch folder's ``xspec.log``).
     base : Path, optional
         Folder that relative table files are resolved against.
+
+    Raises
+    ------
+    ImportError
+        PyXspec does not import (outside the container).
+    UserError
+        XSPEC refuses the expression or a fixed value, or a parameter name is unknown or
+        ambiguous.
     """
 
     def __init__(
@@ -1141,12 +1411,39 @@ class XspecTabulator:
             raise UserError(f"XSPEC does not accept the model {expression!r}: {reason}") from None
 
     def parameter(self, name: str) -> Any:
-        """The model's parameter ``name`` (XSPEC's name or ``component.name``)."""
+        """Return the model's parameter ``name`` (XSPEC's name or ``component.name``).
+
+        Parameters
+        ----------
+        name : str
+            Parameter name, bare or qualified by its component.
+
+        Returns
+        -------
+        xspec.Parameter
+            The parameter.
+
+        Raises
+        ------
+        UserError
+            No such parameter, or several share the bare name.
+        """
         return find_parameter(self.model, name, self.expression)
 
     def spectrum(self, values: Mapping[str, float]) -> np.ndarray:
-        """The model on :attr:`edges` with the parameters set to ``values``: photons cm^-2
-        s^-1 per bin at norm 1 (additive) or the factor per bin (multiplicative).
+        """Evaluate the model on :attr:`edges` with the parameters set to ``values``.
+
+        Parameters
+        ----------
+        values : mapping of str to float
+            Parameter values by XSPEC's names (``component.name`` where ambiguous); the others
+            keep their current values.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_bins,)`` with ``n_bins = edges.size - 1``: photons cm^-2 s^-1 per bin
+            at norm 1 (additive) or the factor per bin (multiplicative).
 
         Raises
         ------

@@ -52,7 +52,7 @@ class Term:
 
 
 def split_product(expression: str) -> tuple[Term, ...]:
-    """The terms of a product expression (``a*b``, ``a(b)``, ``(a*b)*c``).
+    """Split a product expression (``a*b``, ``a(b)``, ``(a*b)*c``) into its terms.
 
     Parameters
     ----------
@@ -106,9 +106,21 @@ def split_product(expression: str) -> tuple[Term, ...]:
 
 
 def table_files(expression: str) -> tuple[tuple[str, str], ...]:
-    """The ``(kind, file)`` pairs of the table-model terms (``atable{f}``, ``mtable{f}``,
-    ``etable{f}``) of any expression, native or XSPEC, in order of appearance (file text as
-    written, stripped)."""
+    """Return the ``(kind, file)`` pairs of the table-model terms of any expression.
+
+    Table-model terms are ``atable{f}``, ``mtable{f}`` and ``etable{f}``; the expression may
+    be native or XSPEC.
+
+    Parameters
+    ----------
+    expression : str
+        The model expression.
+
+    Returns
+    -------
+    tuple of tuple of str
+        ``(kind, file)`` pairs in order of appearance, the file text as written, stripped.
+    """
     return tuple((m.group(1), m.group(2).strip()) for m in _TABLE_TERM.finditer(expression))
 
 

@@ -2,7 +2,8 @@
 
 Points are numbered in C order over (theta_1, ..., theta_d, T_true): T_true varies fastest,
 so a contiguous block of points shares theta and a backend can reuse per-theta work.
-Point ``k`` always draws from the stream seeded by ``(seed, k)``, whatever the rank layout.
+Point ``k`` always draws from the stream seeded by ``(seed, stream, k)``, whatever the rank
+layout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,19 @@ OFFGRID_STREAM = 2
 
 @dataclass(frozen=True)
 class Grid:
-    """Modifier parameter axes (in family order) times the true-temperature axis (keV)."""
+    """Modifier parameter axes (in family order) times the true-temperature axis (keV).
+
+    Attributes
+    ----------
+    param_names : tuple of str
+        The modifier family's parameter names, in order (``d`` of them).
+    param_units : tuple of str
+        Their units (``"keV"`` or ``""``).
+    param_axes : tuple of numpy.ndarray
+        Grid values of each parameter, shapes ``(n_1,)``, ..., ``(n_d,)``.
+    t_true_axis : numpy.ndarray
+        True temperatures, shape ``(n_T,)`` (keV).
+    """
 
     param_names: tuple[str, ...]
     param_units: tuple[str, ...]
@@ -32,6 +45,18 @@ class Grid:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Grid:
+        """Build the grid of ``[modifier.grid]`` and ``[temperatures] t_true``.
+
+        Parameters
+        ----------
+        cfg : Config
+            The loaded config.
+
+        Returns
+        -------
+        Grid
+            Axes in the family's parameter order.
+        """
         family = make_modifier(cfg.modifier.family, cfg.modifier.options)
         axes = tuple(cfg.modifier.grid[name].array for name in family.param_names)
         return cls(family.param_names, family.param_units, axes, cfg.temperatures.t_true.array)
@@ -43,6 +68,7 @@ class Grid:
 
     @property
     def n_points(self) -> int:
+        """Number of grid points ``n_1 * ... * n_d * n_T``."""
         return int(np.prod(self.shape))
 
     @property
@@ -52,6 +78,7 @@ class Grid:
 
     @property
     def n_params(self) -> int:
+        """Number of modifier parameters ``d``."""
         return len(self.param_names)
 
     @property
@@ -65,7 +92,25 @@ class Grid:
         return tuple(is_geometric(a) for a in self.param_axes) + (True,)
 
     def points(self, index: np.ndarray | Sequence[int] | slice) -> tuple[np.ndarray, np.ndarray]:
-        """theta (n, d) and t_true (n,) of the points ``index``."""
+        """Return theta (n, d) and t_true (n,) of the points ``index``.
+
+        Parameters
+        ----------
+        index : numpy.ndarray, sequence of int or slice
+            Point indices (C order, T_true fastest), shape ``(n,)``, or a slice of them.
+
+        Returns
+        -------
+        theta : numpy.ndarray
+            Modifier parameters, shape ``(n, d)``.
+        t_true : numpy.ndarray
+            True temperatures, shape ``(n,)`` (keV).
+
+        Raises
+        ------
+        IndexError
+            An index is negative or not below :attr:`n_points`.
+        """
         if isinstance(index, slice):
             index = np.arange(*index.indices(self.n_points))
         index = np.asarray(index, dtype=np.int64)
@@ -76,31 +121,111 @@ class Grid:
         return theta.reshape(index.size, self.n_params), self.t_true_axis[multi[-1]]
 
     def all_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return theta and t_true of every point, in index order.
+
+        Returns
+        -------
+        theta : numpy.ndarray
+            Shape ``(n_points, d)``.
+        t_true : numpy.ndarray
+            Shape ``(n_points,)`` (keV).
+        """
         return self.points(slice(None))
 
 
 def point_rng(seed: int, index: int, stream: int = GRID_STREAM) -> np.random.Generator:
-    """The random stream of point ``index`` (a fresh PCG64 seeded by (seed, stream, index))."""
+    """Return the random stream of point ``index``.
+
+    A fresh PCG64 seeded by ``(seed, stream, index)``.
+
+    Parameters
+    ----------
+    seed : int
+        The global seed.
+    index : int
+        The point's index.
+    stream : int, optional
+        The stream domain: ``GRID_STREAM`` (default), ``MOCK_STREAM`` or ``OFFGRID_STREAM``.
+
+    Returns
+    -------
+    numpy.random.Generator
+        A new generator; the same arguments always give the same draws.
+    """
     return np.random.default_rng([int(seed), int(stream), int(index)])
 
 
 def chunk_ranges(n_points: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) chunks covering 0..n_points."""
+    """Return contiguous [start, stop) chunks covering 0..n_points.
+
+    Parameters
+    ----------
+    n_points : int
+        Number of points.
+    chunk_size : int
+        Points per chunk (the last one may hold fewer).
+
+    Returns
+    -------
+    list of tuple of int
+        ``(start, stop)`` pairs in increasing order.
+    """
     return [(s, min(s + chunk_size, n_points)) for s in range(0, n_points, chunk_size)]
 
 
 def rank_chunks(n_points: int, chunk_size: int, rank: int, size: int) -> list[tuple[int, int]]:
-    """The chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin."""
+    """Return the chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin.
+
+    Parameters
+    ----------
+    n_points : int
+        Number of points.
+    chunk_size : int
+        Points per chunk.
+    rank : int
+        This rank, ``0 <= rank < size``.
+    size : int
+        Number of ranks.
+
+    Returns
+    -------
+    list of tuple of int
+        ``(start, stop)`` pairs: chunks ``rank``, ``rank + size``, ... of :func:`chunk_ranges`.
+    """
     return chunk_ranges(n_points, chunk_size)[rank::size]
 
 
 def pending_chunks(chunks: Sequence[tuple[int, int]], done: np.ndarray) -> list[tuple[int, int]]:
-    """The chunks of ``chunks`` that still hold a point not marked in ``done`` (n_points,)."""
+    """Return the chunks of ``chunks`` that still hold a point not marked in ``done``.
+
+    Parameters
+    ----------
+    chunks : sequence of tuple of int
+        ``(start, stop)`` pairs.
+    done : numpy.ndarray
+        Shape ``(n_points,)``, bool: points already evaluated.
+
+    Returns
+    -------
+    list of tuple of int
+        The chunks with at least one point not done, in the given order.
+    """
     return [(a, b) for a, b in chunks if not bool(done[a:b].all())]
 
 
 def contiguous_runs(index: np.ndarray) -> list[tuple[int, int]]:
-    """Split sorted distinct point indices into maximal [start, stop) runs of consecutive ones."""
+    """Split sorted distinct point indices into maximal [start, stop) runs of consecutive ones.
+
+    Parameters
+    ----------
+    index : numpy.ndarray
+        Sorted distinct point indices, shape ``(n,)``.
+
+    Returns
+    -------
+    list of tuple of int
+        ``(start, stop)`` pairs; empty for no indices.
+    """
     index = np.asarray(index, dtype=np.int64)
     if index.size == 0:
         return []

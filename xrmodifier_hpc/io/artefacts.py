@@ -49,7 +49,20 @@ class Workdir:
         return self.root / "grid.h5"
 
     def shard(self, index: int, count: int) -> Path:
-        """The file of shard ``index`` of ``count`` (Slurm arrays, ``--shards``)."""
+        """Return the file of shard ``index`` of ``count`` (Slurm arrays, ``--shards``).
+
+        Parameters
+        ----------
+        index : int
+            The shard's number, from 0.
+        count : int
+            Number of shards.
+
+        Returns
+        -------
+        Path
+            ``shards/grid-shard-IIII-of-CCCC.h5`` under the work folder.
+        """
         return self.root / "shards" / f"grid-shard-{index:04d}-of-{count:04d}.h5"
 
     @property
@@ -88,7 +101,18 @@ class Workdir:
         return self.root / "corrected.arf"
 
     def corrected_arf_stat(self, stat: str) -> Path:
-        """``corrected_<stat>.arf`` (``p16``, ``p84``); ``median`` is :attr:`corrected_arf`."""
+        """Return ``corrected_<stat>.arf`` (``p16``, ``p84``); ``median`` is :attr:`corrected_arf`.
+
+        Parameters
+        ----------
+        stat : str
+            ``"median"``, ``"p16"`` or ``"p84"``: the pointwise posterior statistic of m(E).
+
+        Returns
+        -------
+        Path
+            The corrected ARF's path under the work folder.
+        """
         return self.corrected_arf if stat == "median" else self.root / f"corrected_{stat}.arf"
 
     @property
@@ -108,17 +132,34 @@ class Workdir:
 
 
 def truth_path_for(observations: Path) -> Path:
-    """The ``MockTruth`` file beside a mock observation table: ``OBS.truth.json``."""
+    """Return the ``MockTruth`` file beside a mock observation table: ``OBS.truth.json``.
+
+    Parameters
+    ----------
+    observations : Path
+        The observation table (``OBS.csv``).
+
+    Returns
+    -------
+    Path
+        ``OBS.truth.json`` in the same folder.
+    """
     return observations.with_name(observations.stem + ".truth.json")
 
 
 def utc_now() -> str:
-    """The current UTC time in :data:`TIME_FORMAT`."""
+    """Return the current UTC time in :data:`TIME_FORMAT`.
+
+    Returns
+    -------
+    str
+        ``YYYY-MM-DDTHH:MM:SSZ``.
+    """
     return _dt.datetime.now(_dt.timezone.utc).strftime(TIME_FORMAT)
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
-    """The provenance every artefact carries.
+    """Return the provenance every artefact carries.
 
     Parameters
     ----------
@@ -168,27 +209,69 @@ class Record:
     Subclasses are frozen dataclasses whose fields are JSON-ready values (numbers, strings,
     lists, dicts, nested dataclasses converted by their own ``from_dict``); they set
     ``SCHEMA`` (a name) and ``VERSION`` (an int, raised when a field changes meaning).
+
+    Attributes
+    ----------
+    SCHEMA : str
+        The record's name, written as ``schema``.
+    VERSION : int
+        Its schema version, written as ``schema_version``.
     """
 
     SCHEMA: ClassVar[str] = "record"
     VERSION: ClassVar[int] = 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict with ``schema`` and ``schema_version`` first."""
+        """Return the record as a JSON-ready dict with ``schema`` and ``schema_version`` first.
+
+        Returns
+        -------
+        dict of str to Any
+            Numpy values as Python ones, non-finite floats as None, nested records as dicts.
+        """
         body = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return {"schema": self.SCHEMA, "schema_version": self.VERSION, **body}
 
     def to_json(self) -> str:
-        """The record as indented JSON text."""
+        """Return the record as indented JSON text.
+
+        Returns
+        -------
+        str
+            :meth:`to_dict` as JSON (indent 2, strict: no NaN), ending with a newline.
+        """
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
     def write(self, path: str | Path) -> Path:
-        """Write the record atomically to ``path``; returns the path."""
+        """Write the record atomically to ``path``.
+
+        Parameters
+        ----------
+        path : str or Path
+            The JSON file; its folder is created.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         return write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
         """Build the record from :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        data : dict of str to Any
+            The dict, with ``schema`` and ``schema_version``; unknown keys are ignored.
+        where : str, optional
+            What the messages name (a file); default the schema name.
+
+        Returns
+        -------
+        Record
+            An instance of ``cls``.
 
         Raises
         ------
@@ -217,12 +300,22 @@ class Record:
 
     @classmethod
     def _build(cls: type[R], fields: dict[str, Any]) -> R:
-        """Hook for subclasses whose fields need converting (nested records)."""
+        """Build the record from its fields; subclasses convert nested records here."""
         return cls(**fields)
 
     @classmethod
     def read(cls: type[R], path: str | Path) -> R:
         """Read a record written by :meth:`write`.
+
+        Parameters
+        ----------
+        path : str or Path
+            The JSON file.
+
+        Returns
+        -------
+        Record
+            An instance of ``cls``.
 
         Raises
         ------

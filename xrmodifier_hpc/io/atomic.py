@@ -22,9 +22,23 @@ def _umask() -> int:
 
 @contextmanager
 def replacing(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path in ``path``'s folder, renamed onto ``path`` when the block succeeds
-    (with a new file's usual permissions) and removed when it fails. ``suffix`` keeps writers
-    that go by the file name (``np.savez``: ``.npz``) happy."""
+    """Yield a temporary path in ``path``'s folder, renamed onto ``path`` when the block succeeds.
+
+    The file gets a new file's usual permissions; it is removed when the block fails.
+    ``suffix`` keeps writers that go by the file name (``np.savez``: ``.npz``) happy.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write; its folder is created.
+    suffix : str
+        Ending of the temporary file's name.
+
+    Yields
+    ------
+    Path
+        The temporary file (exists, empty) to write to.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -40,14 +54,40 @@ def replacing(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
+    """Write ``text`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its folder is created.
+    text : str
+        The content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with replacing(path) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its folder is created.
+    data : bytes
+        The content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)

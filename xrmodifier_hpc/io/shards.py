@@ -52,7 +52,13 @@ class MergeSummary:
     complete: bool
 
     def describe(self) -> str:
-        """One line for the user: what was merged and whether the grid is complete."""
+        """Return one line for the user: what was merged and whether the grid is complete.
+
+        Returns
+        -------
+        str
+            The path, shard files and points merged, and ``complete`` or ``NOT complete``.
+        """
         return (
             f"{self.path}: merged {self.shards} shard file{'s' if self.shards != 1 else ''} "
             f"({self.copied} points); {'complete' if self.complete else 'NOT complete'}, "
@@ -108,7 +114,18 @@ def check_compatible(
 
 
 def result_shape(cfg: Config) -> store.ResultShape:
-    """Size the result datasets for ``cfg``: realisations, and fit-grid points with curves."""
+    """Size the result datasets for ``cfg``: realisations, and fit-grid points with curves.
+
+    Parameters
+    ----------
+    cfg : Config
+        The config (its ``[simulation]`` realisations, fit_tgrid and curves).
+
+    Returns
+    -------
+    ResultShape
+        ``n_real``, and ``n_tgrid`` (None when curves are not stored).
+    """
     sim = cfg.simulation
     return store.ResultShape(sim.realisations, len(sim.fit_tgrid) if sim.curves else None)
 
@@ -158,7 +175,17 @@ def grid_meta(
 
 
 def create_grid(cfg: Config, grid: Grid, meta: dict[str, Any]) -> None:
-    """Create an empty ``grid.h5`` for ``cfg`` (replacing any file there at the final rename)."""
+    """Create an empty ``grid.h5`` for ``cfg`` (replacing any file there at the final rename).
+
+    Parameters
+    ----------
+    cfg : Config
+        The config: ``grid_path``, fit-temperature grid (keV), modifier family and options.
+    grid : Grid
+        The points whose coordinates are written.
+    meta : dict of str to Any
+        The ``/meta`` attributes (from :func:`grid_meta`).
+    """
     store.create_grid_file(
         cfg.grid_path,
         grid,

@@ -266,8 +266,9 @@ def write_table(
 
 
 def load_model(expression: str, base: str | Path | None = None) -> Model:
-    """The native :class:`~xrmodifier_hpc.physics.spectra.Model` of ``expression``, with the
-    files of its ``atable{...}``/``mtable{...}`` terms read.
+    """Build the native :class:`~xrmodifier_hpc.physics.spectra.Model` of ``expression``.
+
+    The files of its ``atable{...}``/``mtable{...}`` terms are read.
 
     Parameters
     ----------

@@ -64,6 +64,15 @@ class Modifier(ABC):
     ``theta`` is always ordered as ``param_names``. ``evaluate`` takes energies in keV and a
     batch of theta of shape ``(n, d)`` (or one theta of shape ``(d,)``) and returns
     ``(n, n_E)`` (or ``(n_E,)``) dimensionless multipliers.
+
+    Attributes
+    ----------
+    name : str
+        The family's registered name.
+    param_names : tuple of str
+        Names of the ``d`` parameters, in the order of theta.
+    param_units : tuple of str
+        Their units (``"keV"`` or ``""`` for dimensionless).
     """
 
     name: ClassVar[str]
@@ -71,11 +80,18 @@ class Modifier(ABC):
     param_units: tuple[str, ...]
 
     def options(self) -> dict[str, Any]:
-        """The options that rebuild this family with ``get_modifier`` (stored in artefacts)."""
+        """Return the options that rebuild this family with ``get_modifier`` (stored in artefacts).
+
+        Returns
+        -------
+        dict of str to Any
+            Keyword arguments of the constructor; empty for a family without options.
+        """
         return {}
 
     @property
     def n_params(self) -> int:
+        """Number of parameters ``d``."""
         return len(self.param_names)
 
     @abstractmethod
@@ -84,14 +100,53 @@ class Modifier(ABC):
 
     @abstractmethod
     def check_values(self, name: str, values: np.ndarray) -> None:
-        """Raise :class:`ModifierError` if any value of parameter ``name`` is out of domain."""
+        """Raise :class:`ModifierError` if any value of parameter ``name`` is out of domain.
+
+        Parameters
+        ----------
+        name : str
+            A name of ``param_names``.
+        values : numpy.ndarray
+            Values of that parameter, any shape (keV for energies, dimensionless amplitudes).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside the parameter's domain.
+        """
 
     @abstractmethod
     def identity(self) -> np.ndarray:
-        """A theta for which ``m(E) = 1`` everywhere."""
+        """Return a theta for which ``m(E) = 1`` everywhere.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(d,)``, ordered as ``param_names``.
+        """
 
     def evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """Multiplier m(E; theta) at ``energy`` (keV); see the class docstring for shapes."""
+        """Return the multiplier m(E; theta) at ``energy`` (keV).
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            Energies, shape ``(n_E,)`` (keV).
+        theta : numpy.ndarray
+            One theta, shape ``(d,)``, or a batch, shape ``(n, d)``, ordered as
+            ``param_names``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Dimensionless multipliers, shape ``(n_E,)`` for one theta or ``(n, n_E)`` for a
+            batch.
+
+        Raises
+        ------
+        ModifierError
+            ``theta`` does not have ``d`` columns.
+        """
         energy = np.asarray(energy, dtype=np.float64)
         theta = np.asarray(theta, dtype=np.float64)
         single = theta.ndim == 1
@@ -105,13 +160,47 @@ class Modifier(ABC):
         return m[0] if single else m
 
     def check_theta(self, theta: np.ndarray) -> None:
-        """Check a batch of theta (n, d) against every parameter's domain."""
+        """Check a batch of theta (n, d) against every parameter's domain.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            Shape ``(n, d)`` (or ``(d,)`` for one theta), ordered as ``param_names``.
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside its parameter's domain.
+        """
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         for j, name in enumerate(self.param_names):
             self.check_values(name, theta[:, j])
 
     def apply(self, energy: np.ndarray, area: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """Modified effective area ``area * m(E; theta)`` (cm^2); refuses a negative result."""
+        """Return the modified effective area ``area * m(E; theta)`` (cm^2).
+
+        A negative result is refused.
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            Energies, shape ``(n_E,)`` (keV).
+        area : numpy.ndarray
+            Effective area at ``energy``, shape ``(n_E,)`` (cm^2).
+        theta : numpy.ndarray
+            One theta ``(d,)`` or a batch ``(n, d)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Modified area (cm^2), shape ``(n_E,)`` or ``(n, n_E)`` as for :meth:`evaluate`.
+
+        Raises
+        ------
+        ModifierError
+            The multiplier is negative somewhere (the message names the first such theta),
+            or ``theta`` has the wrong number of parameters.
+        """
         m = self.evaluate(energy, theta)
         bad_rows = ~np.all(np.atleast_2d(m) >= 0, axis=1)
         if np.any(bad_rows):
@@ -123,12 +212,34 @@ class Modifier(ABC):
         return area * m
 
     def check_grid(self, axes: Mapping[str, np.ndarray]) -> None:
-        """Check every parameter's grid values; families add checks across parameters."""
+        """Check every parameter's grid values; families add checks across parameters.
+
+        Parameters
+        ----------
+        axes : mapping of str to numpy.ndarray
+            Grid values of each parameter, by name (every name of ``param_names``).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside its parameter's domain.
+        """
         for name in self.param_names:
             self.check_values(name, np.asarray(axes[name], dtype=np.float64))
 
     def describe(self, theta: np.ndarray) -> dict[str, float]:
-        """theta as a name -> value mapping."""
+        """Return theta as a name -> value mapping.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            One theta, shape ``(d,)``.
+
+        Returns
+        -------
+        dict of str to float
+            Values by parameter name, in the order of ``param_names``.
+        """
         return {n: float(v) for n, v in zip(self.param_names, np.asarray(theta, dtype=float))}
 
 
@@ -157,12 +268,33 @@ class Gaussian(Modifier):
         return 1.0 + amp * np.exp(-0.5 * ((energy[None, :] - mu) / sigma) ** 2)
 
     def check_values(self, name: str, values: np.ndarray) -> None:
+        """Check ``A > -1`` and ``mu, sigma > 0`` keV.
+
+        Parameters
+        ----------
+        name : str
+            A name of ``param_names``.
+        values : numpy.ndarray
+            Values of that parameter, any shape (keV for energies, dimensionless amplitudes).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside the parameter's domain.
+        """
         if name == "A":
             _check_amplitude(name, values)
         elif name in ("mu", "sigma"):
             _check_positive(name, values)
 
     def identity(self) -> np.ndarray:
+        """Return ``(mu, sigma, A) = (1 keV, 1 keV, 0)``: no bump.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(d,)``, ordered as ``param_names``.
+        """
         return np.array([1.0, 1.0, 0.0])
 
 
@@ -171,6 +303,16 @@ class MultiGaussian(Modifier):
 
     Parameters ``mu1, sigma1, A1, mu2, ...``. Each A_k > -1, and the sum of the most negative
     amplitudes must stay above -1 so no overlap of dips can make the ARF negative.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of bumps K (at least 1); ``d = 3 K`` parameters.
+
+    Raises
+    ------
+    ModifierError
+        ``n_components`` is not a positive integer (names ``options.n_components``).
     """
 
     name = "multi_gaussian"
@@ -186,6 +328,13 @@ class MultiGaussian(Modifier):
         self.param_units = ("keV", "keV", "") * n_components
 
     def options(self) -> dict[str, Any]:
+        """Return ``{"n_components": K}``.
+
+        Returns
+        -------
+        dict of str to Any
+            The constructor's keyword arguments.
+        """
         return {"n_components": self.n_components}
 
     def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -196,12 +345,38 @@ class MultiGaussian(Modifier):
         return m
 
     def check_values(self, name: str, values: np.ndarray) -> None:
+        """Check ``A_k > -1`` and ``mu_k, sigma_k > 0`` keV.
+
+        Parameters
+        ----------
+        name : str
+            A name of ``param_names``.
+        values : numpy.ndarray
+            Values of that parameter, any shape (keV for energies, dimensionless amplitudes).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside the parameter's domain.
+        """
         if name.startswith("A"):
             _check_amplitude(name, values)
         else:
             _check_positive(name, values)
 
     def check_grid(self, axes: Mapping[str, np.ndarray]) -> None:
+        """Check each parameter, and that the most negative amplitudes sum to more than -1.
+
+        Parameters
+        ----------
+        axes : mapping of str to numpy.ndarray
+            Grid values of each parameter, by name (every name of ``param_names``).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside its domain, or overlapping dips could make the ARF negative.
+        """
         super().check_grid(axes)
         worst = sum(min(float(np.min(axes[f"A{k + 1}"])), 0.0) for k in range(self.n_components))
         if worst <= -1:
@@ -211,6 +386,13 @@ class MultiGaussian(Modifier):
             )
 
     def identity(self) -> np.ndarray:
+        """Return ``(1 keV, 1 keV, 0)`` for every bump: no bumps.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(d,)``, ordered as ``param_names``.
+        """
         return np.array([1.0, 1.0, 0.0] * self.n_components)
 
 
@@ -219,6 +401,16 @@ class Spline(Modifier):
 
     The interpolation is monotone piecewise-cubic (PCHIP), so it never overshoots the knot
     values and m stays positive when every ``d_k > -1``. Outside the knots d is held constant.
+
+    Parameters
+    ----------
+    knots : sequence of float
+        At least two increasing positive energies (keV); one parameter ``d_k`` per knot.
+
+    Raises
+    ------
+    ModifierError
+        ``knots`` is not such a sequence (names ``options.knots``).
     """
 
     name = "spline"
@@ -234,6 +426,13 @@ class Spline(Modifier):
         self.param_units = ("",) * knots.size
 
     def options(self) -> dict[str, Any]:
+        """Return ``{"knots": [...]}`` (keV).
+
+        Returns
+        -------
+        dict of str to Any
+            The constructor's keyword arguments.
+        """
         return {"knots": [float(k) for k in self.knots]}
 
     def _evaluate(self, energy: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -242,7 +441,28 @@ class Spline(Modifier):
         return 1.0 + interp(log_e)
 
     def check_values(self, name: str, values: np.ndarray) -> None:
+        """Check ``d_k > -1``.
+
+        Parameters
+        ----------
+        name : str
+            A name of ``param_names``.
+        values : numpy.ndarray
+            Values of that parameter, any shape (keV for energies, dimensionless amplitudes).
+
+        Raises
+        ------
+        ModifierError
+            A value lies outside the parameter's domain.
+        """
         _check_amplitude(name, values)
 
     def identity(self) -> np.ndarray:
+        """Return zeros at every knot: ``d(E) = 0``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(d,)``, ordered as ``param_names``.
+        """
         return np.zeros(self.knots.size)

@@ -21,7 +21,21 @@ _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 @dataclass(frozen=True)
 class JobEnvironment:
-    """Rank and size under mpiexec/srun, Slurm job and array ids, and whether a person watches."""
+    """Rank and size under mpiexec/srun, Slurm job and array ids, and whether a person watches.
+
+    Attributes
+    ----------
+    rank, size : int
+        This process's rank and the number of ranks (0 and 1 without a launcher).
+    slurm_job_id : str or None
+        ``SLURM_JOB_ID``.
+    array_task_id, array_task_count : int or None
+        ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (None outside an array).
+    interactive : bool
+        Standard error is a terminal and this is not a Slurm job.
+    array_task_index : int or None
+        Position of this task in its array, 0-based.
+    """
 
     rank: int
     size: int
@@ -49,7 +63,15 @@ def _first_int(names: tuple[str, ...], default: int) -> int:
 
 
 def detect() -> JobEnvironment:
-    """Read the environment now (cheap; call it where needed rather than caching)."""
+    """Read the environment now (cheap; call it where needed rather than caching).
+
+    Returns
+    -------
+    JobEnvironment
+        Rank and size from the MPI launcher's variables (``PMI_*``, ``OMPI_COMM_WORLD_*``,
+        ``MV2_COMM_WORLD_*``) or Slurm's (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``), and
+        the Slurm job and array ids.
+    """
     rank = _first_int((*_RANK_VARS, "SLURM_PROCID"), 0)
     # SLURM_STEP_NUM_TASKS, not SLURM_NTASKS: a batch script outside srun sees the job's
     # task count but is one process
@@ -121,6 +143,18 @@ class TorchDistributedEnv:
 
     What torchrun sets, and what submitit's ``TorchDistributedEnvironment.export()`` sets
     inside a submitit job.
+
+    Attributes
+    ----------
+    rank, world_size : int
+        ``RANK`` and ``WORLD_SIZE``: this process and the number of processes.
+    local_rank, local_world_size : int
+        ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``: the same on this node (default: the global
+        values).
+    master_addr : str
+        ``MASTER_ADDR``: host of rank 0.
+    master_port : int
+        ``MASTER_PORT``: its rendezvous port.
     """
 
     rank: int

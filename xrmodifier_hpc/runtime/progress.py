@@ -69,7 +69,13 @@ class Progress:
             )
 
     def update(self, n: int) -> None:
-        """Count ``n`` more points done (a bar moves, or a line is logged when due)."""
+        """Count ``n`` more points done (a bar moves, or a line is logged when due).
+
+        Parameters
+        ----------
+        n : int
+            Points finished since the last update.
+        """
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
@@ -84,7 +90,19 @@ class Progress:
             log.info("%s", self.line(now))
 
     def line(self, now: float | None = None) -> str:
-        """Return the progress line: points, percent, rate (new points only) and ETA."""
+        """Return the progress line: points, percent, rate (new points only) and ETA.
+
+        Parameters
+        ----------
+        now : float, optional
+            ``time.monotonic()`` reading to measure the rate at (default: now).
+
+        Returns
+        -------
+        str
+            ``LABEL: DONE/TOTAL points (P%), R points/s, ETA 1h02m03s`` (``?`` before the
+            first point).
+        """
         elapsed = (now or time.monotonic()) - self.start
         new = self.done - self.initial
         rate = new / elapsed if elapsed > 0 else 0.0
@@ -116,6 +134,17 @@ class ProgressChannel:
 
     Ranks send a small message after each chunk (non-blocking); rank 0 drains them between
     its own chunks and, once done, until every rank has sent its 'finished' message.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        The communicator of the ranks; None for a single process.
+    pending : int
+        Points this job still evaluates, over all ranks.
+    already : int
+        Points done before this run (resume).
+    env : JobEnvironment
+        The job's environment (whether a terminal watches).
     """
 
     def __init__(self, comm: Any, pending: int, already: int, env: JobEnvironment) -> None:
@@ -128,7 +157,13 @@ class ProgressChannel:
         )
 
     def report(self, n: int) -> None:
-        """Count ``n`` points done by this rank (sent to rank 0 without waiting)."""
+        """Count ``n`` points done by this rank (sent to rank 0 without waiting).
+
+        Parameters
+        ----------
+        n : int
+            Points finished since the last report.
+        """
         if self.root:
             self.progress.update(n)
             self._drain()

@@ -92,7 +92,25 @@ workdir = "run"                  # grid.h5, emulator.pt, result.json, figures/ g
 def init(directory: str | Path, force: bool = False) -> Path:
     """Write ``config.toml`` and ``instruments/`` (synthetic pair) into ``directory``.
 
-    Returns the config path. Refuses to overwrite an existing config unless ``force``.
+    Refuses to overwrite an existing config unless ``force``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The project folder, created if missing.
+    force : bool
+        Overwrite an existing ``config.toml`` (and the synthetic responses).
+
+    Returns
+    -------
+    Path
+        The written ``config.toml``.
+
+    Raises
+    ------
+    UserError
+        ``config.toml`` exists and ``force`` is not given, or ``directory`` exists and is not
+        a folder.
     """
     directory = Path(directory)
     config_path = directory / "config.toml"

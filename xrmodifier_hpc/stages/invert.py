@@ -218,7 +218,23 @@ def load_emulator(cfg: Config) -> torch.nn.Module:
 
 @dataclass
 class Problem:
-    """One rank's inputs: the config, the emulator view, the observations and objectives."""
+    """One rank's inputs: the config, the emulator view, the observations and objectives.
+
+    Attributes
+    ----------
+    cfg : Config
+        The configuration.
+    settings : InversionSettings
+        ``[inversion]`` with s_emu resolved.
+    view : EmulatorView
+        The emulator in float64 on its log-T grid.
+    obs : Observations
+        The observed temperature pairs (keV) of the ``n`` sources.
+    objectives : Objectives
+        Every objective of theta for these observations.
+    observations_path : Path
+        The observations table read.
+    """
 
     cfg: Config
     settings: InversionSettings

@@ -66,12 +66,23 @@ class GridAxis:
 
     @property
     def table_name(self) -> str:
+        """The name in the table: the part after the last dot of :attr:`name`."""
         return self.name.rpartition(".")[2]
 
 
 @dataclass(frozen=True)
 class Energies:
-    """The energy grid: ``n`` bins from ``low`` to ``high`` keV, log- or linearly spaced."""
+    """The energy grid: ``n`` bins from ``low`` to ``high`` keV, log- or linearly spaced.
+
+    Attributes
+    ----------
+    low, high : float
+        Lower edge of the first bin and upper edge of the last (keV).
+    n : int
+        Number of bins.
+    log : bool
+        Log spacing (else linear).
+    """
 
     low: float
     high: float
@@ -102,7 +113,17 @@ def _numbers(text: str, what: str) -> list[float]:
 
 
 def parse_grid_axis(item: str) -> GridAxis:
-    """``NAME=log:LOW:HIGH:N``, ``NAME=lin:LOW:HIGH:N`` or ``NAME=V1,V2,...`` -> GridAxis.
+    """Parse ``NAME=log:LOW:HIGH:N``, ``NAME=lin:LOW:HIGH:N`` or ``NAME=V1,V2,...``.
+
+    Parameters
+    ----------
+    item : str
+        One ``--grid`` option value.
+
+    Returns
+    -------
+    GridAxis
+        The axis; ``log`` spacing is interpolated in log (METHOD 1), the others linearly.
 
     Raises
     ------
@@ -139,7 +160,24 @@ def parse_grid_axis(item: str) -> GridAxis:
 
 
 def parse_energies(text: str) -> Energies:
-    """``log:LOW:HIGH:N`` or ``lin:LOW:HIGH:N`` (keV) -> Energies."""
+    """Parse ``log:LOW:HIGH:N`` or ``lin:LOW:HIGH:N`` (keV) into :class:`Energies`.
+
+    Parameters
+    ----------
+    text : str
+        The ``--energies`` option value.
+
+    Returns
+    -------
+    Energies
+        ``N`` bins from ``LOW`` to ``HIGH`` keV.
+
+    Raises
+    ------
+    UserError
+        Malformed text, or not ``0 < LOW < HIGH`` with an integer ``N >= 2`` (names
+        ``--energies``).
+    """
     where = f"--energies {text}"
     kind, _, rest = text.strip().partition(":")
     parts = rest.split(":")
@@ -153,7 +191,23 @@ def parse_energies(text: str) -> Energies:
 
 
 def parse_fixed(items: Sequence[str] | None) -> dict[str, float]:
-    """``["Redshift=0", ...]`` -> ``{"Redshift": 0.0}``."""
+    """Parse the ``--set`` values: ``["Redshift=0", ...]`` -> ``{"Redshift": 0.0}``.
+
+    Parameters
+    ----------
+    items : sequence of str or None
+        ``NAME=NUMBER`` strings; None for none.
+
+    Returns
+    -------
+    dict of str to float
+        Values by parameter name (a later repeat wins).
+
+    Raises
+    ------
+    UserError
+        An item is not ``NAME=NUMBER`` with a finite number.
+    """
     out: dict[str, float] = {}
     for item in items or ():
         name, sep, value = item.partition("=")
@@ -169,7 +223,25 @@ def parse_fixed(items: Sequence[str] | None) -> dict[str, float]:
 
 @dataclass
 class TabulateSummary:
-    """What ``tabulate`` wrote."""
+    """What ``tabulate`` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The table-model file.
+    kind : str
+        ``"atable"`` (additive) or ``"mtable"`` (multiplicative).
+    n_spectra : int
+        Number of tabulated spectra (grid points).
+    n_energies : int
+        Energy bins per spectrum.
+    parameters : list of str
+        One ``"NAME LOW-HIGH (N)"`` per grid axis.
+    seconds : float
+        Wall time of the run (s).
+    evaluator : str
+        What computed the spectra (XSPEC's version, or the native component).
+    """
 
     path: Path
     kind: str
@@ -180,6 +252,13 @@ class TabulateSummary:
     evaluator: str
 
     def describe(self) -> str:
+        """Return one line for the terminal: the file, its size and how to use it.
+
+        Returns
+        -------
+        str
+            Ends with ``use it as atable{NAME.fits}`` (or ``mtable``).
+        """
         return (
             f"{self.path}: {self.kind} with {self.n_spectra} spectra of {self.n_energies} "
             f"energy bins over {', '.join(self.parameters)} ({self.evaluator}, "
@@ -188,8 +267,10 @@ class TabulateSummary:
 
 
 class _NativeEvaluator:
-    """One native component (``bremss``, ``wabs``) on the energy grid: what ``--backend
-    native`` tabulates (no XSPEC needed)."""
+    """One native component (``bremss``, ``wabs``) on the energy grid.
+
+    What ``--backend native`` tabulates (no XSPEC needed).
+    """
 
     def __init__(self, expression: str, edges: np.ndarray, fixed: Mapping[str, float]) -> None:
         from xrmodifier_hpc.registry import SOURCE_COMPONENTS
