@@ -336,6 +336,7 @@ class SpectrumFitter:
 
         self._flux_cache = _LRU(T_CACHE_SIZE)
         self._fold_cache = _LRU(T_CACHE_SIZE)
+        self._total_cache = _LRU(T_CACHE_SIZE)
         self.grid_flux = np.stack([self.flux(t) for t in self.tgrid])  # (n_T, K)
         if not np.all(np.isfinite(self.grid_flux)):
             raise ModelError("the model gave non-finite values")
@@ -398,6 +399,12 @@ class SpectrumFitter:
         return self._fold_cache.get_or(
             t, lambda: ((self.flux(t) * self.area)[None, :] @ self._response)[0]
         )
+
+    def total_original(self, t: float) -> float:
+        """Expected noticed counts at norm 1 and temperature ``t`` (keV) through the original
+        response: the sum of :meth:`fold_original` (cached)."""
+        t = float(t)
+        return self._total_cache.get_or(t, lambda: float(self.fold_original(t).sum()))
 
     # ---- fitting ---------------------------------------------------------------------------
 
@@ -564,23 +571,32 @@ class _PointStreams:
             out.append((state, inc))
         return out
 
-    def generators(self, index: np.ndarray) -> Iterator[np.random.Generator]:
-        """One generator per point of ``index``, in order, each drawing exactly what
-        ``point_rng(seed, k, stream)`` draws. The fast path yields the SAME object, re-seeded:
-        use each before asking for the next."""
+    def states(self, index: np.ndarray) -> list[tuple[int, int] | None]:
+        """The PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
         index = np.asarray(index, dtype=np.int64)
         if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
-            for k in index.tolist():
-                yield point_rng(self.seed, k, self.stream)
-            return
-        for state, inc in self._states(index):
-            self._bitgen.state = {
-                "bit_generator": "PCG64",
-                "state": {"state": state, "inc": inc},
-                "has_uint32": 0,
-                "uinteger": 0,
-            }
-            yield self._gen
+            return [None] * index.size
+        return self._states(index)
+
+    def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
+        """The generator of point ``k`` from its :meth:`states` entry. The fast path returns
+        the SAME object, re-seeded: use it before asking for the next."""
+        if state is None:
+            return point_rng(self.seed, int(k), self.stream)
+        self._bitgen.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": state[0], "inc": state[1]},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self._gen
+
+    def generators(self, index: np.ndarray) -> Iterator[np.random.Generator]:
+        """One generator per point of ``index``, in order, each drawing exactly what
+        ``point_rng(seed, k, stream)`` draws (see :meth:`generator`)."""
+        index = np.asarray(index, dtype=np.int64)
+        for k, state in zip(index.tolist(), self.states(index), strict=True):
+            yield self.generator(k, state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -739,12 +755,12 @@ class NativeBackend(Backend):
     def _log_ratio(self, kt: _KeyTerms, amps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ln s'/s on the key's channels (n_T, n_chan_key), ln S' (n_T,)), float64.
 
-        float32 (Goldberg's log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere.
+        float32 (a compensated log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere.
         """
         f = self.fitter
         n_t, n_chan = f.templates.shape
         ratio = kt.ratio
-        log_ratio = np.zeros(ratio.shape[1:])
+        log_ratio = np.zeros(ratio.shape[1:]) if not ratio.size else np.empty(ratio.shape[1:])
         totals = kt.totals_base + amps @ kt.delta_totals_base
         exact = kt.irregular
         if ratio.size:
@@ -753,21 +769,18 @@ class NativeBackend(Backend):
                 z += np.float32(amps[j]) * ratio[j]
             u = z + np.float32(1.0)
             low_any = bool(u.min() <= MIN_RATIO)
-            # Goldberg's log1p, accurate to a few ulp wherever u = fl(1 + z): ln(u) z / (u - 1),
-            # and z itself where u rounds to 1
-            d = u - np.float32(1.0)
-            tiny = d == 0
-            corr = np.ones_like(z)
-            np.divide(z, d, out=corr, where=~tiny)
+            # ln(1 + z) = ln(u) - e / u to ~1 ulp, where u = fl(1 + z) and e = (u - 1) - z is
+            # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1
+            e = u - np.float32(1.0)
+            e -= z
+            e /= u
             with np.errstate(divide="ignore", invalid="ignore"):
-                np.log(u, out=d)
-            d *= corr
-            d[tiny] = z[tiny]
-            log_ratio[...] = d
+                np.log(u, out=u)
+            np.subtract(u, e, out=log_ratio)
             self.work["log_ratio"] += u.size
             if low_any:
-                low = np.flatnonzero(u <= MIN_RATIO)
-                rows, cols = low // u.shape[1], low % u.shape[1]
+                low = np.flatnonzero(z <= MIN_RATIO - 1.0)
+                rows, cols = low // z.shape[1], low % z.shape[1]
                 flat = rows * n_chan + cols + kt.chan.start
                 # these were counted unclamped in ``totals``: swap in their floored values
                 s = f.templates.ravel()[flat]
@@ -861,7 +874,7 @@ class NativeBackend(Backend):
             norms[:] = np.broadcast_to(np.asarray(norm, dtype=np.float64), (n,))
         for i in np.flatnonzero(ok):
             try:
-                total = f.fold_original(t_true[i]).sum()
+                total = f.total_original(t_true[i])
             except ModelError as exc:
                 log.warning("point %d: %s", index[i], exc.message)
                 ok[i] = False
@@ -872,6 +885,7 @@ class NativeBackend(Backend):
 
         # fakeit, one theta at a time (a batch of grid points shares few thetas)
         data = np.zeros((n, n_real, n_chan))
+        states = self._streams.states(index) if s.mode != "asimov" else None
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
         per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []
@@ -885,14 +899,13 @@ class NativeBackend(Backend):
             if s.mode == "asimov":
                 data[members] = mu[:, None, :]
             else:
-                for p, row, rng in zip(
-                    members, mu, self._streams.generators(index[members]), strict=True
-                ):
+                for p, row in zip(members.tolist(), mu, strict=True):
+                    rng = self._streams.generator(index[p], states[p])
                     data[p] = rng.poisson(row, size=(n_real, n_chan))
                 self.work["poisson"] += members.size * n_real * n_chan
             per_theta.append((members, tt))
 
-        totals, const = data_terms(data)
+        totals, const = data_terms(data, integers=s.mode != "asimov")
         live = np.flatnonzero(ok)
         cross = np.zeros((n, n_real, n_t))
         self._blocked_cross(data, index, live, f.log_templates, slice(None), cross, WIDE_BLOCK_ROWS)

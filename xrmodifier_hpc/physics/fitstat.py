@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace as _compat_namespace
 
 #: bisection steps (minimum, delta-C = 1 crossings): brackets shrink by 2^-36
 _BISECT_STEPS = 36
@@ -41,33 +41,46 @@ def xlogx(x: Any, xp: Any = None) -> Any:
     return xp.where(x > 0, x * xp.log(safe), xp.zeros_like(x))
 
 
+def array_namespace(*arrays: Any) -> Any:
+    """The array-API namespace of ``arrays``: numpy itself for numpy arrays (numpy >= 2 is an
+    array-API namespace, without the compatibility layer's per-call overhead), else
+    array_api_compat's (torch)."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np
+    return _compat_namespace(*arrays)
+
+
 #: integer counts below this use a table of k ln k in :func:`data_terms` (same values)
 _XLOGX_TABLE_SIZE = 1 << 15
 _xlogx_table: np.ndarray | None = None
 
 
-def _xlogx_integers(counts: np.ndarray) -> np.ndarray | None:
+def _xlogx_integers(counts: np.ndarray, known_integers: bool = False) -> np.ndarray | None:
     """k ln k of integer-valued ``counts`` by table look-up (the values :func:`xlogx` gives,
     bit for bit, at a fraction of the cost of a logarithm); None when the counts are not
-    all integers in [0, 2^15)."""
+    all integers in [0, 2^15). ``known_integers`` skips the integer check (Poisson draws)."""
     global _xlogx_table
     if counts.size == 0:
         return None
     as_int = counts.astype(np.int64)
-    if as_int.min() < 0 or as_int.max() >= _XLOGX_TABLE_SIZE or not np.array_equal(as_int, counts):
+    if as_int.max() >= _XLOGX_TABLE_SIZE:
+        return None
+    if not known_integers and (as_int.min() < 0 or not np.array_equal(as_int, counts)):
         return None
     if _xlogx_table is None:
         _xlogx_table = xlogx(np.arange(_XLOGX_TABLE_SIZE, dtype=np.float64))
     return _xlogx_table[as_int]
 
 
-def data_terms(counts: Any) -> tuple[Any, Any]:
+def data_terms(counts: Any, integers: bool = False) -> tuple[Any, Any]:
     """The data-only terms of the profiled C-stat of spectra ``counts``.
 
     Parameters
     ----------
     counts : array
         (..., n_chan) counts per noticed channel (numpy or torch).
+    integers : bool
+        The caller guarantees non-negative integer values (Poisson draws): skips a check.
 
     Returns
     -------
@@ -78,7 +91,7 @@ def data_terms(counts: Any) -> tuple[Any, Any]:
     """
     xp = array_namespace(counts)
     total = xp.sum(counts, axis=-1)
-    dlogd = _xlogx_integers(counts) if isinstance(counts, np.ndarray) else None
+    dlogd = _xlogx_integers(counts, integers) if isinstance(counts, np.ndarray) else None
     if dlogd is None:
         dlogd = xlogx(counts, xp)
     return total, xp.sum(dlogd, axis=-1) - xlogx(total, xp)
