@@ -28,7 +28,8 @@ from array_api_compat import array_namespace as _compat_namespace
 _BISECT_STEPS = 36
 #: safeguarded Newton steps that replace the bisection; a spectrum whose last step exceeds
 #: _NEWTON_TOL of its bracket is bisected instead (so the result is never less precise)
-_NEWTON_STEPS = 8
+_NEWTON_STEPS = 5
+_NEWTON_STEPS_CROSSING = 8
 _NEWTON_TOL = 1e-12
 #: level of the 1-sigma interval for one interesting parameter
 DELTA_C_1SIGMA = 1.0
@@ -367,21 +368,26 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
     at_bound = edge & ~inside
 
     target = best_v + level
-    node_ids = xp.arange(n_nodes, dtype=k.dtype, device=_device(k))[None, :]
+    # small integer node ids: the (n, n_nodes) passes below move a quarter of the bytes
+    small = xp.int16 if n_nodes < 2**15 else k.dtype
+    node_ids = xp.arange(n_nodes, dtype=small, device=_device(k))[None, :]
     above = safe >= target[:, None]
     # the best fit lies in [x_{kb}, x_{kb+1}]
-    kb = xp.clip(xp.sum(xp.astype(x[None, :] <= best_x[:, None], k.dtype), axis=1) - 1, 0, last - 1)
-    lo_cand = above & (node_ids <= kb[:, None])
-    hi_cand = above & (node_ids >= kb[:, None] + 1)
+    kb = xp.clip(xp.searchsorted(x, best_x, side="right") - 1, 0, last - 1)
+    kb = xp.astype(kb, k.dtype)
+    kb_small = xp.astype(kb, small)[:, None]
+    lo_cand = above & (node_ids <= kb_small)
+    hi_cand = above & (node_ids > kb_small)
     p_best = _poly(grid, safe, kb, xp)
     t_best = best_x - xp.take(x, kb, axis=0)
     eps = 1e-4 * xp.take(h_all, kb, axis=0)
     convex = (p_best.d1(t_best + eps) - p_best.d1(t_best - eps)) > 0
     lo_open = ~xp.any(lo_cand, axis=1)
     hi_open = ~xp.any(hi_cand, axis=1)
-    j_lo = xp.max(xp.where(lo_cand, node_ids, xp.zeros_like(node_ids)), axis=1)
-    big = xp.full_like(node_ids, last)
-    j_hi = xp.min(xp.where(hi_cand, node_ids, big), axis=1)
+    # the last node at or below kb, and the first above it, that reach the level
+    j_lo = xp.astype(xp.max(xp.where(lo_cand, node_ids, xp.zeros_like(node_ids)), axis=1), k.dtype)
+    j_hi = xp.astype(xp.argmax(xp.astype(hi_cand, xp.int8), axis=1), k.dtype)
+    j_hi = xp.where(hi_open, xp.full_like(j_hi, last), j_hi)
 
     x_lo = _bisect(
         safe,
@@ -392,6 +398,7 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
         target,
         xp,
         rising=False,
+        need=~lo_open,
     )
     i_hi = xp.clip(j_hi - 1, 0, last - 1)
     x_hi = _bisect(
@@ -403,25 +410,27 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
         target,
         xp,
         rising=True,
+        need=~hi_open,
     )
     x_lo = xp.where(lo_open, xp.take(x, xp.zeros_like(k), axis=0), x_lo)
     x_hi = xp.where(hi_open, xp.take(x, xp.full_like(k, last), axis=0), x_hi)
     return FitResult(best_x, best_v, x_lo, x_hi, at_bound, lo_open, hi_open, finite, convex)
 
 
-def _bisect(curves, grid, interval, a, b, target, xp, rising: bool):
+def _bisect(curves, grid, interval, a, b, target, xp, rising: bool, need: Any = None):
     """Crossing of ``target`` by the interpolant of ``interval`` between x = a and b.
 
     Newton's method kept inside the shrinking bracket (a bisection step wherever Newton would
-    leave it), to machine precision; spectra not converged after ``_NEWTON_STEPS`` are bisected
-    to 2^-36 of the bracket instead.
+    leave it), to machine precision; spectra not converged after ``_NEWTON_STEPS_CROSSING``
+    are bisected to 2^-36 of the bracket instead (among those marked in ``need``: the others'
+    results are not used).
     """
     p = _poly(grid, curves, interval, xp)
     x0 = xp.take(grid.x, interval, axis=0)
     lo, hi = a, b
     x = 0.5 * (lo + hi)
     step = b - a
-    for _ in range(_NEWTON_STEPS):
+    for _ in range(_NEWTON_STEPS_CROSSING):
         v = p.value(x - x0) - target
         past = (v >= 0) if rising else (v < 0)
         hi = xp.where(past, x, hi)
@@ -431,6 +440,8 @@ def _bisect(curves, grid, interval, a, b, target, xp, rising: bool):
         new = xp.where(inside, new, 0.5 * (lo + hi))
         step, x = new - x, new
     slow = ~(xp.abs(step) <= _NEWTON_TOL * (b - a))
+    if need is not None:
+        slow = slow & need
     if bool(xp.any(slow)):
         lo, hi = a, b
         for _ in range(_BISECT_STEPS):
