@@ -620,6 +620,11 @@ class _KeyTerms:
     totals_base: np.ndarray  # (n_T,) sum of the (floored) templates off ``irregular``
     delta_totals_base: np.ndarray  # (J, n_T) sum of ``delta`` off ``irregular``
     irregular: np.ndarray  # flat indices into (n_T, n_chan)
+    irregular_rows: np.ndarray  # their T index
+    irregular_cols: np.ndarray  # their channel, counted from ``chan.start``
+    irregular_templates: np.ndarray  # s there
+    irregular_delta: np.ndarray  # (J, n_irregular) delta there
+    irregular_logs: np.ndarray  # ln max(s, floor) there
     folds: _LRU
 
 
@@ -708,8 +713,6 @@ class NativeBackend(Backend):
         span = slice(int(moved[0]), int(moved[-1]) + 1) if moved.size else slice(0, 0)
         weights = np.ascontiguousarray(w[:, span])
         n_t, n_chan = f.templates.shape
-        # the fit grid's templates change in float32: its ~1e-7 relative error enters ln s'
-        # only through a_j delta_j / s, like the float32 log1p below
         delta = np.zeros((n_j, n_t, n_chan))
         if moved.size:
             for j in range(n_j):
@@ -719,24 +722,37 @@ class NativeBackend(Backend):
         if not np.all(np.isfinite(delta)):
             raise ModelError("non-finite templates for the modified response")
         s = f.templates
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = delta / s
-        regular = (s > REGULAR_MIN) & np.all(np.abs(ratio) <= RATIO_MAX, axis=0)
-        ratio = np.where(regular, ratio, 0.0)
-        reached = np.flatnonzero(np.any(delta != 0, axis=(0, 1)))
+        changed = delta[0] != 0
+        for j in range(1, n_j):
+            changed |= delta[j] != 0
+        reached = np.flatnonzero(changed.any(axis=0))
         chan = slice(int(reached[0]), int(reached[-1]) + 1) if reached.size else slice(0, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = delta[:, :, chan] / s[:, chan]
+        regular = s[:, chan] > REGULAR_MIN
+        for j in range(n_j):
+            regular &= np.abs(ratio[j]) <= RATIO_MAX
         # elements outside the float32 path that the modifier changes: float64 per theta
-        exact = ~regular & np.any(delta != 0, axis=0)
-        irregular = np.flatnonzero(exact)
+        rows, cols = np.nonzero(changed[:, chan] & ~regular)
+        flat = rows * n_chan + cols + chan.start
+        safe_irr = self._safe_templates.ravel()[flat]
+        delta_irr = delta.reshape(n_j, -1)[:, flat]
         return _KeyTerms(
             span=span,
             weights=weights,
             delta=delta,
             chan=chan,
-            ratio=np.ascontiguousarray(ratio[:, :, chan], dtype=np.float32),
-            totals_base=np.where(exact, 0.0, self._safe_templates).sum(axis=1),
-            delta_totals_base=np.where(exact, 0.0, delta).sum(axis=2),
-            irregular=irregular,
+            ratio=np.where(regular, ratio, 0.0).astype(np.float32),
+            totals_base=self._safe_templates.sum(axis=1)
+            - np.bincount(rows, weights=safe_irr, minlength=n_t),
+            delta_totals_base=delta.sum(axis=2)
+            - np.stack([np.bincount(rows, weights=d, minlength=n_t) for d in delta_irr]),
+            irregular=flat,
+            irregular_rows=rows,
+            irregular_cols=cols,
+            irregular_templates=s.ravel()[flat],
+            irregular_delta=delta_irr,
+            irregular_logs=self._log_safe_templates.ravel()[flat],
             folds=_LRU(T_CACHE_SIZE),
         )
 
@@ -762,7 +778,7 @@ class NativeBackend(Backend):
         ratio = kt.ratio
         log_ratio = np.zeros(ratio.shape[1:]) if not ratio.size else np.empty(ratio.shape[1:])
         totals = kt.totals_base + amps @ kt.delta_totals_base
-        exact = kt.irregular
+        low = np.zeros(0, dtype=np.int64)
         if ratio.size:
             z = np.float32(amps[0]) * ratio[0]
             for j in range(1, amps.size):
@@ -779,23 +795,21 @@ class NativeBackend(Backend):
             np.subtract(u, e, out=log_ratio)
             self.work["log_ratio"] += u.size
             if low_any:
-                low = np.flatnonzero(z <= MIN_RATIO - 1.0)
-                rows, cols = low // z.shape[1], low % z.shape[1]
-                flat = rows * n_chan + cols + kt.chan.start
-                # these were counted unclamped in ``totals``: swap in their floored values
-                s = f.templates.ravel()[flat]
-                mod = s + amps @ kt.delta.reshape(amps.size, -1)[:, flat]
-                fix = np.maximum(mod, TEMPLATE_FLOOR) - mod
-                totals = totals + np.bincount(rows, weights=fix, minlength=n_t)
-                exact = np.concatenate([exact, flat])
-        if exact.size:
-            s = f.templates.ravel()[exact]
-            mod = s + amps @ kt.delta.reshape(amps.size, -1)[:, exact]
+                at = np.flatnonzero(z <= MIN_RATIO - 1.0)
+                low = (at // z.shape[1]) * n_chan + at % z.shape[1] + kt.chan.start
+        if kt.irregular.size:
+            mod = kt.irregular_templates + amps @ kt.irregular_delta
             safe = np.maximum(mod, TEMPLATE_FLOOR)
-            rows, cols = exact // n_chan, exact % n_chan - kt.chan.start
-            log_ratio[rows, cols] = np.log(safe) - self._log_safe_templates.ravel()[exact]
-            irregular = slice(0, kt.irregular.size)
-            totals = totals + np.bincount(rows[irregular], weights=safe[irregular], minlength=n_t)
+            log_ratio[kt.irregular_rows, kt.irregular_cols] = np.log(safe) - kt.irregular_logs
+            totals = totals + np.bincount(kt.irregular_rows, weights=safe, minlength=n_t)
+        if low.size:
+            s = f.templates.ravel()[low]
+            mod = s + amps @ kt.delta.reshape(amps.size, -1)[:, low]
+            safe = np.maximum(mod, TEMPLATE_FLOOR)
+            rows, cols = low // n_chan, low % n_chan - kt.chan.start
+            log_ratio[rows, cols] = np.log(safe) - self._log_safe_templates.ravel()[low]
+            # these were counted unclamped in ``totals``: swap in their floored values
+            totals = totals + np.bincount(rows, weights=safe - mod, minlength=n_t)
         return log_ratio, np.log(totals)
 
     def _folds(self, kt: _KeyTerms, temps: np.ndarray) -> None:
