@@ -88,7 +88,7 @@ XSPEC_POINTS_PER_S = 7.0
 
 
 def _thetas(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n Gaussian-modifier parameter sets (mu keV, sigma keV, A) like a real grid's."""
+    """Draw n Gaussian-modifier parameter sets (mu keV, sigma keV, A) like a real grid's."""
     return np.column_stack(
         [rng.uniform(0.8, 3.0, n), rng.uniform(0.15, 0.8, n), rng.uniform(-0.3, 0.3, n)]
     )
@@ -116,7 +116,7 @@ def _settings() -> SimulationSettings:
 
 
 def grid_chunks(quick: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The Cartesian grid (mu, sigma, A, T_true; T_true fastest) as simulate's chunks."""
+    """Cut the Cartesian grid (mu, sigma, A, T_true; T_true fastest) into simulate's chunks."""
     mu, sigma = (MU[::2][:3], SIGMA[::2][:3]) if quick else (MU, SIGMA)
     thetas = np.stack(np.meshgrid(mu, sigma, AMP, indexing="ij"), axis=-1).reshape(-1, 3)
     theta = np.repeat(thetas, T_TRUE.size, axis=0)
@@ -129,8 +129,11 @@ def grid_chunks(quick: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def bench_native(inst: Instrument, quick: bool, repeats: int) -> dict:
-    """Points per CPU second over the whole grid, best of ``repeats`` fresh backends; the
-    work the backend counted per point; the random-theta worst case."""
+    """Time the native backend on the grid workload and on the random-theta worst case.
+
+    Points per CPU second over the whole grid, best of ``repeats`` fresh backends; the work
+    the backend counted per point.
+    """
     model = parse_model(MODEL)
     modifier = get_modifier("gaussian")
     chunks = grid_chunks(quick)
@@ -204,7 +207,7 @@ def _best_rate(fn, work: float, repeats: int = 7, number: int = 3) -> float:
 
 
 def _limits_for(backend: NativeBackend, rng: np.random.Generator) -> dict:
-    """Single-thread rates of the backend's operations on one response's own shapes."""
+    """Measure single-thread rates of the backend's operations on one response's shapes."""
     f = backend.fitter
     n_chan = f.channels.size
     counts = rng.poisson(10.0, (64, n_chan)).astype(np.float64)
@@ -227,7 +230,7 @@ def _limits_for(backend: NativeBackend, rng: np.random.Generator) -> dict:
 
 
 def cpu_limits(backends: dict[str, NativeBackend]) -> dict:
-    """This CPU's single-thread limits for the operations the backend is made of."""
+    """Measure this CPU's single-thread limits for the operations the backend is made of."""
     rng = np.random.default_rng(0)
     a, b = rng.random((1024, 1024)), rng.random((1024, 1024))
     return {
@@ -237,8 +240,10 @@ def cpu_limits(backends: dict[str, NativeBackend]) -> dict:
 
 
 def cost_model(native: dict, limits: dict, name: str) -> dict:
-    """The measured time per point beside the time its counted work takes at this CPU's
-    limits (multiply-adds at the dgemm rate, draws and logs at their own rates)."""
+    """Set the measured time per point beside the time its counted work takes.
+
+    At this CPU's limits: multiply-adds at the dgemm rate, draws and logs at their own rates.
+    """
     w = native["work_per_point"]
     lim = limits["instruments"][name]
     macs = {k: w.get(k, 0.0) for k in ("fold_grid", "fold_true", "profile")}
@@ -262,7 +267,7 @@ def cost_model(native: dict, limits: dict, name: str) -> dict:
 
 
 def bench_scipy(inst: Instrument, n_points: int) -> dict:
-    """The straightforward way: per spectrum, fold the model at each trial and minimise."""
+    """Time the straightforward way: per spectrum, fold the model at each trial and minimise."""
     model = parse_model(MODEL)
     modifier = get_modifier("gaussian")
     mask = inst.band_mask(*BAND)
@@ -375,6 +380,7 @@ def _sherpa_version() -> str:
 
 
 def main() -> int:
+    """Run the benchmarks, write the JSON, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer points (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="grid passes (best counts)")

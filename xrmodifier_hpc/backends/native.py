@@ -3,25 +3,29 @@
 How a batch is computed (see backends/base.py for the contract):
 
 - The response is restricted once to the noticed channels and to the energy rows that reach
-  them (:class:`BandResponse`: dense blocks of rows, each over only the channels it reaches).
-  Source photon fluxes are computed per temperature, one row at a time, and cached.
+  them (:class:`BandResponse`: dense blocks of 64 rows, each over only the channels it
+  reaches). Source photon fluxes are computed per temperature, one row at a time, and cached.
 - "Templates" are expected counts at norm 1, ``s_j(T) = exposure * fold(flux(T), area)_j``.
   Those of the original response on the fit-temperature grid are computed once.
 - The modifier is written as ``m(E) = 1 + sum_j a_j b_j(E; key)``
   (:meth:`Modifier.linear_form`: for the Gaussian family key = (mu, sigma), a = [A]; a family
   that is not linear in any parameter has key = theta, a = [1], b = m - 1). Folds are linear
   in the area, so ``s'(T) = s(T) + sum_j a_j delta_j(T)`` with ``delta_j`` the fold of
-  ``flux * area * b_j``: the basis folds are computed once per key, over only the energy rows
-  where ``b_j`` is not negligible, and shared by every amplitude (every A of one (mu, sigma)).
+  ``flux * area * b_j``: the basis folds are computed once per key (float64), over only the
+  energy rows where ``b_j`` is not negligible, and shared by every amplitude (every A of one
+  (mu, sigma)).
 - The modified fit needs ``ln s'_j(T)`` on the fit grid: ``ln s' = ln s + ln(1 + z)`` with
-  ``z = sum_j a_j delta_j / s``. The correction ``ln(1 + z)`` is computed in float32 with
-  Goldberg's log1p formula (error ~1e-7 of it, ~1e-5 in C; XSPEC prints C to 1e-2), and in
-  float64 wherever ``s`` is not safely positive (negative RMF elements) or ``1 + z`` is small.
+  ``z = sum_j a_j delta_j / s``. ``ln(1 + z)`` is computed in float32 (a compensated log1p,
+  ~1 ulp), in float64 wherever ``s`` is not safely positive (negative RMF elements) or
+  ``1 + z < 1/2``. Against an all-float64 computation this moves T1' by < 1e-5 (relative),
+  the delta-C = 1 interval ends by < 1e-4 of the interval, C(T) by < 3e-4 (``grid.h5`` stores
+  C in float32; the conformance tests allow 0.5); T1 and the fakeit spectra are unchanged.
   The profile's one data-model term is then ``sum_j d_j ln s_j + sum_j d_j ln(1 + z_j)``: the
   first half is shared with the original fit.
 - fakeit: expected counts through the modified response at T_true (the original fold plus
-  ``a_j`` times the basis folds at T_true, cached per key and T_true), Poisson draws from the
-  point's own generator (``grid.point_rng``), or the expectation itself in asimov mode.
+  ``a_j`` times the basis folds at T_true, float64, cached per key and T_true), Poisson draws
+  from the point's own generator (``grid.point_rng``, seeded here without building a
+  SeedSequence per point: :class:`_PointStreams`), or the expectation itself in asimov mode.
 - Each spectrum is fitted twice (original and modified templates): the norm-profiled C-stat
   on the grid is one matrix product (fitstat), then the minimum and the delta-C = 1 interval
   come from the local-polynomial interpolant of the profile in ln T (fitstat).
@@ -31,6 +35,12 @@ position in it. Every product whose rows are per-point data is therefore done in
 fixed shape, with each point at a fixed position (its index modulo the block size), and every
 per-key fold of a temperature row at a position fixed by that temperature, so a point's results
 do not depend on which other points share its batch.
+
+Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson draws (one per
+noticed channel: numpy's sampler, ~60 ns each, is the largest single cost on EPIC-pn's 1305
+channels), the two profile products (2 x channels x fit temperatures multiply-adds), the
+per-key basis folds shared by the points of one (mu, sigma), one float32 log per channel and
+fit temperature per theta shared by its T_true points, and the fit refinement.
 """
 
 from __future__ import annotations
@@ -209,8 +219,22 @@ class BandResponse:
 
 @dataclass(frozen=True)
 class Fits:
-    """Fits of m spectra (numpy): best-fit temperature (keV), the distances to the ends of the
-    delta-C = 1 interval (keV), C at the best fit, the profile on the grid, status bits."""
+    """Fits of m spectra (numpy arrays).
+
+    Attributes
+    ----------
+    t_fit : numpy.ndarray
+        (m,) best-fit temperature, keV.
+    err : numpy.ndarray
+        (m, 2) distances from the best fit down to the lower and up to the upper end of the
+        delta-C = 1 interval, keV.
+    cstat : numpy.ndarray
+        (m,) C at the best fit.
+    curves : numpy.ndarray
+        (m, n_T) the profile C(T) on the fit grid.
+    status : numpy.ndarray
+        (m,) uint8 status bits (backends.base.STATUS_*).
+    """
 
     t_fit: np.ndarray
     err: np.ndarray
@@ -348,20 +372,31 @@ class SpectrumFitter:
     # ---- engine arrays ---------------------------------------------------------------------
 
     def to_engine(self, a: np.ndarray) -> Any:
-        """``a`` as an array of the engine (numpy, or torch on the fitter's device)."""
+        """Convert ``a`` (numpy) to an engine array (numpy, or torch on the fitter's device)."""
         if self.device is None:
             return np.ascontiguousarray(a)
         return self.xp.asarray(np.ascontiguousarray(a), device=self.device)
 
     def to_numpy(self, a: Any) -> np.ndarray:
-        """An engine array as numpy."""
+        """Convert an engine array to numpy."""
         if self.device is None:
             return np.asarray(a)
         return a.detach().cpu().numpy()
 
     def log_templates_of(self, templates: np.ndarray) -> tuple[Any, Any]:
-        """Engine arrays (ln s (n_T, n_chan), ln S (n_T,)) of ``templates`` (numpy), each
-        floored at 1e-300 (a channel the model cannot reach)."""
+        """Take the logarithms of templates for the profile products.
+
+        Parameters
+        ----------
+        templates : numpy.ndarray
+            (n_T, n_chan) expected counts at norm 1; each floored at 1e-300 first (a channel
+            the model cannot reach).
+
+        Returns
+        -------
+        tuple
+            Engine arrays ln s (n_T, n_chan) and ln S (n_T,), S the sum over channels.
+        """
         safe = np.maximum(templates, TEMPLATE_FLOOR)
         return self.to_engine(np.log(safe)), self.to_engine(np.log(safe.sum(axis=1)))
 
@@ -393,16 +428,20 @@ class SpectrumFitter:
         return self._flux_cache.get_or(t, make)
 
     def fold_original(self, t: float) -> np.ndarray:
-        """Expected counts per noticed channel (n_chan,) at norm 1 and temperature ``t``
-        (keV) through the original response (cached)."""
+        """Fold the model at temperature ``t`` (keV) through the original response.
+
+        Returns the expected counts per noticed channel (n_chan,) at norm 1 (cached).
+        """
         t = float(t)
         return self._fold_cache.get_or(
             t, lambda: ((self.flux(t) * self.area)[None, :] @ self._response)[0]
         )
 
     def total_original(self, t: float) -> float:
-        """Expected noticed counts at norm 1 and temperature ``t`` (keV) through the original
-        response: the sum of :meth:`fold_original` (cached)."""
+        """Sum :meth:`fold_original`: expected noticed counts at norm 1 (cached).
+
+        ``t`` in keV.
+        """
         t = float(t)
         return self._total_cache.get_or(t, lambda: float(self.fold_original(t).sum()))
 
@@ -415,8 +454,10 @@ class SpectrumFitter:
         log_totals: Any = None,
         terms: tuple[Any, Any] | None = None,
     ) -> Any:
-        """C on the grid (m, n_T) of spectra ``counts`` (m, n_chan) (engine arrays); the
-        original response's templates unless others are given."""
+        """Compute C on the grid (m, n_T) of spectra ``counts`` (m, n_chan, engine arrays).
+
+        Against the original response's templates unless others are given.
+        """
         lt = self.log_templates if log_templates is None else log_templates
         lS = self.log_totals if log_totals is None else log_totals
         return cstat_profile(counts, lt, lS, terms)
@@ -572,15 +613,17 @@ class _PointStreams:
         return out
 
     def states(self, index: np.ndarray) -> list[tuple[int, int] | None]:
-        """The PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
+        """Compute the PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
         index = np.asarray(index, dtype=np.int64)
         if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
             return [None] * index.size
         return self._states(index)
 
     def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
-        """The generator of point ``k`` from its :meth:`states` entry. The fast path returns
-        the SAME object, re-seeded: use it before asking for the next."""
+        """Return the generator of point ``k`` from its :meth:`states` entry.
+
+        The fast path returns the SAME object, re-seeded: use it before asking for the next.
+        """
         if state is None:
             return point_rng(self.seed, int(k), self.stream)
         self._bitgen.state = {
@@ -592,8 +635,10 @@ class _PointStreams:
         return self._gen
 
     def generators(self, index: np.ndarray) -> Iterator[np.random.Generator]:
-        """One generator per point of ``index``, in order, each drawing exactly what
-        ``point_rng(seed, k, stream)`` draws (see :meth:`generator`)."""
+        """Yield one generator per point of ``index``, in order.
+
+        Each draws exactly what ``point_rng(seed, k, stream)`` draws (see :meth:`generator`).
+        """
         index = np.asarray(index, dtype=np.int64)
         for k, state in zip(index.tolist(), self.states(index), strict=True):
             yield self.generator(k, state)
@@ -606,11 +651,14 @@ class _PointStreams:
 
 @dataclass
 class _KeyTerms:
-    """Per-key quantities (one (mu, sigma) of the Gaussian family): the energy-row span where
-    a basis function is not negligible, ``weights`` = area x basis on it (J, span) cm^2, the
-    basis folds on the fit grid ``delta`` (J, n_T, n_chan), the split of template elements
-    into the float32 path (``ratio`` = delta / s, float32, zero elsewhere) and the float64 one
-    (flat indices ``irregular``), and the folds at T_true (``folds``: T -> (J, n_chan))."""
+    """Per-key quantities (one (mu, sigma) of the Gaussian family).
+
+    The energy-row span where a basis function is not negligible, ``weights`` = area x basis
+    on it (J, span) cm^2, the basis folds on the fit grid ``delta`` (J, n_T, n_chan), the
+    split of template elements into the float32 path (``ratio`` = delta / s, float32, zero
+    elsewhere) and the float64 one (``irregular``), and the folds at T_true (``folds``: T ->
+    (J, n_chan)).
+    """
 
     span: slice
     weights: np.ndarray
@@ -630,8 +678,11 @@ class _KeyTerms:
 
 @dataclass
 class _ThetaTerms:
-    """Per-theta quantities: amplitudes (J,), ln(s'/s) on the channels ``key.chan`` (engine,
-    (n_T, n_chan_key)) and ln S' (engine, (n_T,))."""
+    """Per-theta quantities.
+
+    Amplitudes (J,), ln(s'/s) on the channels ``key.chan`` (engine, (n_T, n_chan_key)) and
+    ln S' (engine, (n_T,)).
+    """
 
     key: _KeyTerms
     amplitudes: np.ndarray
@@ -695,6 +746,7 @@ class NativeBackend(Backend):
         self.t_range = model.param_range(settings.temperature_param)
 
     def version(self) -> str:
+        """Version string recorded in artefacts' provenance."""
         return f"native {__version__} (engine {self.settings.engine})"
 
     # ---- per key and per theta -------------------------------------------------------------
@@ -847,7 +899,7 @@ class NativeBackend(Backend):
             kt.folds.get_or(t, lambda t=t: result[t])
 
     def _expected(self, tt: _ThetaTerms, temps: np.ndarray) -> np.ndarray:
-        """Expected counts at norm 1 through the modified response (m, n_chan), numpy."""
+        """Fold the model at ``temps`` through the modified response: (m, n_chan), numpy."""
         f = self.fitter
         self._folds(tt.key, temps)
         ts = temps.tolist()

@@ -36,16 +36,18 @@ DELTA_C_1SIGMA = 1.0
 
 
 def xlogx(x: Any, xp: Any = None) -> Any:
-    """x ln x with 0 ln 0 = 0 (elementwise)."""
+    """Compute x ln x elementwise, with 0 ln 0 = 0."""
     xp = xp or array_namespace(x)
     safe = xp.where(x > 0, x, xp.ones_like(x))
     return xp.where(x > 0, x * xp.log(safe), xp.zeros_like(x))
 
 
 def array_namespace(*arrays: Any) -> Any:
-    """The array-API namespace of ``arrays``: numpy itself for numpy arrays (numpy >= 2 is an
-    array-API namespace, without the compatibility layer's per-call overhead), else
-    array_api_compat's (torch)."""
+    """Return the array-API namespace of ``arrays``.
+
+    numpy itself for numpy arrays (numpy >= 2 is an array-API namespace, without the
+    compatibility layer's per-call overhead), else array_api_compat's (torch).
+    """
     if all(isinstance(a, np.ndarray) for a in arrays):
         return np
     return _compat_namespace(*arrays)
@@ -57,9 +59,12 @@ _xlogx_table: np.ndarray | None = None
 
 
 def _xlogx_integers(counts: np.ndarray, known_integers: bool = False) -> np.ndarray | None:
-    """k ln k of integer-valued ``counts`` by table look-up (the values :func:`xlogx` gives,
-    bit for bit, at a fraction of the cost of a logarithm); None when the counts are not
-    all integers in [0, 2^15). ``known_integers`` skips the integer check (Poisson draws)."""
+    """Look up k ln k of integer-valued ``counts`` in a table.
+
+    The values :func:`xlogx` gives, bit for bit, at a fraction of the cost of a logarithm;
+    None when the counts are not all integers in [0, 2^15). ``known_integers`` skips the
+    integer check (Poisson draws).
+    """
     global _xlogx_table
     if counts.size == 0:
         return None
@@ -74,7 +79,7 @@ def _xlogx_integers(counts: np.ndarray, known_integers: bool = False) -> np.ndar
 
 
 def data_terms(counts: Any, integers: bool = False) -> tuple[Any, Any]:
-    """The data-only terms of the profiled C-stat of spectra ``counts``.
+    """Compute the data-only terms of the profiled C-stat of spectra ``counts``.
 
     Parameters
     ----------
@@ -114,7 +119,7 @@ def cstat_profile(
 
 
 def cstat_from_cross(cross: Any, log_totals: Any, terms: tuple[Any, Any]) -> Any:
-    """The profiled C(T_k) from its one data-model term (see the module docstring).
+    """Compute the profiled C(T_k) from its one data-model term (see the module docstring).
 
     Parameters
     ----------
@@ -167,6 +172,7 @@ class LocalPolyGrid:
 
     @classmethod
     def build(cls, x: np.ndarray, stencil: int = STENCIL) -> LocalPolyGrid:
+        """Build the tables for increasing nodes ``x`` (ln T) and ``stencil`` nodes per piece."""
         x = np.asarray(x, dtype=np.float64)
         n = x.size
         if n < stencil or np.any(np.diff(x) <= 0):
@@ -182,10 +188,11 @@ class LocalPolyGrid:
 
     @property
     def stencil(self) -> int:
+        """Nodes per local polynomial."""
         return self.coef.shape[-1]
 
     def to(self, xp: Any, like: Any) -> _DeviceGrid:
-        """The same tables as arrays of the namespace/device of ``like``."""
+        """Copy the tables to arrays of the namespace/device of ``like``."""
         device = getattr(like, "device", None)
         kwargs = {"device": device} if device is not None and xp.__name__.endswith("torch") else {}
         return _DeviceGrid(
@@ -229,8 +236,10 @@ def _device(a: Any) -> Any:
 
 
 class _Poly:
-    """n polynomials of degree m - 1 (coefficients (n, m), powers ascending) stored as m
-    contiguous coefficient rows, with the rows of their first and second derivatives."""
+    """Polynomials as contiguous coefficient rows, with their first two derivatives.
+
+    n polynomials of degree m - 1 (coefficients (n, m), powers ascending).
+    """
 
     def __init__(self, p: Any, xp: Any) -> None:
         m = p.shape[1]
@@ -316,8 +325,11 @@ def _interval_minimum(p: _Poly, h: Any, xp: Any) -> tuple[Any, Any, Any]:
 
 @dataclass
 class FitResult:
-    """Per-spectrum fit: ``x``/``value`` at the refined minimum (x = ln T), the delta-C = 1
-    interval ends ``x_lo``/``x_hi`` and flags (arrays of the caller's namespace)."""
+    """Per-spectrum fit (arrays of the caller's namespace).
+
+    ``x``/``value`` at the refined minimum (x = ln T), the delta-C = 1 interval ends
+    ``x_lo``/``x_hi`` and flags.
+    """
 
     x: Any
     value: Any

@@ -112,8 +112,9 @@ class Modifier(ABC):
         return area * m
 
     def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
-        """Split one theta into the part the multiplier depends on non-linearly and the
-        amplitudes it is linear in: ``m(E; theta) = 1 + sum_j a_j b_j(E; key)``.
+        """Split one theta into a non-linear key and the amplitudes m is linear in.
+
+        ``m(E; theta) = 1 + sum_j a_j b_j(E; key)``.
 
         Backends fold the basis functions ``b_j`` once per ``key`` and reuse the folds for
         every theta that shares it (e.g. every amplitude A of one (mu, sigma)).
@@ -136,7 +137,7 @@ class Modifier(ABC):
         return tuple(float(v) for v in theta), np.ones(1)
 
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
-        """The basis functions ``b_j(E; key)`` of :meth:`linear_form`.
+        """Evaluate the basis functions ``b_j(E; key)`` of :meth:`linear_form`.
 
         Parameters
         ----------
@@ -197,13 +198,15 @@ class Gaussian(Modifier):
         return np.array([1.0, 1.0, 0.0])
 
     def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
-        """``key = (mu, sigma)``, amplitudes ``[A]``: m is linear in A (see
-        :meth:`Modifier.linear_form`)."""
+        """Split theta: ``key = (mu, sigma)``, amplitudes ``[A]`` (m is linear in A).
+
+        See :meth:`Modifier.linear_form`.
+        """
         mu, sigma, amp = (float(v) for v in np.asarray(theta, dtype=np.float64).reshape(3))
         return (mu, sigma), np.array([amp])
 
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
-        """``exp(-(E - mu)^2 / (2 sigma^2))`` (1, n_E) for ``key = (mu, sigma)`` (keV)."""
+        """Evaluate ``exp(-(E - mu)^2 / (2 sigma^2))`` (1, n_E) for ``key = (mu, sigma)`` (keV)."""
         mu, sigma = key
         energy = np.asarray(energy, dtype=np.float64)
         return np.exp(-0.5 * ((energy - mu) / sigma) ** 2)[None, :]
@@ -258,13 +261,15 @@ class MultiGaussian(Modifier):
         return np.array([1.0, 1.0, 0.0] * self.n_components)
 
     def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
-        """``key = (mu1, sigma1, mu2, sigma2, ...)``, amplitudes ``[A1, A2, ...]`` (see
-        :meth:`Modifier.linear_form`)."""
+        """Split theta: ``key = (mu1, sigma1, mu2, sigma2, ...)``, amplitudes ``[A1, ...]``.
+
+        See :meth:`Modifier.linear_form`.
+        """
         t = np.asarray(theta, dtype=np.float64).reshape(self.n_components, 3)
         return tuple(float(v) for v in t[:, :2].ravel()), t[:, 2].copy()
 
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
-        """One Gaussian per component (K, n_E) for ``key = (mu1, sigma1, ...)`` (keV)."""
+        """Evaluate one Gaussian per component (K, n_E) for ``key = (mu1, sigma1, ...)`` (keV)."""
         energy = np.asarray(energy, dtype=np.float64)
         pairs = np.asarray(key, dtype=np.float64).reshape(self.n_components, 2)
         return np.stack([np.exp(-0.5 * ((energy - mu) / sigma) ** 2) for mu, sigma in pairs])
