@@ -434,7 +434,7 @@ class SpectrumFitter:
         """
         t = float(t)
         return self._fold_cache.get_or(
-            t, lambda: ((self.flux(t) * self.area)[None, :] @ self._response)[0]
+            t, lambda: self.band_response.fold((self.flux(t) * self.area)[None, :])[0]
         )
 
     def total_original(self, t: float) -> float:
