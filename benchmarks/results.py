@@ -224,6 +224,65 @@ def section_backend(data: dict[str, Any]) -> list[str]:
                 f"growth over the batches {native['rss_growth_mb']:+.1f} MB."
             )
     lines += [f"- {n}" for n in notes]
+    lines += section_backend_cost_model(data)
+    return lines
+
+
+def section_backend_cost_model(data: dict[str, Any]) -> list[str]:
+    """The native backend's cost model (bench_backend.py ``cost_model``, ``cpu_limits``): the
+    work per grid point and the time it takes at this CPU's limits, beside the measured time.
+    Empty when the JSON has no cost model."""
+    limits = data.get("cpu_limits")
+    entries = {n: e for n, e in data["instruments"].items() if "cost_model" in e}
+    if not limits or not entries:
+        return []
+    lines = [
+        "",
+        "**Cost model.** Work per grid point counted by the backend while it ran (the grid "
+        "workload: Cartesian mu x sigma x A x T_true in simulate's chunks, fresh backend, best "
+        "of the repeats), and the time that work alone takes at this CPU's single-thread "
+        f"limits: dgemm {limits['dgemm_macs_per_s'] / 1e9:.1f} G multiply-adds/s (1024^3), "
+        "numpy's Poisson sampler on the response's own expected counts, float32 logarithms. "
+        "The rest of the measured time is memory traffic, the fit refinement and Python.",
+        "",
+    ]
+    rows = []
+    for name, e in entries.items():
+        cm, native = e["cost_model"], e["native"]
+        parts = cm["multiply_adds_by_part"]
+        lim = limits["instruments"].get(name, {})
+        rows.append(
+            [
+                name,
+                f"{cm['multiply_adds_per_point'] / 1e3:.0f}k "
+                f"({parts['fold_grid'] / 1e3:.0f}k / {parts['fold_true'] / 1e3:.0f}k / "
+                f"{parts['profile'] / 1e3:.0f}k)",
+                f"{cm['poisson_draws_per_point']:.0f} ({1e9 / lim['poisson_draws_per_s']:.0f} ns)"
+                if lim.get("poisson_draws_per_s")
+                else _num(cm["poisson_draws_per_point"], ".0f"),
+                _num(cm["float32_logs_per_point"], ".0f"),
+                f"{cm['us_model']:.0f} ({cm['us_multiply_adds_at_dgemm_peak']:.0f} / "
+                f"{cm['us_poisson_draws']:.0f} / {cm['us_float32_logs']:.0f})",
+                _num(cm["us_measured"], ".0f"),
+                _num(cm["points_per_s_limit"], ".0f"),
+                _num(native["points_per_s"], ".0f"),
+                _num(native.get("points_per_s_random_theta"), ".0f"),
+            ]
+        )
+    lines += _table(
+        [
+            "response",
+            "multiply-adds/pt (fit-grid folds / T_true folds / profiles)",
+            "Poisson draws/pt (per draw)",
+            "float32 logs/pt",
+            "µs/pt at the limits (MACs / draws / logs)",
+            "measured µs/pt",
+            "limit pts/s",
+            "measured pts/s",
+            "random-theta pts/s",
+        ],
+        rows,
+    )
     return lines
 
 

@@ -297,3 +297,31 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     # absent: the part says how to produce it, the sections keep their numbers
     alone = results.render(_write(tmp_path / "alone", bench_backend=BACKEND), MACHINE)
     assert "Not measured yet: `.venv/bin/python benchmarks/bench_command.py`" in alone
+def test_backend_cost_model_is_rendered_when_present(results, tmp_path: Path) -> None:
+    backend = json.loads(json.dumps(BACKEND))
+    backend["cpu_limits"] = {
+        "dgemm_macs_per_s": 2.08e10,
+        "instruments": {"epn": {"poisson_draws_per_s": 1.73e7}},
+    }
+    backend["instruments"]["epn"]["native"]["points_per_s_random_theta"] = 2493.2
+    backend["instruments"]["epn"]["cost_model"] = {
+        "multiply_adds_per_point": 582795.3,
+        "multiply_adds_by_part": {"fold_grid": 146813.6, "fold_true": 96406.3, "profile": 339575.5},
+        "poisson_draws_per_point": 1305.0,
+        "float32_logs_per_point": 3568.7,
+        "us_multiply_adds_at_dgemm_peak": 27.97,
+        "us_poisson_draws": 75.41,
+        "us_float32_logs": 6.29,
+        "us_model": 109.67,
+        "us_measured": 269.86,
+        "points_per_s_limit": 9118.2,
+    }
+    page = results.render(_write(tmp_path / "out", bench_backend=backend), MACHINE)
+    assert "dgemm 20.8 G multiply-adds/s" in page
+    assert (
+        "| epn | 583k (147k / 96k / 340k) | 1305 (58 ns) | 3569 | 110 (28 / 75 / 6) | 270 | "
+        "9118 | 3194 | 2493 |" in page
+    )
+    # without a cost model (older JSON) the section is as before
+    old = results.render(_write(tmp_path / "old", bench_backend=BACKEND), MACHINE)
+    assert "Cost model" not in old

@@ -328,3 +328,130 @@ def test_table_temperature_range(acis, tmp_path):
     assert res.status[1].max() == 0
     # the linearly interpolated table fits its own asimov data exactly
     assert res.t_fit_mod[1, 0] == pytest.approx(4.0, rel=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast paths against direct computations
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def epn(responses_dir) -> Instrument:
+    return Instrument.load(
+        responses_dir / "xmm_epn_src.arf", responses_dir / "xmm_epn_ff20_dY9.rmf"
+    )
+
+
+def _direct_fitter(inst: Instrument, modifier, theta, model, st) -> SpectrumFitter:
+    """A fitter whose ORIGINAL response is the modified one: the templates folded directly,
+    in float64, without the per-(mu, sigma) basis folds or the float32 log."""
+    area = modifier.apply(inst.e_mid, inst.area, np.asarray(theta)[None, :])[0]
+    return SpectrumFitter(
+        inst.with_area(area), model, {"nH": 0.05}, st.band, st.exposure, st.fit_tgrid
+    )
+
+
+@pytest.mark.parametrize(
+    "name, family, theta",
+    [
+        ("acis", "gaussian", [1.5, 0.3, 0.2]),
+        ("epn", "gaussian", [2.2, 0.8, -0.3]),  # broad: every row, negative RMF elements
+        ("epn", "gaussian", [1.2, 0.2, -0.9]),  # a deep dip: s'/s < 0.5, the float64 path
+        ("acis", "multi_gaussian", [1.2, 0.2, 0.25, 2.5, 0.5, -0.15]),
+        ("epn", "spline", [0.1, -0.2, 0.15, 0.05, -0.1, 0.2]),  # not linear: key = theta
+    ],
+)
+def test_modified_fits_match_a_direct_float64_fold(request, bremss_model, name, family, theta):
+    inst = request.getfixturevalue(name)
+    modifier = get_modifier(family)
+    st = settings(mode="asimov", fit_tgrid=np.geomspace(0.5, 40.0, 128))
+    be = NativeBackend(inst, bremss_model, modifier, st)
+    t_true = np.array([1.3, 3.0, 7.5])
+    res = be.run(np.tile(theta, (3, 1)), t_true, np.arange(3))
+    direct = _direct_fitter(inst, modifier, theta, bremss_model, st)
+    # fakeit: the expected counts are the direct fold's (the norm is set through the original)
+    expected = np.stack([direct.fold_original(t) for t in t_true]) * res.norm[:, None]
+    np.testing.assert_allclose(res.counts[:, 0], expected.sum(axis=1), rtol=1e-12)
+    # the modified fit: the same best fits, intervals and curves as with exact templates
+    fits = direct.fit(np.maximum(expected, 0.0))
+    np.testing.assert_allclose(res.t_fit_mod[:, 0], fits.t_fit, rtol=1e-5)
+    np.testing.assert_allclose(res.err_mod[:, 0], fits.err, rtol=1e-3)
+    np.testing.assert_allclose(res.curve_mod[:, 0], fits.curves, rtol=0, atol=2e-3)
+    assert np.all(res.status == 0)
+
+
+def test_results_do_not_depend_on_batching_within_a_key(acis, bremss_model):
+    """Two amplitudes of one (mu, sigma) over 40 temperatures (the temperature folds share
+    fixed-shape blocks), then subsets in another order: bitwise the same."""
+    st = settings(realisations=2, fit_tgrid=np.geomspace(0.5, 40.0, 64))
+    t_axis = np.geomspace(1.0, 12.0, 40)
+    theta = np.repeat([[1.5, 0.3, 0.2], [1.5, 0.3, -0.1]], t_axis.size, axis=0)
+    t_true = np.tile(t_axis, 2)
+    index = np.arange(t_true.size) + 77
+    full = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(theta, t_true, index)
+    take = np.random.default_rng(3).permutation(t_true.size)[:23]
+    part = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(
+        theta[take], t_true[take], index[take]
+    )
+    for name in ("t_fit_orig", "t_fit_mod", "err_mod", "counts", "curve_mod", "status"):
+        assert getattr(full, name)[take].tobytes() == getattr(part, name).tobytes(), name
+
+
+def test_point_streams_are_point_rng():
+    from xrmodifier_hpc.backends.native import _PointStreams
+    from xrmodifier_hpc.config.grid import point_rng
+
+    for seed, stream in ((20261124, 0), (0, 2), (2**32 - 1, 1)):
+        streams = _PointStreams(seed, stream)
+        assert streams.fast
+        index = np.array([0, 1, 5, 123456, 2**31 + 7, 2**32 - 1, 2**32, 2**40])
+        for k, gen in zip(index, streams.generators(index), strict=True):
+            ref = point_rng(seed, int(k), stream)
+            np.testing.assert_array_equal(gen.poisson(12.5, 64), ref.poisson(12.5, 64))
+            np.testing.assert_array_equal(gen.random(8), ref.random(8))
+    # a seed beyond one 32-bit word takes point_rng itself
+    big = _PointStreams(2**40, 0)
+    assert not big.fast
+    gen = next(big.generators(np.array([3])))
+    np.testing.assert_array_equal(gen.random(4), point_rng(2**40, 3, 0).random(4))
+
+
+def test_band_response_folds_like_the_dense_matrix(epn):
+    from xrmodifier_hpc.backends.native import BandResponse
+
+    dense = epn.matrix[:, epn.band_mask(0.5, 7.0)].toarray()
+    dense = dense[np.any(dense != 0, axis=1)]
+    band = BandResponse(dense, block_rows=64)
+    assert band.nonzero == np.count_nonzero(dense)
+    assert band.multiply_adds() < 0.4 * dense.size  # blocks keep only the reached channels
+    x = np.random.default_rng(0).random((5, dense.shape[0]))
+    np.testing.assert_allclose(band.fold(x), x @ dense, rtol=1e-12, atol=1e-12)
+    rows = slice(100, 431)
+    np.testing.assert_allclose(band.fold(x[:, rows], rows), x[:, rows] @ dense[rows], atol=1e-12)
+    single = band.fold(x, single=True)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, x @ dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "family, options, theta",
+    [
+        ("gaussian", {}, [1.7, 0.4, -0.25]),
+        ("multi_gaussian", {"n_components": 3}, [1.0, 0.2, 0.1, 2.0, 0.5, -0.2, 4.0, 1.0, 0.3]),
+        ("spline", {}, [0.1, -0.2, 0.15, 0.05, -0.1, 0.2]),
+    ],
+)
+def test_linear_form_rebuilds_the_multiplier(family, options, theta):
+    modifier = get_modifier(family, options)
+    energy = np.linspace(0.2, 12.0, 500)
+    key, amps = modifier.linear_form(np.array(theta))
+    hash(key)
+    basis = modifier.linear_basis(energy, key)
+    assert basis.shape == (amps.size, energy.size)
+    np.testing.assert_allclose(
+        1.0 + amps @ basis, modifier.evaluate(energy, np.array(theta)), rtol=1e-14, atol=1e-14
+    )
+    if family != "spline":  # the amplitudes are not part of the key
+        other = np.array(theta, dtype=float)
+        other[2::3] *= -0.5
+        assert modifier.linear_form(other)[0] == key

@@ -23,7 +23,8 @@ from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import store
 from xrmodifier_hpc.io.artefacts import Workdir
 from xrmodifier_hpc.io.metrics import EmulatorMetrics
-from xrmodifier_hpc.stages.simulate import merge, simulate
+from xrmodifier_hpc.stages.merge import merge
+from xrmodifier_hpc.stages.simulate import simulate
 from xrmodifier_hpc.stages.train import train_process
 
 
@@ -135,13 +136,20 @@ def test_grid_without_offgrid_points_trains_then_simulate_adds_them(
     assert load_config(config).simulation_fingerprint() == store.inspect_file(path).fingerprint
 
 
-def test_merge_of_array_shards_stores_the_offgrid_points(project):
+def test_simulate_after_a_merge_adds_the_offgrid_points(project):
+    """An array run: the shards, `merge` (the grid), then `simulate` once more adds only the
+    off-grid check points (what jobs/merge.sbatch does), the same as a serial run's."""
     config = small(project, "array")
     path = grid_path(config)
     simulate(config, shard="0/2")
     simulate(config, shard="1/2")
     assert not path.exists()  # array tasks leave shards; merge makes grid.h5
-    merge(config)
+    summary = merge(config)
+    assert summary.complete and "xrmodifier simulate CONFIG" in summary.describe()
+    assert store.load_offgrid(path) is None  # merge fits nothing
+    done_before = store.inspect_file(path).done.copy()
+    again = simulate(config)
+    assert again.computed == 0 and (store.inspect_file(path).done == done_before).all()
     merged = store.load_offgrid(path)
     assert merged is not None and merged.n_points == 8
     serial = small(project, "serial")

@@ -2,31 +2,54 @@
 
 How a batch is computed (see backends/base.py for the contract):
 
-- The response is restricted once to the noticed channels (a dense (n_E, n_chan) block, rows
-  that reach no noticed channel dropped). Source photon fluxes are computed per temperature,
-  one row at a time, and cached.
+- The response is restricted once to the noticed channels and to the energy rows that reach
+  them (:class:`BandResponse`: dense blocks of 64 rows, each over only the channels it
+  reaches). Source photon fluxes are computed per temperature, one row at a time, and cached.
 - "Templates" are expected counts at norm 1, ``s_j(T) = exposure * fold(flux(T), area)_j``.
-  Those of the original response on the fit-temperature grid are computed once; those of the
-  modified response once per theta (grid points come with T_true fastest, so a batch shares
-  theta), as the original ones plus the fold through the area change, over only the energies
-  where the modifier differs from 1.
-- fakeit: expected counts through the modified response at T_true, Poisson draws from the
-  point's own generator (``grid.point_rng``), or the expectation itself in asimov mode.
+  Those of the original response on the fit-temperature grid are computed once.
+- The modifier is written as ``m(E) = 1 + sum_j a_j b_j(E; key)``
+  (:meth:`Modifier.linear_form`: for the Gaussian family key = (mu, sigma), a = [A]; a family
+  that is not linear in any parameter has key = theta, a = [1], b = m - 1). Folds are linear
+  in the area, so ``s'(T) = s(T) + sum_j a_j delta_j(T)`` with ``delta_j`` the fold of
+  ``flux * area * b_j``: the basis folds are computed once per key (float64), over only the
+  energy rows where ``b_j`` is not negligible, and shared by every amplitude (every A of one
+  (mu, sigma)).
+- The modified fit needs ``ln s'_j(T)`` on the fit grid: ``ln s' = ln s + ln(1 + z)`` with
+  ``z = sum_j a_j delta_j / s``. ``ln(1 + z)`` is computed in float32 (a compensated log1p,
+  ~1 ulp), in float64 wherever ``s`` is not safely positive (negative RMF elements) or
+  ``1 + z < 1/2``. Against an all-float64 computation this moves T1' by < 1e-5 (relative),
+  the delta-C = 1 interval ends by < 1e-4 of the interval, C(T) by < 3e-4 (``grid.h5`` stores
+  C in float32; the conformance tests allow 0.5); T1 and the fakeit spectra are unchanged.
+  The profile's one data-model term is then ``sum_j d_j ln s_j + sum_j d_j ln(1 + z_j)``: the
+  first half is shared with the original fit.
+- fakeit: expected counts through the modified response at T_true (the original fold plus
+  ``a_j`` times the basis folds at T_true, float64, cached per key and T_true), Poisson draws
+  from the point's own generator (``grid.point_rng``, seeded here without building a
+  SeedSequence per point: :class:`_PointStreams`), or the expectation itself in asimov mode.
 - Each spectrum is fitted twice (original and modified templates): the norm-profiled C-stat
   on the grid is one matrix product (fitstat), then the minimum and the delta-C = 1 interval
   come from the local-polynomial interpolant of the profile in ln T (fitstat).
 
 Bitwise determinism: BLAS results for a row depend on the matrix shape and on the row's
 position in it. Every product whose rows are per-point data is therefore done in blocks of a
-fixed shape, with each point at a fixed position (its index modulo the block size), so a
-point's results do not depend on which other points share its batch.
+fixed shape, with each point at a fixed position (its index modulo the block size), and every
+per-key fold of a temperature row at a position fixed by that temperature, so a point's results
+do not depend on which other points share its batch.
+
+Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson draws (one per
+noticed channel: numpy's sampler, ~60 ns each, is the largest single cost on EPIC-pn's 1305
+channels), the two profile products (2 x channels x fit temperatures multiply-adds), the
+per-key basis folds shared by the points of one (mu, sigma), one float32 log per channel and
+fit temperature per theta shared by its T_true points, and the fit refinement.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+import struct
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +73,7 @@ from xrmodifier_hpc.physics.fitstat import (
     STENCIL,
     FitResult,
     LocalPolyGrid,
+    cstat_from_cross,
     cstat_profile,
     data_terms,
     fit_profiles,
@@ -59,15 +83,26 @@ from xrmodifier_hpc.physics.spectra import Model, ModelError
 
 log = logging.getLogger(__name__)
 
-#: rows per fixed-shape block of the per-point products (see the module docstring)
+#: rows per fixed-shape block of the per-point products (see the module docstring): per-theta
+#: groups (a few dozen points) and per-key temperature folds use BLOCK_ROWS, the profiles of a
+#: whole batch against the original templates WIDE_BLOCK_ROWS (a larger product is faster)
 BLOCK_ROWS = 16
+WIDE_BLOCK_ROWS = 64
+#: response rows per block of :class:`BandResponse`
+FOLD_BLOCK_ROWS = 64
 #: area changes below this fraction of the peak area are ignored when folding modified areas
 AREA_CHANGE_TOL = 1e-14
-#: cached per-temperature fluxes/folds and per-theta templates (memory stays bounded)
+#: cached per-temperature fluxes/folds, per-theta and per-key terms (memory stays bounded)
 T_CACHE_SIZE = 1024
 THETA_CACHE_SIZE = 8
+KEY_CACHE_SIZE = 4
 #: template floor: a channel the model cannot reach gets this instead of 0 (finite logs)
 TEMPLATE_FLOOR = 1e-300
+#: the float32 path takes template ratios s'/s = 1 + z above this; below, float64
+MIN_RATIO = 0.5
+#: templates below this, or |delta / s| above RATIO_MAX, always take the float64 path
+REGULAR_MIN = 1e-290
+RATIO_MAX = 1e6
 
 
 class _LRU(OrderedDict):
@@ -108,10 +143,98 @@ def _resolve_engine(engine: str, device: str) -> tuple[Any, Any]:
     return xp, torch.device(device)
 
 
+class BandResponse:
+    """A response restricted to the noticed channels, stored as blocks of energy rows.
+
+    Each block of ``block_rows`` rows keeps only the contiguous range of channels its rows
+    reach, so a fold costs about the number of non-zero elements, not rows x channels (the
+    EPIC-pn matrix over 0.5-7 keV is 26% non-zero, ACIS 59%), while each block is still one
+    dense BLAS product.
+
+    Parameters
+    ----------
+    dense : numpy.ndarray
+        (K, n_chan) the redistribution matrix on the noticed channels (rows: energy bins).
+    block_rows : int
+        Rows per block.
+    """
+
+    def __init__(self, dense: np.ndarray, block_rows: int = FOLD_BLOCK_ROWS) -> None:
+        dense = np.asarray(dense, dtype=np.float64)
+        self.n_rows, self.n_channels = dense.shape
+        self.nonzero = int(np.count_nonzero(dense))
+        self._blocks: list[tuple[int, int, int, int, np.ndarray]] = []
+        self._blocks32: list[tuple[int, int, int, int, np.ndarray]] = []
+        reach = dense != 0
+        for r0 in range(0, self.n_rows, block_rows):
+            r1 = min(r0 + block_rows, self.n_rows)
+            cols = np.flatnonzero(reach[r0:r1].any(axis=0))
+            if cols.size:
+                c0, c1 = int(cols[0]), int(cols[-1]) + 1
+                sub = np.ascontiguousarray(dense[r0:r1, c0:c1])
+                self._blocks.append((r0, r1, c0, c1, sub))
+                self._blocks32.append((r0, r1, c0, c1, sub.astype(np.float32)))
+
+    def _parts(
+        self, lo: int, hi: int, single: bool = False
+    ) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+        for r0, r1, c0, c1, sub in self._blocks32 if single else self._blocks:
+            a, b = max(r0, lo), min(r1, hi)
+            if a < b:
+                yield a, b, c0, c1, sub[a - r0 : b - r0]
+
+    def multiply_adds(self, rows: slice | None = None) -> int:
+        """Multiply-adds per folded row over the energy rows ``rows`` (default: all)."""
+        lo, hi = (0, self.n_rows) if rows is None else (rows.start, rows.stop)
+        return sum((b - a) * (c1 - c0) for a, b, c0, c1, _ in self._parts(lo, hi))
+
+    def fold(self, x: np.ndarray, rows: slice | None = None, single: bool = False) -> np.ndarray:
+        """Fold rows of per-energy values through the matrix.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            (m, n) values per energy row (counts per bin) on the rows ``rows`` (n = the
+            length of ``rows``).
+        rows : slice, optional
+            The contiguous energy rows ``x`` covers (default: all K).
+        single : bool
+            Fold in float32 (relative error ~1e-7, twice as fast).
+
+        Returns
+        -------
+        numpy.ndarray
+            (m, n_chan) expected counts per noticed channel (float32 when ``single``). For a
+            fixed ``x`` shape and ``rows`` the arithmetic is always the same (bitwise
+            reproducible).
+        """
+        lo, hi = (0, self.n_rows) if rows is None else (rows.start, rows.stop)
+        dtype = np.float32 if single else np.float64
+        x = np.asarray(x, dtype=dtype)
+        out = np.zeros((x.shape[0], self.n_channels), dtype=dtype)
+        for a, b, c0, c1, sub in self._parts(lo, hi, single):
+            out[:, c0:c1] += x[:, a - lo : b - lo] @ sub
+        return out
+
+
 @dataclass(frozen=True)
 class Fits:
-    """Fits of m spectra (numpy): best-fit temperature (keV), the distances to the ends of the
-    delta-C = 1 interval (keV), C at the best fit, the profile on the grid, status bits."""
+    """Fits of m spectra (numpy arrays).
+
+    Attributes
+    ----------
+    t_fit : numpy.ndarray
+        (m,) best-fit temperature, keV.
+    err : numpy.ndarray
+        (m, 2) distances from the best fit down to the lower and up to the upper end of the
+        delta-C = 1 interval, keV.
+    cstat : numpy.ndarray
+        (m,) C at the best fit.
+    curves : numpy.ndarray
+        (m, n_T) the profile C(T) on the fit grid.
+    status : numpy.ndarray
+        (m,) uint8 status bits (backends.base.STATUS_*).
+    """
 
     t_fit: np.ndarray
     err: np.ndarray
@@ -123,10 +246,58 @@ class Fits:
 class SpectrumFitter:
     """C-stat fits of spectra through one instrument and model, kT and norm free.
 
-    ``tgrid`` (keV) is the grid of the exact profile; ``band`` (keV) selects the channels as
-    XSPEC's ``ignore **-lo hi-**`` (and ``usable``, a per-channel mask, if given); ``exposure``
-    in s; ``params`` the frozen parameters. Spectra passed to the methods hold the counts of
-    the selected channels only (``mask``).
+    Spectra passed to the methods hold the counts of the selected channels only (``mask``).
+
+    Parameters
+    ----------
+    instrument : Instrument
+        ARF and RMF.
+    model : Model
+        The source model.
+    params : mapping of str to float
+        Values of the model's frozen parameters (every parameter but the temperature).
+    band : tuple of float
+        (low, high) keV: channels selected as XSPEC's ``ignore **-lo hi-**``.
+    exposure : float
+        s.
+    tgrid : numpy.ndarray
+        (n_T,) keV, increasing: the grid of the exact profile.
+    temperature_param : str
+        The model parameter on the temperature axis.
+    engine, device : str
+        ``numpy`` or ``torch`` (``auto``, ``cpu``, ``cuda``) for the profile products and fits.
+    min_counts : float
+        Spectra with fewer noticed counts are flagged ``too_few_counts``, not fitted.
+    usable : numpy.ndarray, optional
+        (n_chan,) bool: channels that may be noticed (XSPEC leaves out bad QUALITY).
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        (n_channels,) bool, the noticed channels of the instrument.
+    channels : numpy.ndarray
+        Their indices (n_chan,).
+    rows : numpy.ndarray
+        (K,) the instrument's energy rows that reach a noticed channel.
+    area : numpy.ndarray
+        (K,) the ARF on those rows, cm^2.
+    band_response : BandResponse
+        The matrix on (rows, channels).
+    grid_flux : numpy.ndarray
+        (n_T, K) exposure x photon flux per energy row at norm 1 on ``tgrid``.
+    templates : numpy.ndarray
+        (n_T, n_chan) expected counts at norm 1 on ``tgrid`` through the original response.
+    log_templates, log_totals
+        Engine arrays: ln of the templates (floored at 1e-300) and of their sums.
+    xgrid : LocalPolyGrid
+        The interpolant's tables on ln(tgrid).
+
+    Raises
+    ------
+    ModelError
+        Missing frozen parameters, a grid outside the model's range, non-finite model values.
+    UserError
+        No usable channel, or no energy bin reaching the band.
     """
 
     def __init__(
@@ -182,55 +353,68 @@ class SpectrumFitter:
                 f"no energy bin of the response reaches the band {band[0]:g}-{band[1]:g} keV",
                 str(instrument.rmf_path) if instrument.rmf_path else None,
             )
-        self.response = np.ascontiguousarray(dense[self.rows])  # (K, n_chan)
+        self._response = np.ascontiguousarray(dense[self.rows])  # (K, n_chan)
+        self.band_response = BandResponse(self._response)
         self.area = np.asarray(instrument.area, dtype=np.float64)[self.rows]
         self.xgrid = LocalPolyGrid.build(np.log(self.tgrid))
 
         self._flux_cache = _LRU(T_CACHE_SIZE)
         self._fold_cache = _LRU(T_CACHE_SIZE)
-        grid_flux = self._flux_rows(self.tgrid)  # (n_T, K) counts per bin at norm 1
-        self.grid_flux = grid_flux
-        self.templates = self._checked(grid_flux * self.area) @ self.response
+        self._total_cache = _LRU(T_CACHE_SIZE)
+        self.grid_flux = np.stack([self.flux(t) for t in self.tgrid])  # (n_T, K)
+        if not np.all(np.isfinite(self.grid_flux)):
+            raise ModelError("the model gave non-finite values")
+        self.templates = (self.grid_flux * self.area) @ self._response
         self.xp, self.device = _resolve_engine(engine, device)
-        self._dev_grid_flux = self._to(grid_flux)
-        self._dev_response = self._to(self.response)
-        self._dev_xgrid = self.xgrid.to(self.xp, self._to(np.zeros(1)))
-        self.log_templates, self.log_totals = self._logs(self._to(self.templates))
+        self._dev_xgrid = self.xgrid.to(self.xp, self.to_engine(np.zeros(1)))
+        self.log_templates, self.log_totals = self.log_templates_of(self.templates)
 
-    # ---- helpers ---------------------------------------------------------------------------
+    # ---- engine arrays ---------------------------------------------------------------------
 
-    def _to(self, a: np.ndarray) -> Any:
+    def to_engine(self, a: np.ndarray) -> Any:
+        """Convert ``a`` (numpy) to an engine array (numpy, or torch on the fitter's device)."""
         if self.device is None:
             return np.ascontiguousarray(a)
         return self.xp.asarray(np.ascontiguousarray(a), device=self.device)
 
-    def _np(self, a: Any) -> np.ndarray:
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Convert an engine array to numpy."""
         if self.device is None:
             return np.asarray(a)
         return a.detach().cpu().numpy()
 
-    def _logs(self, templates: Any) -> tuple[Any, Any]:
-        xp = self.xp
-        if self.device is None:
-            safe = np.maximum(templates, TEMPLATE_FLOOR)
-        else:
-            safe = xp.clip(templates, min=TEMPLATE_FLOOR)
-        return xp.log(safe), xp.log(xp.sum(safe, axis=1))
+    def log_templates_of(self, templates: np.ndarray) -> tuple[Any, Any]:
+        """Take the logarithms of templates for the profile products.
 
-    @staticmethod
-    def _checked(a: np.ndarray) -> np.ndarray:
-        if not np.all(np.isfinite(a)):
-            raise ModelError("the model gave non-finite values")
-        return a
+        Parameters
+        ----------
+        templates : numpy.ndarray
+            (n_T, n_chan) expected counts at norm 1; each floored at 1e-300 first (a channel
+            the model cannot reach).
 
-    def _flux_rows(self, temps: np.ndarray) -> np.ndarray:
-        """Exposure x photon flux per energy bin (rows noticed) at each of ``temps``."""
-        return np.stack([self.flux(t) for t in np.atleast_1d(temps)])
+        Returns
+        -------
+        tuple
+            Engine arrays ln s (n_T, n_chan) and ln S (n_T,), S the sum over channels.
+        """
+        safe = np.maximum(templates, TEMPLATE_FLOOR)
+        return self.to_engine(np.log(safe)), self.to_engine(np.log(safe.sum(axis=1)))
+
+    # ---- folds -----------------------------------------------------------------------------
 
     def flux(self, t: float) -> np.ndarray:
-        """Exposure (s) x photons cm^-2 per energy bin at norm 1 for temperature ``t`` (keV).
+        """Exposure x photon flux per noticed energy row at norm 1.
 
-        Computed one temperature at a time (so the bits never depend on a batch) and cached.
+        Parameters
+        ----------
+        t : float
+            Temperature, keV.
+
+        Returns
+        -------
+        numpy.ndarray
+            (K,) s x photons cm^-2 per energy bin; computed one temperature at a time (so the
+            bits never depend on a batch) and cached.
         """
         t = float(t)
 
@@ -244,11 +428,22 @@ class SpectrumFitter:
         return self._flux_cache.get_or(t, make)
 
     def fold_original(self, t: float) -> np.ndarray:
-        """Expected counts per noticed channel at norm 1 through the original response."""
+        """Fold the model at temperature ``t`` (keV) through the original response.
+
+        Returns the expected counts per noticed channel (n_chan,) at norm 1 (cached).
+        """
         t = float(t)
         return self._fold_cache.get_or(
-            t, lambda: ((self.flux(t) * self.area)[None, :] @ self.response)[0]
+            t, lambda: self.band_response.fold((self.flux(t) * self.area)[None, :])[0]
         )
+
+    def total_original(self, t: float) -> float:
+        """Sum :meth:`fold_original`: expected noticed counts at norm 1 (cached).
+
+        ``t`` in keV.
+        """
+        t = float(t)
+        return self._total_cache.get_or(t, lambda: float(self.fold_original(t).sum()))
 
     # ---- fitting ---------------------------------------------------------------------------
 
@@ -259,28 +454,42 @@ class SpectrumFitter:
         log_totals: Any = None,
         terms: tuple[Any, Any] | None = None,
     ) -> Any:
-        """C on the grid (m, n_T) of spectra ``counts`` (m, n_chan) (engine arrays); the
-        original response's templates unless others are given."""
+        """Compute C on the grid (m, n_T) of spectra ``counts`` (m, n_chan, engine arrays).
+
+        Against the original response's templates unless others are given.
+        """
         lt = self.log_templates if log_templates is None else log_templates
         lS = self.log_totals if log_totals is None else log_totals
         return cstat_profile(counts, lt, lS, terms)
 
     def finish(self, curves: Any, totals: np.ndarray) -> Fits:
-        """Refine and bracket the minimum of each profile; flag as base.STATUS_* says."""
+        """Refine and bracket the minimum of each profile; flag as base.STATUS_* says.
+
+        Parameters
+        ----------
+        curves : array
+            (m, n_T) engine array of C on the grid.
+        totals : numpy.ndarray
+            (m,) noticed counts of the spectra (for ``min_counts``).
+
+        Returns
+        -------
+        Fits
+        """
         res: FitResult = fit_profiles(curves, self._dev_xgrid)
-        x, x_lo, x_hi = self._np(res.x), self._np(res.x_lo), self._np(res.x_hi)
-        cstat = self._np(res.value)
-        curves_np = self._np(curves)
+        npy = self.to_numpy
+        x, x_lo, x_hi = npy(res.x), npy(res.x_lo), npy(res.x_hi)
+        cstat = npy(res.value)
         status = np.zeros(x.shape, dtype=np.uint8)
-        status[self._np(res.at_bound)] |= STATUS_AT_GRID_BOUND
-        status[self._np(res.lo_open) | self._np(res.hi_open)] |= STATUS_ERROR_AT_BOUND
+        status[npy(res.at_bound)] |= STATUS_AT_GRID_BOUND
+        status[npy(res.lo_open) | npy(res.hi_open)] |= STATUS_ERROR_AT_BOUND
         t_fit = np.exp(x)
         err = np.stack([t_fit - np.exp(x_lo), np.exp(x_hi) - t_fit], axis=-1)
         # the interpolant's minimum is found to machine precision; a profile that is not
         # convex there (flat or broken) has no trustworthy minimum
-        convex = self._np(res.convex)
+        convex = npy(res.convex)
         status[~convex & (status & STATUS_AT_GRID_BOUND == 0)] |= STATUS_NOT_CONVERGED
-        failed = ~self._np(res.finite)
+        failed = ~npy(res.finite)
         few = (totals < self.min_counts) | (totals <= 0)
         status[failed] |= STATUS_FAILED
         status[few] = STATUS_TOO_FEW_COUNTS | (status[few] & STATUS_FAILED)
@@ -288,14 +497,14 @@ class SpectrumFitter:
         t_fit[bad] = np.nan
         err[bad] = np.nan
         cstat[bad] = np.nan
-        curves_np = curves_np.copy()
+        curves_np = np.array(npy(curves), dtype=np.float64, copy=True)
         curves_np[bad] = np.nan
         return Fits(t_fit, err, cstat, curves_np, status)
 
     def fit(self, counts: np.ndarray) -> Fits:
         """Fit spectra ``counts`` (m, n_chan noticed) with the original response."""
         counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
-        curves = self.profiles(self._to(counts))
+        curves = self.profiles(self.to_engine(counts))
         return self.finish(curves, counts.sum(axis=1))
 
     def exact_profile(self, counts: np.ndarray, temps: np.ndarray) -> np.ndarray:
@@ -316,21 +525,185 @@ class SpectrumFitter:
         return out
 
 
+# --------------------------------------------------------------------------------------------
+# per-point random streams
+# --------------------------------------------------------------------------------------------
+
+# numpy's SeedSequence (O'Neill's seed_seq) and PCG64 seeding constants
+_INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
+_INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+_M32, _M128 = (1 << 32) - 1, (1 << 128) - 1
+_PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
+
+
+def _hash_constants(start: int, mult: int, n: int) -> list[int]:
+    out = [start]
+    for _ in range(n):
+        out.append((out[-1] * mult) & _M32)
+    return out
+
+
+class _PointStreams:
+    """The generators of :func:`grid.point_rng` (seed, k, stream), built faster.
+
+    ``point_rng`` builds a SeedSequence and a PCG64 per point (~25 us, a tenth of a point's
+    budget). This class computes the same PCG64 states for a batch of indices at once (numpy's
+    seed mixing, vectorised over the batch) and sets them on one reusable generator. It checks
+    itself against ``point_rng`` when built and falls back to it if numpy's seeding ever
+    differs, or for values that do not fit one 32-bit word.
+    """
+
+    def __init__(self, seed: int, stream: int) -> None:
+        self.seed, self.stream = int(seed), int(stream)
+        self._bitgen = np.random.PCG64(0)
+        self._gen = np.random.Generator(self._bitgen)
+        self._hash_a = _hash_constants(_INIT_A, _MULT_A, 16)
+        self._hash_b = _hash_constants(_INIT_B, _MULT_B, 8)
+        self.fast = 0 <= self.seed <= _M32 and 0 <= self.stream <= _M32
+        if self.fast:
+            probe = np.array([0, 1, 7, 123456789, _M32], dtype=np.int64)
+            ours = self._states(probe)
+            for k, (state, inc) in zip(probe, ours):
+                ref = point_rng(self.seed, int(k), self.stream).bit_generator.state["state"]
+                if ref != {"state": state, "inc": inc}:
+                    log.debug("fast point streams disagree with point_rng: using point_rng")
+                    self.fast = False
+                    break
+
+    def _states(self, index: np.ndarray) -> list[tuple[int, int]]:
+        """PCG64 (state, inc) of SeedSequence([seed, stream, k]) for each k in ``index``."""
+        u32 = np.uint32
+        ha = self._hash_a
+        calls = iter(range(16))
+
+        def hashmix(v: np.ndarray) -> np.ndarray:
+            k = next(calls)
+            v = (v ^ u32(ha[k])) * u32(ha[k + 1])
+            return v ^ (v >> u32(16))
+
+        def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            r = u32(_MIX_L) * x - u32(_MIX_R) * y
+            return r ^ (r >> u32(16))
+
+        n = index.size
+        entropy = [
+            np.full(n, self.seed, dtype=np.uint32),
+            np.full(n, self.stream, dtype=np.uint32),
+            index.astype(np.uint32),
+        ]
+        pool = [hashmix(e) for e in entropy] + [hashmix(np.zeros(n, dtype=np.uint32))]
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        hb = self._hash_b
+        words = []
+        for i in range(8):
+            v = (pool[i % 4] ^ u32(hb[i])) * u32(hb[i + 1])
+            words.append((v ^ (v >> u32(16))).astype(np.uint64))
+        w64 = [words[2 * i] | (words[2 * i + 1] << np.uint64(32)) for i in range(4)]
+        out = []
+        for s_hi, s_lo, i_hi, i_lo in zip(*(w.tolist() for w in w64)):
+            initstate = (s_hi << 64) | s_lo
+            inc = (((i_hi << 64) | i_lo) << 1 | 1) & _M128
+            state = inc  # 0 * mult + inc
+            state = (((state + initstate) & _M128) * _PCG_MULT + inc) & _M128
+            out.append((state, inc))
+        return out
+
+    def states(self, index: np.ndarray) -> list[tuple[int, int] | None]:
+        """Compute the PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
+        index = np.asarray(index, dtype=np.int64)
+        if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
+            return [None] * index.size
+        return self._states(index)
+
+    def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
+        """Return the generator of point ``k`` from its :meth:`states` entry.
+
+        The fast path returns the SAME object, re-seeded: use it before asking for the next.
+        """
+        if state is None:
+            return point_rng(self.seed, int(k), self.stream)
+        self._bitgen.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": state[0], "inc": state[1]},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self._gen
+
+    def generators(self, index: np.ndarray) -> Iterator[np.random.Generator]:
+        """Yield one generator per point of ``index``, in order.
+
+        Each draws exactly what ``point_rng(seed, k, stream)`` draws (see :meth:`generator`).
+        """
+        index = np.asarray(index, dtype=np.int64)
+        for k, state in zip(index.tolist(), self.states(index), strict=True):
+            yield self.generator(k, state)
+
+
+# --------------------------------------------------------------------------------------------
+# the backend
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass
-class _ThetaTemplates:
-    """Per-theta quantities: the area change (cm^2) on the contiguous span of noticed-row
-    energies where the modifier departs from 1 (or the whole modified area), and the
-    modified response's log-templates on the fit grid (engine arrays)."""
+class _KeyTerms:
+    """Per-key quantities (one (mu, sigma) of the Gaussian family).
+
+    The energy-row span where a basis function is not negligible, ``weights`` = area x basis
+    on it (J, span) cm^2, the basis folds on the fit grid ``delta`` (J, n_T, n_chan), the
+    split of template elements into the float32 path (``ratio`` = delta / s, float32, zero
+    elsewhere) and the float64 one (``irregular``), and the folds at T_true (``folds``: T ->
+    (J, n_chan)).
+    """
 
     span: slice
-    weights: np.ndarray  # area change on ``span``, or the whole modified area when ``full``
-    full: bool
-    log_templates: Any
+    weights: np.ndarray
+    delta: np.ndarray
+    chan: slice
+    ratio: np.ndarray
+    totals_base: np.ndarray  # (n_T,) sum of the (floored) templates off ``irregular``
+    delta_totals_base: np.ndarray  # (J, n_T) sum of ``delta`` off ``irregular``
+    irregular: np.ndarray  # flat indices into (n_T, n_chan)
+    irregular_rows: np.ndarray  # their T index
+    irregular_cols: np.ndarray  # their channel, counted from ``chan.start``
+    irregular_templates: np.ndarray  # s there
+    irregular_delta: np.ndarray  # (J, n_irregular) delta there
+    irregular_logs: np.ndarray  # ln max(s, floor) there
+    folds: _LRU
+
+
+@dataclass
+class _ThetaTerms:
+    """Per-theta quantities.
+
+    Amplitudes (J,), ln(s'/s) on the channels ``key.chan`` (engine, (n_T, n_chan_key)) and
+    ln S' (engine, (n_T,)).
+    """
+
+    key: _KeyTerms
+    amplitudes: np.ndarray
+    log_ratio: Any
     log_totals: Any
 
 
 class NativeBackend(Backend):
-    """fakeit + C-stat fits in numpy (or torch), vectorised over a batch of grid points."""
+    """fakeit + C-stat fits in numpy (or torch), vectorised over a batch of grid points.
+
+    Parameters
+    ----------
+    instrument : Instrument
+        The target instrument (its ARF is modified).
+    model : Model
+        The source model.
+    modifier : Modifier
+        The ARF modifier family.
+    settings : SimulationSettings
+        Exposure, band, realisations, seed, fit grid, counts/norm, mode, engine.
+    """
 
     name = "native"
 
@@ -360,68 +733,180 @@ class NativeBackend(Backend):
             device=settings.device,
             min_counts=settings.min_counts,
         )
+        f = self.fitter
+        self._safe_templates = np.maximum(f.templates, TEMPLATE_FLOOR)
+        self._log_safe_templates = np.log(self._safe_templates)
         self._theta_cache = _LRU(THETA_CACHE_SIZE)
+        self._key_cache = _LRU(KEY_CACHE_SIZE)
+        self._streams = _PointStreams(settings.seed, settings.stream)
+        #: work done so far, for the benchmarks' cost model: multiply-adds of the basis folds
+        #: on the fit grid (``fold_grid``) and at T_true (``fold_true``) and of the profile
+        #: products (``profile``), float32 logarithms (``log_ratio``), Poisson draws
+        self.work: Counter[str] = Counter()
         self.t_range = model.param_range(settings.temperature_param)
 
     def version(self) -> str:
+        """Version string recorded in artefacts' provenance."""
         return f"native {__version__} (engine {self.settings.engine})"
 
-    # ---- per theta -------------------------------------------------------------------------
+    # ---- per key and per theta -------------------------------------------------------------
 
-    def _theta(self, theta: np.ndarray) -> _ThetaTemplates:
-        key = theta.tobytes()
-        return self._theta_cache.get_or(key, lambda: self._make_theta(theta))
+    def _key(self, key: tuple[float, ...]) -> _KeyTerms:
+        return self._key_cache.get_or(key, lambda: self._make_key(key))
 
-    def _make_theta(self, theta: np.ndarray) -> _ThetaTemplates:
+    def _make_key(self, key: tuple[float, ...]) -> _KeyTerms:
         f = self.fitter
-        inst = self.instrument
-        modified = self.modifier.apply(inst.e_mid, inst.area, theta[None, :])[0][f.rows]
-        change = modified - f.area
-        moved = np.flatnonzero(np.abs(change) > AREA_CHANGE_TOL * max(f.area.max(), 1e-300))
-        xp = f.xp
-        # a contiguous span keeps the response rows a view (no copy); rows inside it where the
-        # modifier is 1 add exact zeros
+        basis = self.modifier.linear_basis(self.instrument.e_mid, key)[:, f.rows]  # (J, K)
+        w = basis * f.area
+        n_j = w.shape[0]
+        moved = np.flatnonzero(
+            np.any(np.abs(w) > AREA_CHANGE_TOL * max(f.area.max(), 1e-300), axis=0)
+        )
         span = slice(int(moved[0]), int(moved[-1]) + 1) if moved.size else slice(0, 0)
-        full = (span.stop - span.start) > 0.7 * f.rows.size
-        if full:
-            weights = modified
-            templ = (f._dev_grid_flux * f._to(modified)) @ f._dev_response
-        else:
-            weights = np.ascontiguousarray(change[span])
-            templ = f._to(f.templates)
-            if moved.size:
-                sub = f._dev_grid_flux[:, span] * f._to(weights)
-                templ = templ + sub @ f._dev_response[span]
-        if not bool(xp.all(xp.isfinite(templ))):
+        weights = np.ascontiguousarray(w[:, span])
+        n_t, n_chan = f.templates.shape
+        delta = np.zeros((n_j, n_t, n_chan))
+        if moved.size:
+            for j in range(n_j):
+                x = f.grid_flux[:, span] * weights[j]
+                delta[j] = f.band_response.fold(x, span)
+            self.work["fold_grid"] += n_j * n_t * f.band_response.multiply_adds(span)
+        if not np.all(np.isfinite(delta)):
             raise ModelError("non-finite templates for the modified response")
-        log_t, log_s = f._logs(templ)
-        return _ThetaTemplates(span, weights, full, log_t, log_s)
+        s = f.templates
+        changed = delta[0] != 0
+        for j in range(1, n_j):
+            changed |= delta[j] != 0
+        reached = np.flatnonzero(changed.any(axis=0))
+        chan = slice(int(reached[0]), int(reached[-1]) + 1) if reached.size else slice(0, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = delta[:, :, chan] / s[:, chan]
+        regular = s[:, chan] > REGULAR_MIN
+        for j in range(n_j):
+            regular &= np.abs(ratio[j]) <= RATIO_MAX
+        # elements outside the float32 path that the modifier changes: float64 per theta
+        rows, cols = np.nonzero(changed[:, chan] & ~regular)
+        flat = rows * n_chan + cols + chan.start
+        safe_irr = self._safe_templates.ravel()[flat]
+        delta_irr = delta.reshape(n_j, -1)[:, flat]
+        return _KeyTerms(
+            span=span,
+            weights=weights,
+            delta=delta,
+            chan=chan,
+            ratio=np.where(regular, ratio, 0.0).astype(np.float32),
+            totals_base=self._safe_templates.sum(axis=1)
+            - np.bincount(rows, weights=safe_irr, minlength=n_t),
+            delta_totals_base=delta.sum(axis=2)
+            - np.stack([np.bincount(rows, weights=d, minlength=n_t) for d in delta_irr]),
+            irregular=flat,
+            irregular_rows=rows,
+            irregular_cols=cols,
+            irregular_templates=s.ravel()[flat],
+            irregular_delta=delta_irr,
+            irregular_logs=self._log_safe_templates.ravel()[flat],
+            folds=_LRU(T_CACHE_SIZE),
+        )
 
-    def _expected(self, tt: _ThetaTemplates, temps: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Expected counts at norm 1 through the modified response (m, n_chan), numpy.
+    def _theta(self, theta: np.ndarray) -> _ThetaTerms:
+        return self._theta_cache.get_or(theta.tobytes(), lambda: self._make_theta(theta))
 
-        The folds of per-point rows go through fixed 16-row blocks, each point in row
-        index % 16 (see the module docstring).
+    def _make_theta(self, theta: np.ndarray) -> _ThetaTerms:
+        f = self.fitter
+        # refuses a theta whose modified ARF would be negative anywhere
+        self.modifier.apply(self.instrument.e_mid, self.instrument.area, theta[None, :])
+        key, amps = self.modifier.linear_form(theta)
+        kt = self._key(key)
+        log_ratio, log_totals = self._log_ratio(kt, amps)
+        return _ThetaTerms(kt, amps, f.to_engine(log_ratio), f.to_engine(log_totals))
+
+    def _log_ratio(self, kt: _KeyTerms, amps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ln s'/s on the key's channels (n_T, n_chan_key), ln S' (n_T,)), float64.
+
+        float32 (a compensated log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere.
         """
         f = self.fitter
-        m = temps.size
-        if tt.full:
-            out = np.zeros((m, f.channels.size))
-            span = slice(None)
-        else:
-            out = np.stack([f.fold_original(t) for t in temps])
-            span = tt.span
-            if span.stop == span.start:
-                return out
-        resp = f.response[span]
-        slots = index % BLOCK_ROWS
+        n_t, n_chan = f.templates.shape
+        ratio = kt.ratio
+        log_ratio = np.zeros(ratio.shape[1:]) if not ratio.size else np.empty(ratio.shape[1:])
+        totals = kt.totals_base + amps @ kt.delta_totals_base
+        low = np.zeros(0, dtype=np.int64)
+        if ratio.size:
+            z = np.float32(amps[0]) * ratio[0]
+            for j in range(1, amps.size):
+                z += np.float32(amps[j]) * ratio[j]
+            u = z + np.float32(1.0)
+            low_any = bool(u.min() <= MIN_RATIO)
+            # ln(1 + z) = ln(u) - e / u to ~1 ulp, where u = fl(1 + z) and e = (u - 1) - z is
+            # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1
+            e = u - np.float32(1.0)
+            e -= z
+            e /= u
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.log(u, out=u)
+            np.subtract(u, e, out=log_ratio)
+            self.work["log_ratio"] += u.size
+            if low_any:
+                at = np.flatnonzero(z <= MIN_RATIO - 1.0)
+                low = (at // z.shape[1]) * n_chan + at % z.shape[1] + kt.chan.start
+        if kt.irregular.size:
+            mod = kt.irregular_templates + amps @ kt.irregular_delta
+            safe = np.maximum(mod, TEMPLATE_FLOOR)
+            log_ratio[kt.irregular_rows, kt.irregular_cols] = np.log(safe) - kt.irregular_logs
+            totals = totals + np.bincount(kt.irregular_rows, weights=safe, minlength=n_t)
+        if low.size:
+            s = f.templates.ravel()[low]
+            mod = s + amps @ kt.delta.reshape(amps.size, -1)[:, low]
+            safe = np.maximum(mod, TEMPLATE_FLOOR)
+            rows, cols = low // n_chan, low % n_chan - kt.chan.start
+            log_ratio[rows, cols] = np.log(safe) - self._log_safe_templates.ravel()[low]
+            # these were counted unclamped in ``totals``: swap in their floored values
+            totals = totals + np.bincount(rows, weights=safe - mod, minlength=n_t)
+        return log_ratio, np.log(totals)
+
+    def _folds(self, kt: _KeyTerms, temps: np.ndarray) -> None:
+        """Fill ``kt.folds`` for the temperatures ``temps`` (keV): the basis folds at T.
+
+        Row (T, j) goes into a fixed-shape block at a slot fixed by (T, j) (see the module
+        docstring), so its bits never depend on which temperatures share its block.
+        """
+        f = self.fitter
+        missing = [t for t in dict.fromkeys(temps.tolist()) if t not in kt.folds]
+        if not missing:
+            return
+        n_j = kt.weights.shape[0]
+        n_chan = f.templates.shape[1]
+        if kt.span.stop == kt.span.start:
+            for t in missing:
+                kt.folds.get_or(t, lambda: np.zeros((n_j, n_chan)))
+            return
+        rows = [(t, j) for t in missing for j in range(n_j)]
+        slots = np.array([zlib.crc32(struct.pack("<dq", t, j)) % BLOCK_ROWS for t, j in rows])
         block_of = _occurrence(slots)
+        result: dict[float, np.ndarray] = {t: np.zeros((n_j, n_chan)) for t in missing}
         for b in range(int(block_of.max()) + 1):
             members = np.flatnonzero(block_of == b)
-            block = np.zeros((BLOCK_ROWS, resp.shape[0]))
-            for p in members:
-                np.multiply(f.flux(temps[p])[span], tt.weights, out=block[slots[p]])
-            out[members] += (block @ resp)[slots[members]]
+            block = np.zeros((BLOCK_ROWS, kt.weights.shape[1]))
+            for i in members:
+                t, j = rows[i]
+                np.multiply(f.flux(t)[kt.span], kt.weights[j], out=block[slots[i]])
+            folded = f.band_response.fold(block, kt.span)
+            self.work["fold_true"] += BLOCK_ROWS * f.band_response.multiply_adds(kt.span)
+            for i in members:
+                t, j = rows[i]
+                result[t][j] = folded[slots[i]]
+        for t in missing:
+            kt.folds.get_or(t, lambda t=t: result[t])
+
+    def _expected(self, tt: _ThetaTerms, temps: np.ndarray) -> np.ndarray:
+        """Fold the model at ``temps`` through the modified response: (m, n_chan), numpy."""
+        f = self.fitter
+        self._folds(tt.key, temps)
+        ts = temps.tolist()
+        out = np.stack([f.fold_original(t) for t in ts])
+        folds = np.stack([tt.key.folds[t] for t in ts])  # (m, J, n_chan)
+        for j, a in enumerate(tt.amplitudes.tolist()):
+            out += a * folds[:, j]
         return out
 
     # ---- run -------------------------------------------------------------------------------
@@ -433,6 +918,7 @@ class NativeBackend(Backend):
         index: np.ndarray,
         norm: np.ndarray | None = None,
     ) -> PointResults:
+        """Simulate and fit a batch (see :meth:`Backend.run`)."""
         s = self.settings
         f = self.fitter
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
@@ -454,7 +940,7 @@ class NativeBackend(Backend):
             norms[:] = np.broadcast_to(np.asarray(norm, dtype=np.float64), (n,))
         for i in np.flatnonzero(ok):
             try:
-                total = f.fold_original(t_true[i]).sum()
+                total = f.total_original(t_true[i])
             except ModelError as exc:
                 log.warning("point %d: %s", index[i], exc.message)
                 ok[i] = False
@@ -463,93 +949,110 @@ class NativeBackend(Backend):
                 norms[i] = s.counts / total if s.counts is not None else s.norm
         ok &= np.isfinite(norms) & (norms >= 0)
 
+        # fakeit, one theta at a time (a batch of grid points shares few thetas)
         data = np.zeros((n, n_real, n_chan))
-        curves_orig = np.full((n, n_real, n_t), np.nan)
-        curves_mod = np.full((n, n_real, n_t), np.nan)
+        states = self._streams.states(index) if s.mode != "asimov" else None
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
+        per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []
         for g in range(groups.shape[0]):
             members = np.flatnonzero((inverse == g) & ok)
             if members.size == 0:
                 continue
             tt = self._theta(groups[g])
-            mu = self._expected(tt, t_true[members], index[members]) * norms[members, None]
+            mu = self._expected(tt, t_true[members]) * norms[members, None]
             mu = np.maximum(mu, 0.0)  # negative RMF elements can leave a channel below zero
-            for row, p in zip(mu, members):
-                if s.mode == "asimov":
-                    data[p] = row
-                else:
-                    rng = point_rng(s.seed, int(index[p]), s.stream)
+            if s.mode == "asimov":
+                data[members] = mu[:, None, :]
+            else:
+                for p, row in zip(members.tolist(), mu, strict=True):
+                    rng = self._streams.generator(index[p], states[p])
                     data[p] = rng.poisson(row, size=(n_real, n_chan))
-            totals, const = data_terms(data[members])
-            self._blocked_profiles(data, const, totals, index, members, tt, curves_mod)
+                self.work["poisson"] += members.size * n_real * n_chan
+            per_theta.append((members, tt))
 
-        totals, const = data_terms(data)
-        self._blocked_profiles(data, const, totals, index, np.flatnonzero(ok), None, curves_orig)
+        totals, const = data_terms(data, integers=s.mode != "asimov")
+        live = np.flatnonzero(ok)
+        cross = np.zeros((n, n_real, n_t))
+        self._blocked_cross(data, index, live, f.log_templates, slice(None), cross, WIDE_BLOCK_ROWS)
+        curves_orig = np.full((n, n_real, n_t), np.nan)
+        curves_mod = np.full((n, n_real, n_t), np.nan)
+        log_totals = f.to_numpy(f.log_totals)
+        if live.size:
+            curves_orig[live] = cstat_from_cross(
+                cross[live].reshape(-1, n_t),
+                log_totals,
+                (totals[live].ravel(), const[live].ravel()),
+            ).reshape(-1, n_real, n_t)
+        extra = np.zeros((n, n_real, n_t))
+        for members, tt in per_theta:
+            self._blocked_cross(data, index, members, tt.log_ratio, tt.key.chan, extra, BLOCK_ROWS)
+            curves_mod[members] = cstat_from_cross(
+                (cross[members] + extra[members]).reshape(-1, n_t),
+                f.to_numpy(tt.log_totals),
+                (totals[members].ravel(), const[members].ravel()),
+            ).reshape(-1, n_real, n_t)
 
-        fit_o = f.finish(f._to(curves_orig.reshape(n * n_real, n_t)), totals.ravel())
-        fit_m = f.finish(f._to(curves_mod.reshape(n * n_real, n_t)), totals.ravel())
-        status = np.stack([fit_o.status, fit_m.status], axis=-1).reshape(n, n_real, 2)
+        m = n * n_real
+        both = f.finish(
+            f.to_engine(np.concatenate([curves_orig.reshape(m, n_t), curves_mod.reshape(m, n_t)])),
+            np.concatenate([totals.ravel(), totals.ravel()]),
+        )
+        status = np.stack([both.status[:m], both.status[m:]], axis=-1).reshape(n, n_real, 2)
         status[~ok] = STATUS_FAILED
         totals[~ok] = np.nan
         out = PointResults(
-            t_fit_orig=fit_o.t_fit.reshape(n, n_real),
-            t_fit_mod=fit_m.t_fit.reshape(n, n_real),
-            err_orig=fit_o.err.reshape(n, n_real, 2),
-            err_mod=fit_m.err.reshape(n, n_real, 2),
+            t_fit_orig=both.t_fit[:m].reshape(n, n_real),
+            t_fit_mod=both.t_fit[m:].reshape(n, n_real),
+            err_orig=both.err[:m].reshape(n, n_real, 2),
+            err_mod=both.err[m:].reshape(n, n_real, 2),
             status=status,
             norm=np.where(ok, norms, np.nan),
             counts=totals,
-            curve_orig=fit_o.curves.reshape(n, n_real, n_t) if s.curves else None,
-            curve_mod=fit_m.curves.reshape(n, n_real, n_t) if s.curves else None,
+            curve_orig=both.curves[:m].reshape(n, n_real, n_t) if s.curves else None,
+            curve_mod=both.curves[m:].reshape(n, n_real, n_t) if s.curves else None,
         )
         for name in ("t_fit_orig", "t_fit_mod", "err_orig", "err_mod"):
             getattr(out, name)[~ok] = np.nan
         return out
 
-    def _blocked_profiles(
+    def _blocked_cross(
         self,
         data: np.ndarray,
-        const: np.ndarray,
-        totals: np.ndarray,
         index: np.ndarray,
         members: np.ndarray,
-        tt: _ThetaTemplates | None,
+        log_values: Any,
+        chan: slice,
         out: np.ndarray,
+        block_rows: int,
     ) -> None:
-        """Write the profiles (n_real, n_T) of the points ``members`` into ``out``.
+        """Write sum_j d_j v_j(T) of the points ``members`` into ``out`` (n, n_real, n_T).
 
-        ``const``/``totals`` are :func:`fitstat.data_terms` of ``data`` (all points) or of
-        ``data[members]``. Spectra go through fixed-shape blocks, point p at block row
-        index[p] % per_block.
+        ``log_values`` (n_T, channels ``chan``) is an engine array. Spectra go through
+        fixed-shape blocks of ``block_rows`` spectra, point p at block row index[p] %
+        per_block.
         """
-        if const.shape[0] != data.shape[0]:
-            full_c, full_t = np.zeros(data.shape[:2]), np.zeros(data.shape[:2])
-            full_c[members], full_t[members] = const, totals
-            const, totals = full_c, full_t
-        f = self.fitter
-        n, n_real, n_chan = data.shape
         if members.size == 0:
             return
-        n_t = f.tgrid.size
-        per_block = max(1, BLOCK_ROWS // n_real)
+        f = self.fitter
+        xp = f.xp
+        n_real = data.shape[1]
+        n_t = out.shape[2]
+        sub = data[:, :, chan]
+        width = sub.shape[2]
+        per_block = max(1, block_rows // n_real)
         slots = index[members] % per_block
         block_of = _occurrence(slots)
-        lt = None if tt is None else tt.log_templates
-        lS = None if tt is None else tt.log_totals
+        values_t = xp.permute_dims(log_values, (1, 0))
         rows = per_block * n_real
         for b in range(int(block_of.max()) + 1):
             sel = np.flatnonzero(block_of == b)
-            block = np.zeros((per_block, n_real, n_chan))
-            block_const = np.zeros((per_block, n_real))
-            block_total = np.zeros((per_block, n_real))
-            block[slots[sel]] = data[members[sel]]
-            block_const[slots[sel]] = const[members[sel]]
-            block_total[slots[sel]] = totals[members[sel]]
-            terms = (f._to(block_total.reshape(rows)), f._to(block_const.reshape(rows)))
-            curves = f.profiles(f._to(block.reshape(rows, n_chan)), lt, lS, terms)
-            curves = f._np(curves).reshape(per_block, n_real, n_t)
-            out[members[sel]] = curves[slots[sel]]
+            block = np.zeros((per_block, n_real, width))
+            block[slots[sel]] = sub[members[sel]]
+            product = f.to_engine(block.reshape(rows, width)) @ values_t
+            self.work["profile"] += rows * width * n_t
+            cross = f.to_numpy(product).reshape(per_block, n_real, n_t)
+            out[members[sel]] = cross[slots[sel]]
 
 
 def _occurrence(slots: np.ndarray) -> np.ndarray:

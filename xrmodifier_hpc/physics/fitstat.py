@@ -22,26 +22,85 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace as _compat_namespace
 
 #: bisection steps (minimum, delta-C = 1 crossings): brackets shrink by 2^-36
 _BISECT_STEPS = 36
+#: safeguarded Newton steps that replace the bisection; a spectrum whose last step exceeds
+#: _NEWTON_TOL of its bracket is bisected instead (so the result is never less precise)
+_NEWTON_STEPS = 5
+_NEWTON_STEPS_CROSSING = 8
+_NEWTON_TOL = 1e-12
 #: level of the 1-sigma interval for one interesting parameter
 DELTA_C_1SIGMA = 1.0
 
 
 def xlogx(x: Any, xp: Any = None) -> Any:
-    """x ln x with 0 ln 0 = 0 (elementwise)."""
+    """Compute x ln x elementwise, with 0 ln 0 = 0."""
     xp = xp or array_namespace(x)
     safe = xp.where(x > 0, x, xp.ones_like(x))
     return xp.where(x > 0, x * xp.log(safe), xp.zeros_like(x))
 
 
-def data_terms(counts: Any) -> tuple[Any, Any]:
-    """(D, sum_j d ln d - D ln D) of spectra ``counts`` (..., n_chan)."""
+def array_namespace(*arrays: Any) -> Any:
+    """Return the array-API namespace of ``arrays``.
+
+    numpy itself for numpy arrays (numpy >= 2 is an array-API namespace, without the
+    compatibility layer's per-call overhead), else array_api_compat's (torch).
+    """
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np
+    return _compat_namespace(*arrays)
+
+
+#: integer counts below this use a table of k ln k in :func:`data_terms` (same values)
+_XLOGX_TABLE_SIZE = 1 << 15
+_xlogx_table: np.ndarray | None = None
+
+
+def _xlogx_integers(counts: np.ndarray, known_integers: bool = False) -> np.ndarray | None:
+    """Look up k ln k of integer-valued ``counts`` in a table.
+
+    The values :func:`xlogx` gives, bit for bit, at a fraction of the cost of a logarithm;
+    None when the counts are not all integers in [0, 2^15). ``known_integers`` skips the
+    integer check (Poisson draws).
+    """
+    global _xlogx_table
+    if counts.size == 0:
+        return None
+    as_int = counts.astype(np.int64)
+    if as_int.max() >= _XLOGX_TABLE_SIZE:
+        return None
+    if not known_integers and (as_int.min() < 0 or not np.array_equal(as_int, counts)):
+        return None
+    if _xlogx_table is None:
+        _xlogx_table = xlogx(np.arange(_XLOGX_TABLE_SIZE, dtype=np.float64))
+    return _xlogx_table[as_int]
+
+
+def data_terms(counts: Any, integers: bool = False) -> tuple[Any, Any]:
+    """Compute the data-only terms of the profiled C-stat of spectra ``counts``.
+
+    Parameters
+    ----------
+    counts : array
+        (..., n_chan) counts per noticed channel (numpy or torch).
+    integers : bool
+        The caller guarantees non-negative integer values (Poisson draws): skips a check.
+
+    Returns
+    -------
+    total : array
+        (...,) D = sum_j d_j.
+    const : array
+        (...,) sum_j d_j ln d_j - D ln D (0 ln 0 = 0).
+    """
     xp = array_namespace(counts)
     total = xp.sum(counts, axis=-1)
-    return total, xp.sum(xlogx(counts, xp), axis=-1) - xlogx(total, xp)
+    dlogd = _xlogx_integers(counts, integers) if isinstance(counts, np.ndarray) else None
+    if dlogd is None:
+        dlogd = xlogx(counts, xp)
+    return total, xp.sum(dlogd, axis=-1) - xlogx(total, xp)
 
 
 def cstat_profile(
@@ -54,8 +113,29 @@ def cstat_profile(
     already known. Returns (n, n_T), the norm profiled at each T.
     """
     xp = array_namespace(counts, log_templates)
-    total, const = data_terms(counts) if terms is None else terms
+    terms = data_terms(counts) if terms is None else terms
     cross = counts @ xp.permute_dims(log_templates, (1, 0))
+    return cstat_from_cross(cross, log_totals, terms)
+
+
+def cstat_from_cross(cross: Any, log_totals: Any, terms: tuple[Any, Any]) -> Any:
+    """Compute the profiled C(T_k) from its one data-model term (see the module docstring).
+
+    Parameters
+    ----------
+    cross : array
+        (n, n_T) sum_j d_j ln s_j(T_k) of n spectra.
+    log_totals : array
+        (n_T,) ln S(T_k), S = sum_j s_j.
+    terms : tuple of arrays
+        The spectra's :func:`data_terms` (D (n,), const (n,)).
+
+    Returns
+    -------
+    array
+        (n, n_T) C = 2 [const + D ln S(T) - cross].
+    """
+    total, const = terms
     return 2.0 * (const[:, None] + total[:, None] * log_totals[None, :] - cross)
 
 
@@ -92,6 +172,7 @@ class LocalPolyGrid:
 
     @classmethod
     def build(cls, x: np.ndarray, stencil: int = STENCIL) -> LocalPolyGrid:
+        """Build the tables for increasing nodes ``x`` (ln T) and ``stencil`` nodes per piece."""
         x = np.asarray(x, dtype=np.float64)
         n = x.size
         if n < stencil or np.any(np.diff(x) <= 0):
@@ -107,10 +188,11 @@ class LocalPolyGrid:
 
     @property
     def stencil(self) -> int:
+        """Nodes per local polynomial."""
         return self.coef.shape[-1]
 
     def to(self, xp: Any, like: Any) -> _DeviceGrid:
-        """The same tables as arrays of the namespace/device of ``like``."""
+        """Copy the tables to arrays of the namespace/device of ``like``."""
         device = getattr(like, "device", None)
         kwargs = {"device": device} if device is not None and xp.__name__.endswith("torch") else {}
         return _DeviceGrid(
@@ -137,8 +219,8 @@ class _DeviceGrid:
     coef: Any
 
 
-def _poly(grid: _DeviceGrid, curves: Any, interval: Any, xp: Any) -> Any:
-    """Power coefficients (n, STENCIL) of each spectrum's polynomial on ``interval`` (n,)."""
+def _poly(grid: _DeviceGrid, curves: Any, interval: Any, xp: Any) -> _Poly:
+    """Each spectrum's polynomial on ``interval`` (n,): power coefficients in t = x - x_i."""
     m = grid.coef.shape[-1]
     idx = (
         xp.take(grid.start, interval, axis=0)[:, None]
@@ -146,57 +228,96 @@ def _poly(grid: _DeviceGrid, curves: Any, interval: Any, xp: Any) -> Any:
     )
     local = xp.take_along_axis(curves, idx, axis=1)  # (n, m)
     weights = xp.take(grid.coef, interval, axis=0)  # (n, m, m)
-    return xp.sum(weights * local[:, None, :], axis=-1)
+    return _Poly(xp.sum(weights * local[:, None, :], axis=-1), xp)
 
 
 def _device(a: Any) -> Any:
     return getattr(a, "device", None)
 
 
-def _eval(p: Any, t: Any) -> Any:
-    """Horner evaluation of polynomials p (n, m) at t (n,)."""
-    m = p.shape[1]
-    out = p[:, m - 1]
-    for k in range(m - 2, -1, -1):
-        out = p[:, k] + t * out
-    return out
+class _Poly:
+    """Polynomials as contiguous coefficient rows, with their first two derivatives.
+
+    n polynomials of degree m - 1 (coefficients (n, m), powers ascending).
+    """
+
+    def __init__(self, p: Any, xp: Any) -> None:
+        m = p.shape[1]
+        self.rows = [xp.asarray(p[:, k], copy=True) for k in range(m)]
+        self.d1_rows = [k * self.rows[k] for k in range(1, m)]
+        self.d2_rows = [k * (k - 1) * self.rows[k] for k in range(2, m)]
+
+    @staticmethod
+    def _horner(rows: list[Any], t: Any) -> Any:
+        if t.ndim == 2:
+            rows = [r[:, None] for r in rows]
+        out = rows[-1]
+        for r in reversed(rows[:-1]):
+            out = r + t * out
+        return out
+
+    def value(self, t: Any) -> Any:
+        """p(t) for t (n,) or (n, k)."""
+        return self._horner(self.rows, t)
+
+    def d1(self, t: Any) -> Any:
+        """p'(t)."""
+        return self._horner(self.d1_rows, t)
+
+    def d2(self, t: Any) -> Any:
+        """p''(t)."""
+        return self._horner(self.d2_rows, t)
 
 
-def _deriv(p: Any, t: Any) -> Any:
-    m = p.shape[1]
-    out = (m - 1) * p[:, m - 1]
-    for k in range(m - 2, 0, -1):
-        out = k * p[:, k] + t * out
-    return out
+def _safe_div(num: Any, den: Any, xp: Any) -> Any:
+    ok = den != 0
+    return xp.where(ok, num / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(num))
 
 
-def _interval_minimum(p: Any, h: Any, xp: Any) -> tuple[Any, Any, Any]:
-    """Minimum over t in [0, h] of polynomials p (n, m): (t_min, value, interior).
+def _interval_minimum(p: _Poly, h: Any, xp: Any) -> tuple[Any, Any, Any]:
+    """Minimum over t in [0, h] of polynomials p: (t_min, value, interior).
 
     The first sign change of p' from - to + on a scan of the interval brackets the minimum,
-    which is then bisected to ~1e-11 of the interval; ``interior`` marks minima strictly
-    inside the interval (else the lower end value is returned).
+    which is then found by Newton's method on p' kept inside the bracket (a bisection step
+    wherever Newton would leave it), to machine precision; spectra that have not converged
+    after ``_NEWTON_STEPS`` are bisected to 2^-36 of the interval instead. ``interior`` marks
+    minima strictly inside the interval (else the lower end value is returned).
     """
     zero = xp.zeros_like(h)
-    found = xp.zeros_like(h, dtype=xp.bool)
-    lo, hi = zero, h
-    prev_t, prev_d = zero, _deriv(p, zero)
-    for j in range(1, _SCAN + 1):
-        cur_t = h * (j / _SCAN)
-        cur_d = _deriv(p, cur_t)
-        new = ~found & (prev_d < 0) & (cur_d >= 0)
-        lo = xp.where(new, prev_t, lo)
-        hi = xp.where(new, cur_t, hi)
-        found = found | new
-        prev_t, prev_d = cur_t, cur_d
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        up = _deriv(p, mid) >= 0
-        hi = xp.where(up, mid, hi)
-        lo = xp.where(up, lo, mid)
-    t = xp.where(found, 0.5 * (lo + hi), zero)
-    v = _eval(p, t)
-    v0, vh = _eval(p, zero), _eval(p, h)
+    fractions = xp.asarray([j / _SCAN for j in range(_SCAN + 1)], dtype=h.dtype, device=_device(h))
+    scan_t = h[:, None] * fractions[None, :]  # (n, _SCAN + 1)
+    d = p.d1(scan_t)
+    change = (d[:, :-1] < 0) & (d[:, 1:] >= 0)
+    found = xp.any(change, axis=1)
+    first = xp.argmax(xp.astype(change, xp.int8), axis=1)[:, None]
+    lo = xp.where(found, xp.take_along_axis(scan_t, first, axis=1)[:, 0], zero)
+    hi = xp.where(found, xp.take_along_axis(scan_t, first + 1, axis=1)[:, 0], h)
+    scan_lo, scan_hi = lo, hi
+    t = 0.5 * (lo + hi)
+    step = h
+    for _ in range(_NEWTON_STEPS):
+        d1 = p.d1(t)
+        up = d1 >= 0
+        hi = xp.where(up, t, hi)
+        lo = xp.where(up, lo, t)
+        d2 = p.d2(t)
+        new = t - _safe_div(d1, d2, xp)
+        # a zero step (converged exactly on the root) stays where it is
+        inside = ((d2 > 0) & (new > lo) & (new < hi)) | (new == t)
+        new = xp.where(inside, new, 0.5 * (lo + hi))
+        step, t = new - t, new
+    slow = found & ~(xp.abs(step) <= _NEWTON_TOL * h)
+    if bool(xp.any(slow)):
+        lo, hi = scan_lo, scan_hi
+        for _ in range(_BISECT_STEPS):
+            mid = 0.5 * (lo + hi)
+            up = p.d1(mid) >= 0
+            hi = xp.where(up, mid, hi)
+            lo = xp.where(up, lo, mid)
+        t = xp.where(slow, 0.5 * (lo + hi), t)
+    t = xp.where(found, t, zero)
+    v = p.value(t)
+    v0, vh = p.value(zero), p.value(h)
     interior = found & (v <= v0) & (v <= vh)
     t = xp.where(interior, t, zero)
     return t, xp.where(interior, v, v0), interior
@@ -204,8 +325,11 @@ def _interval_minimum(p: Any, h: Any, xp: Any) -> tuple[Any, Any, Any]:
 
 @dataclass
 class FitResult:
-    """Per-spectrum fit: ``x``/``value`` at the refined minimum (x = ln T), the delta-C = 1
-    interval ends ``x_lo``/``x_hi`` and flags (arrays of the caller's namespace)."""
+    """Per-spectrum fit (arrays of the caller's namespace).
+
+    ``x``/``value`` at the refined minimum (x = ln T), the delta-C = 1 interval ends
+    ``x_lo``/``x_hi`` and flags.
+    """
 
     x: Any
     value: Any
@@ -256,21 +380,26 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
     at_bound = edge & ~inside
 
     target = best_v + level
-    node_ids = xp.arange(n_nodes, dtype=k.dtype, device=_device(k))[None, :]
+    # small integer node ids: the (n, n_nodes) passes below move a quarter of the bytes
+    small = xp.int16 if n_nodes < 2**15 else k.dtype
+    node_ids = xp.arange(n_nodes, dtype=small, device=_device(k))[None, :]
     above = safe >= target[:, None]
     # the best fit lies in [x_{kb}, x_{kb+1}]
-    kb = xp.clip(xp.sum(xp.astype(x[None, :] <= best_x[:, None], k.dtype), axis=1) - 1, 0, last - 1)
-    lo_cand = above & (node_ids <= kb[:, None])
-    hi_cand = above & (node_ids >= kb[:, None] + 1)
+    kb = xp.clip(xp.searchsorted(x, best_x, side="right") - 1, 0, last - 1)
+    kb = xp.astype(kb, k.dtype)
+    kb_small = xp.astype(kb, small)[:, None]
+    lo_cand = above & (node_ids <= kb_small)
+    hi_cand = above & (node_ids > kb_small)
     p_best = _poly(grid, safe, kb, xp)
     t_best = best_x - xp.take(x, kb, axis=0)
     eps = 1e-4 * xp.take(h_all, kb, axis=0)
-    convex = (_deriv(p_best, t_best + eps) - _deriv(p_best, t_best - eps)) > 0
+    convex = (p_best.d1(t_best + eps) - p_best.d1(t_best - eps)) > 0
     lo_open = ~xp.any(lo_cand, axis=1)
     hi_open = ~xp.any(hi_cand, axis=1)
-    j_lo = xp.max(xp.where(lo_cand, node_ids, xp.zeros_like(node_ids)), axis=1)
-    big = xp.full_like(node_ids, last)
-    j_hi = xp.min(xp.where(hi_cand, node_ids, big), axis=1)
+    # the last node at or below kb, and the first above it, that reach the level
+    j_lo = xp.astype(xp.max(xp.where(lo_cand, node_ids, xp.zeros_like(node_ids)), axis=1), k.dtype)
+    j_hi = xp.astype(xp.argmax(xp.astype(hi_cand, xp.int8), axis=1), k.dtype)
+    j_hi = xp.where(hi_open, xp.full_like(j_hi, last), j_hi)
 
     x_lo = _bisect(
         safe,
@@ -281,6 +410,7 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
         target,
         xp,
         rising=False,
+        need=~lo_open,
     )
     i_hi = xp.clip(j_hi - 1, 0, last - 1)
     x_hi = _bisect(
@@ -292,21 +422,45 @@ def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) 
         target,
         xp,
         rising=True,
+        need=~hi_open,
     )
     x_lo = xp.where(lo_open, xp.take(x, xp.zeros_like(k), axis=0), x_lo)
     x_hi = xp.where(hi_open, xp.take(x, xp.full_like(k, last), axis=0), x_hi)
     return FitResult(best_x, best_v, x_lo, x_hi, at_bound, lo_open, hi_open, finite, convex)
 
 
-def _bisect(curves, grid, interval, a, b, target, xp, rising: bool):
-    """Crossing of ``target`` by the interpolant of ``interval`` between x = a and b."""
+def _bisect(curves, grid, interval, a, b, target, xp, rising: bool, need: Any = None):
+    """Crossing of ``target`` by the interpolant of ``interval`` between x = a and b.
+
+    Newton's method kept inside the shrinking bracket (a bisection step wherever Newton would
+    leave it), to machine precision; spectra not converged after ``_NEWTON_STEPS_CROSSING``
+    are bisected to 2^-36 of the bracket instead (among those marked in ``need``: the others'
+    results are not used).
+    """
     p = _poly(grid, curves, interval, xp)
     x0 = xp.take(grid.x, interval, axis=0)
     lo, hi = a, b
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        v = _eval(p, mid - x0)
-        past = (v >= target) if rising else (v < target)
-        hi = xp.where(past, mid, hi)
-        lo = xp.where(past, lo, mid)
-    return 0.5 * (lo + hi)
+    x = 0.5 * (lo + hi)
+    step = b - a
+    for _ in range(_NEWTON_STEPS_CROSSING):
+        v = p.value(x - x0) - target
+        past = (v >= 0) if rising else (v < 0)
+        hi = xp.where(past, x, hi)
+        lo = xp.where(past, lo, x)
+        new = x - _safe_div(v, p.d1(x - x0), xp)
+        inside = ((new > lo) & (new < hi)) | (new == x)
+        new = xp.where(inside, new, 0.5 * (lo + hi))
+        step, x = new - x, new
+    slow = ~(xp.abs(step) <= _NEWTON_TOL * (b - a))
+    if need is not None:
+        slow = slow & need
+    if bool(xp.any(slow)):
+        lo, hi = a, b
+        for _ in range(_BISECT_STEPS):
+            mid = 0.5 * (lo + hi)
+            v = p.value(mid - x0)
+            past = (v >= target) if rising else (v < target)
+            hi = xp.where(past, mid, hi)
+            lo = xp.where(past, lo, mid)
+        x = xp.where(slow, 0.5 * (lo + hi), x)
+    return x

@@ -211,6 +211,48 @@ class Modifier(ABC):
             )
         return area * m
 
+    def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
+        """Split one theta into a non-linear key and the amplitudes m is linear in.
+
+        ``m(E; theta) = 1 + sum_j a_j b_j(E; key)``.
+
+        Backends fold the basis functions ``b_j`` once per ``key`` and reuse the folds for
+        every theta that shares it (e.g. every amplitude A of one (mu, sigma)).
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            One parameter set, shape (d,), ordered as ``param_names``.
+
+        Returns
+        -------
+        key : tuple of float
+            The parameters the basis functions depend on (hashable). For a family that is not
+            linear in any parameter (the default) the whole theta.
+        amplitudes : numpy.ndarray
+            (J,) the coefficients a_j (dimensionless); ``[1.0]`` by default, with
+            ``b_1 = m - 1``.
+        """
+        theta = np.asarray(theta, dtype=np.float64).reshape(self.n_params)
+        return tuple(float(v) for v in theta), np.ones(1)
+
+    def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
+        """Evaluate the basis functions ``b_j(E; key)`` of :meth:`linear_form`.
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            (n_E,) energies, keV.
+        key : tuple of float
+            The ``key`` returned by :meth:`linear_form`.
+
+        Returns
+        -------
+        numpy.ndarray
+            (J, n_E) dimensionless; by default the single row ``m(E; theta) - 1``.
+        """
+        return self.evaluate(energy, np.asarray(key, dtype=np.float64))[None, :] - 1.0
+
     def check_grid(self, axes: Mapping[str, np.ndarray]) -> None:
         """Check every parameter's grid values; families add checks across parameters.
 
@@ -296,6 +338,20 @@ class Gaussian(Modifier):
             Shape ``(d,)``, ordered as ``param_names``.
         """
         return np.array([1.0, 1.0, 0.0])
+
+    def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
+        """Split theta: ``key = (mu, sigma)``, amplitudes ``[A]`` (m is linear in A).
+
+        See :meth:`Modifier.linear_form`.
+        """
+        mu, sigma, amp = (float(v) for v in np.asarray(theta, dtype=np.float64).reshape(3))
+        return (mu, sigma), np.array([amp])
+
+    def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
+        """Evaluate ``exp(-(E - mu)^2 / (2 sigma^2))`` (1, n_E) for ``key = (mu, sigma)`` (keV)."""
+        mu, sigma = key
+        energy = np.asarray(energy, dtype=np.float64)
+        return np.exp(-0.5 * ((energy - mu) / sigma) ** 2)[None, :]
 
 
 class MultiGaussian(Modifier):
@@ -394,6 +450,20 @@ class MultiGaussian(Modifier):
             Shape ``(d,)``, ordered as ``param_names``.
         """
         return np.array([1.0, 1.0, 0.0] * self.n_components)
+
+    def linear_form(self, theta: np.ndarray) -> tuple[tuple[float, ...], np.ndarray]:
+        """Split theta: ``key = (mu1, sigma1, mu2, sigma2, ...)``, amplitudes ``[A1, ...]``.
+
+        See :meth:`Modifier.linear_form`.
+        """
+        t = np.asarray(theta, dtype=np.float64).reshape(self.n_components, 3)
+        return tuple(float(v) for v in t[:, :2].ravel()), t[:, 2].copy()
+
+    def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
+        """Evaluate one Gaussian per component (K, n_E) for ``key = (mu1, sigma1, ...)`` (keV)."""
+        energy = np.asarray(energy, dtype=np.float64)
+        pairs = np.asarray(key, dtype=np.float64).reshape(self.n_components, 2)
+        return np.stack([np.exp(-0.5 * ((energy - mu) / sigma) ** 2) for mu, sigma in pairs])
 
 
 class Spline(Modifier):
