@@ -26,7 +26,7 @@ def make_backend(
 
     name = name or cfg.simulation.backend
     inst_cfg = getattr(cfg.instruments, role)
-    instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+    instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf, inst_cfg.allow_double_area)
     model = parse_model(cfg.source.model, base=cfg.path.parent)
     modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
     settings = SimulationSettings.from_config(cfg, role, **overrides)

@@ -954,7 +954,9 @@ def _invert(
             f"{view.d} parameters), got {settings.walkers}",
             f"{cfg.path} [inversion.mcmc.walkers]",
         )
-    obs = read_observations(observations, t_range=(view.t_lo, view.t_hi))
+    obs = read_observations(
+        observations, t_range=(view.t_lo, view.t_hi), error_level=cfg.inversion.error_level
+    )
     if obs.n < view.d:
         log.warning("only %d sources for %d parameters: theta is not identifiable", obs.n, view.d)
     objectives = Objectives(view, obs, settings.s_emu)
@@ -1189,7 +1191,8 @@ def _write_outputs(
         acceptance=posterior.acceptance,
     )
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
-    target = Instrument.load(cfg.instruments.target.arf, cfg.instruments.target.rmf)
+    tcfg = cfg.instruments.target
+    target = Instrument.load(tcfg.arf, tcfg.rmf, tcfg.allow_double_area)
     multiplier = family.evaluate(target.e_mid, theta_best)
     write_modified_arf(
         workdir / "corrected.arf",
