@@ -389,14 +389,14 @@ def _column(hdu: fits.BinTableHDU, name: str, path: Path) -> Any:
     return hdu.data[hdu.columns.names[names.index(name)]]
 
 
-def _tlmin(hdu: fits.BinTableHDU, name: str) -> int | None:
+def _tlmin(hdu: fits.BinTableHDU, name: str, where: str) -> int | None:
     names = [c.name.upper() for c in hdu.columns]
     if name not in names:
         return None
     key = f"TLMIN{names.index(name) + 1}"
     if key not in hdu.header:
         return None
-    return int(_keyword_number(hdu.header, key, f"HDU {hdu.name!r}", integer=True))
+    return int(_keyword_number(hdu.header, key, where, integer=True))
 
 
 def _describe(value: Any) -> str:
@@ -529,7 +529,7 @@ def read_rmf(path: str | Path) -> Rmf:
         values = _column(mhdu, "MATRIX", path)
         e_min = np.asarray(_column(ehdu, "E_MIN", path), dtype=np.float64)
         e_max = np.asarray(_column(ehdu, "E_MAX", path), dtype=np.float64)
-        first = _first_channel(mhdu)
+        first = _first_channel(mhdu, where)
         detchans = (
             int(
                 _keyword_number(
@@ -625,7 +625,7 @@ def _area_status(hduclas3: str, max_row_sum: float) -> tuple[bool, str]:
     return False, f"{keyword}, {sums}"
 
 
-def _first_channel(mhdu: fits.BinTableHDU) -> int:
+def _first_channel(mhdu: fits.BinTableHDU, where: str) -> int:
     """The channel number of the first matrix column: TLMIN of F_CHAN, else the OGIP default 1.
 
     This is XSPEC's rule, and EBOUNDS rows are matched to channels by position. EBOUNDS'
@@ -634,7 +634,7 @@ def _first_channel(mhdu: fits.BinTableHDU) -> int:
     XSPEC's fits of spectra through it are reproduced only with F_CHAN counted from 1, i.e.
     its matrix one channel, 5 eV, below its EBOUNDS; reference/xspec_fits).
     """
-    value = _tlmin(mhdu, "F_CHAN")
+    value = _tlmin(mhdu, "F_CHAN", where)
     return 1 if value is None else value
 
 
@@ -717,7 +717,7 @@ def read_pha(path: str | Path) -> Pha:
         header = hdu.header.copy()
         names = [c.name.upper() for c in hdu.columns]
         cols = {name: np.asarray(hdu.data[hdu.columns.names[i]]) for i, name in enumerate(names)}
-        tlmin_channel = _tlmin(hdu, "CHANNEL")
+        tlmin_channel = _tlmin(hdu, "CHANNEL", where)
     hduclas1 = _text(header.get("HDUCLAS1"))
     if hduclas1 and hduclas1 != "SPECTRUM":
         raise ResponseError(f"HDUCLAS1 = {hduclas1}: this is not a spectrum", where)
