@@ -636,3 +636,33 @@ def test_grouping_sums_channels_into_bins_as_a_dense_computation(tmp_path):
     np.testing.assert_allclose(seen.fold(flux), expected, rtol=1e-12)
     np.testing.assert_allclose(seen.e_min, inst.e_min[[0, 3, 5, 6]])
     np.testing.assert_allclose(seen.e_max, inst.e_max[[2, 4, 5, 7]])
+
+
+def test_fit_applies_quality_like_xspec(reference_dir, responses_dir, tmp_path):
+    """QUALITY 5 leaves channels out; 2 is fitted (warned) unless --ignore-bad."""
+    from xrmodifier_hpc.stages.fit import fit
+
+    src = reference_dir / "xspec_fits" / "acis_kT2.268.pha"
+    with fits.open(src) as hdul:
+        hdu = hdul["SPECTRUM"]
+        quality = np.zeros(len(hdu.data), np.int16)
+        quality[99:109] = 2  # ~1.5 keV
+        quality[199:204] = 5  # ~2.9 keV
+        cols = [c for c in hdu.columns if c.name != "QUALITY"]
+        cols.append(fits.Column("QUALITY", "I", array=quality))
+        new = fits.BinTableHDU.from_columns(cols, header=hdu.header, name="SPECTRUM")
+        new.header.remove("QUALITY", ignore_missing=True)
+        fits.HDUList([fits.PrimaryHDU(), new]).writeto(tmp_path / "q.pha")
+    kw = dict(
+        arf=responses_dir / "chandra_acis_9774.arf",
+        rmf=responses_dir / "chandra_acis_9774.rmf",
+        params={"nH": 0.05},
+    )
+    plain = fit(src, **kw)
+    dubious = fit(tmp_path / "q.pha", **kw)
+    strict = fit(tmp_path / "q.pha", ignore_bad=True, **kw)
+    assert dubious["channels_noticed"] == plain["channels_noticed"] - 5
+    assert strict["channels_noticed"] == plain["channels_noticed"] - 15
+    assert any("QUALITY = 2" in w for w in dubious["warnings"])
+    assert "warnings" not in strict or not any("QUALITY = 2" in w for w in strict["warnings"])
+    assert plain["counts_noticed"] > dubious["counts_noticed"] > strict["counts_noticed"]

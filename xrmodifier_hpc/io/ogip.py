@@ -487,6 +487,11 @@ def read_arf(path: str | Path) -> Arf:
         hi = np.asarray(_column(hdu, "ENERG_HI", path), dtype=np.float64)
         area = np.asarray(_column(hdu, "SPECRESP", path), dtype=np.float64)
         header = hdu.header.copy()
+    if area.ndim != 1 or lo.ndim != 1:
+        raise ResponseError(
+            "a type-II ARF (one row per spectrum) is not supported: extract the row you need",
+            f"{path} [SPECRESP]",
+        )
     _check_energy_grid(lo, hi, path, "SPECRESP")
     if not np.all(np.isfinite(area)) or np.any(area < 0):
         raise ResponseError("SPECRESP has negative or non-finite values", f"{path} [SPECRESP]")
