@@ -788,6 +788,8 @@ def read_pha(path: str | Path) -> Pha:
         default=0.0,
     )
     notes: list[str] = []
+    if data_col == "COUNTS" and "RATE" in names:
+        notes.append("the file has both COUNTS and RATE columns: COUNTS used")
     if np.any(sys_err[usable] > 0):
         notes.append(
             f"SYS_ERR (up to {sys_err[usable].max():g}) is not used: fractional systematic "
