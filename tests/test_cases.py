@@ -174,8 +174,9 @@ def test_03_double_area_only_when_asked_and_then_warned(case03):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    # the README's "observed" numbers: what applying the area twice gives
-    assert out["kT"] == pytest.approx(4.747, abs=2e-3)
+    # the README's "observed" fit, what applying the area twice gives: kT 4.747 (1-sigma
+    # 4.614-4.889, from the grid interpolant; the exact profile's minimum is 0.04 sigma away)
+    assert out["kT"] == pytest.approx(4.747, abs=0.15 * (4.889 - 4.614) / 2)
     assert out["norm"] == pytest.approx(1.96e-6, rel=5e-3)
     assert any("applied twice" in w for w in out["warnings"])
 
