@@ -254,3 +254,161 @@ def test_set_key_replaces_adds_and_appends():
     assert set_key(text, "c", "q", '"s"').endswith('\n[c]\nq = "s"\n')
     # a key of the same name in another section is left alone
     assert set_key(text, "a", "z", "9").count("z = 3") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# defaults never conflict with what the user wrote (issue 13 item 7)
+# --------------------------------------------------------------------------------------------
+
+MINIMAL = """\
+[instruments.reference]
+arf = "instruments/reference.arf"
+rmf = "instruments/reference.rmf"
+[instruments.target]
+arf = "instruments/target.arf"
+rmf = "instruments/target.rmf"
+[modifier.grid]
+mu = { linspace = [0.8, 3.0, 4] }
+sigma = 0.3
+A = { linspace = [-0.2, 0.2, 3] }
+"""
+
+
+def _load(demo_config, text):
+    from xrmodifier_hpc.config import parse_config
+
+    return parse_config(text, demo_config)
+
+
+def test_norm_alone_is_accepted_and_counts_alone_too(demo_config):
+    cfg = _load(demo_config, MINIMAL + "[simulation]\nnorm = 0.004\n")
+    assert cfg.simulation.norm == 0.004 and cfg.simulation.counts is None
+    assert cfg.derived["simulation.counts"] is None
+    cfg = _load(demo_config, MINIMAL)
+    assert cfg.simulation.counts == 50_000.0 and cfg.simulation.norm is None
+    assert cfg.derived == {}
+    with pytest.raises(ConfigError, match="give exactly one of counts and norm: both"):
+        _load(demo_config, MINIMAL + "[simulation]\nnorm = 0.004\ncounts = 1000.0\n")
+
+
+@pytest.mark.parametrize(
+    "extra, checks",
+    [
+        # a small counts keeps min_counts below it (else every point would be "too few")
+        ("[simulation]\ncounts = 30.0\n", {"simulation.min_counts": 15.0}),
+        ("[inversion.mcmc]\nsteps = 600\n", {"inversion.mcmc.burn": 200}),
+        ("[inversion.mcmc]\nburn = 5000\n", {"inversion.mcmc.steps": 15000}),
+        ("[temperatures]\nt_true = { logspace = [2.0, 5.0, 4] }\n", {"mock.t_range": [2.0, 5.0]}),
+        (
+            "[temperatures]\nt_true = { logspace = [0.3, 30.0, 8] }\n",
+            {"simulation.fit_tgrid": [0.1, 90.0, 128], "mock.t_range": [1.5, 9.0]},
+        ),
+    ],
+)
+def test_defaults_follow_written_values(demo_config, extra, checks):
+    cfg = _load(demo_config, MINIMAL + extra)
+    for key, value in checks.items():
+        if key in cfg.derived:
+            assert cfg.derived[key] == pytest.approx(value), key
+        else:  # an unchanged default
+            section, name = key.rsplit(".", 1)
+            obj = cfg
+            for part in section.split("."):
+                obj = getattr(obj, part)
+            assert list(np.atleast_1d(getattr(obj, name))) == pytest.approx(value), key
+    # what was written is never changed
+    if "min_counts" in extra:
+        assert cfg.simulation.counts == 30.0
+
+
+def test_walkers_default_covers_the_family(demo_config):
+    text = MINIMAL.replace(
+        "[modifier.grid]",
+        '[modifier]\nfamily = "spline"\noptions = { knots = '
+        + str([0.5 + 0.5 * k for k in range(20)])
+        + " }\n[modifier.grid]",
+    )
+    grid = "".join(f"d{k} = 0.0\n" for k in range(1, 21))
+    text = text[: text.index("mu = ")] + grid
+    cfg = _load(demo_config, text)
+    assert cfg.inversion.mcmc.walkers == 40 == cfg.derived["inversion.mcmc.walkers"]
+    cfg = _load(demo_config, text + "[inversion.mcmc]\nwalkers = 50\n")
+    assert cfg.inversion.mcmc.walkers == 50 and "inversion.mcmc.walkers" not in cfg.derived
+
+
+def test_written_values_that_conflict_are_still_refused(demo_config):
+    with pytest.raises(ConfigError, match="need steps >= 1 and 0 <= burn < steps"):
+        _load(demo_config, MINIMAL + "[inversion.mcmc]\nsteps = 500\nburn = 600\n")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("90", "(a fraction: 0.9 for 90%)"), ("0", "between 0 and 1"), ("1.0", "between 0 and 1")],
+)
+def test_error_level_key(demo_config, value, message):
+    with pytest.raises(ConfigError, match="error_level must be a confidence level") as info:
+        _load(demo_config, MINIMAL + f"[inversion]\nerror_level = {value}\n")
+    assert message in str(info.value) and "[inversion.error_level]" in str(info.value)
+    assert _load(demo_config, MINIMAL + "[inversion]\nerror_level = 0.9\n").inversion.error_level
+
+
+# --------------------------------------------------------------------------------------------
+# instruments without an ARF, or with an area-carrying matrix
+# --------------------------------------------------------------------------------------------
+
+
+def _write_rsp(path, rmf_path):
+    """The instrument's RMF times its ARF as one matrix (an RSP, no HDUCLAS3)."""
+    from xrmodifier_hpc.io.ogip import Instrument, write_rmf
+
+    inst = Instrument.load(rmf_path.with_suffix(".arf"), rmf_path)
+    write_rmf(
+        path,
+        inst.energ_lo,
+        inst.energ_hi,
+        inst.matrix.multiply(inst.area[:, None]).tocsr(),
+        inst.e_min,
+        inst.e_max,
+    )
+    from astropy.io import fits
+
+    with fits.open(path, mode="update") as hdul:
+        del hdul["MATRIX"].header["HDUCLAS3"]
+    return path
+
+
+def test_check_without_arfs_and_with_an_rsp(demo_config):
+    import json
+
+    inst = demo_config.parent / "instruments"
+    _write_rsp(inst / "target.rsp", inst / "target.rmf")
+    text = MINIMAL.replace('arf = "instruments/reference.arf"\n', "").replace(
+        'arf = "instruments/target.arf"\nrmf = "instruments/target.rmf"',
+        'rmf = "instruments/target.rsp"',
+    )
+    demo_config.write_text(text)
+    out = run_cli("check", str(demo_config))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["instruments"]["target"]["effective_area"] == "in the matrix"
+    assert summary["instruments"]["reference"]["effective_area"] == "1 cm^2 (no ARF)"
+    (warning,) = summary["warnings"]
+    assert warning.startswith("instruments.reference: reference.rmf: no ARF given")
+    # the target's ARF given with its RSP: refused, naming the key that allows it
+    demo_config.write_text(
+        text.replace('rmf = "instruments/target.rsp"', 'arf = "instruments/target.arf"\n'
+                     'rmf = "instruments/target.rsp"')
+    )  # fmt: skip
+    out = run_cli("check", str(demo_config))
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "target.rsp" in line and "applied twice" in line and "allow_double_area" in line
+    demo_config.write_text(
+        demo_config.read_text().replace(
+            'rmf = "instruments/target.rsp"', 'rmf = "instruments/target.rsp"\n'
+            "allow_double_area = true"
+        )
+    )  # fmt: skip
+    out = run_cli("check", str(demo_config))
+    assert out.returncode == 0, out.stderr
+    assert any("applied twice" in w for w in json.loads(out.stdout)["warnings"])

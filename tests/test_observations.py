@@ -104,7 +104,9 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     for col in ("t0", "t0_err_lo", "t0_err_hi", "t1", "t1_err_lo", "t1_err_hi"):
         np.testing.assert_allclose(getattr(back, col), getattr(obs, col), rtol=1e-6)
     assert path.read_text().startswith("# made by a test\n")
-    assert format_csv(obs).splitlines()[0].startswith("name,t0,t0_err,t1,t1_err")
+    lines = [ln for ln in format_csv(obs).splitlines() if not ln.startswith("#")]
+    assert lines[0].startswith("name,t0,t0_err,t1,t1_err")
+    assert "# error_level = 0.683" in format_csv(obs)  # the errors written are 1 sigma
 
 
 def _fits_table(path: Path, **cols) -> Path:
@@ -276,3 +278,186 @@ def test_too_few_walkers_exit_2(project: Path, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert "[inversion.mcmc.walkers]" in err and "at least 2 walkers per parameter (6" in err
+
+
+# --------------------------------------------------------------------------------------------
+# tables as spreadsheets and other tools write them
+# --------------------------------------------------------------------------------------------
+
+PLAIN = (
+    "name,t0,t0_err,t1,t1_err\nAbell 2029 – core,6.1,0.2,6.5,0.25\nZwicky Réal,8.0,0.4,8.3,0.5\n"
+)
+PLAIN_NAMES = ("Abell 2029 – core", "Zwicky Réal")
+
+
+def _values(obs: Observations) -> np.ndarray:
+    return np.array([obs.t0, obs.t0_err, obs.t1, obs.t1_err])
+
+
+@pytest.mark.parametrize(
+    "encoding, bom",
+    [
+        ("utf-8", b""),
+        ("utf-8", b"\xef\xbb\xbf"),  # Excel's "CSV UTF-8"
+        ("utf-16-le", b"\xff\xfe"),  # Excel's "Unicode text"
+        ("utf-16-be", b"\xfe\xff"),
+        ("utf-16-le", b""),  # no byte-order mark
+        ("cp1252", b""),  # Windows spreadsheets ("ANSI"): the en dash is 0x96
+    ],
+)
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_encodings_byte_order_marks_and_line_ends(tmp_path, encoding, bom, newline) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_bytes(bom + PLAIN.replace("\n", newline).encode(encoding))
+    obs = read_observations(path)
+    assert obs.names == PLAIN_NAMES
+    np.testing.assert_allclose(_values(obs), [[6.1, 8.0], [0.2, 0.4], [6.5, 8.3], [0.25, 0.5]])
+    assert obs.lines == (2, 3)
+
+
+def test_latin1_names(tmp_path) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_bytes("name,t0,t0_err,t1,t1_err\nZwicky Réal,8,0.4,8.3,0.5\n".encode("latin-1"))
+    assert read_observations(path).names == ("Zwicky Réal",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # quoting: a comma inside a name, quoted numbers, a quoted header
+        '"name","t0","t0_err","t1","t1_err"\n"Abell 2029, core","6.1","0.2","6.5","0.25"\n',
+        # European spreadsheets: semicolons and decimal commas
+        "name;t0;t0_err;t1;t1_err\nAbell 2029, core;6,1;0,2;6,5;0,25\n",
+        # tabs; whitespace-aligned columns
+        'name\tt0\tt0_err\tt1\tt1_err\n"Abell 2029, core"\t6.1\t0.2\t6.5\t0.25\n',
+        'name    t0   t0_err  t1   t1_err\n"Abell 2029, core"  6.1  0.2  6.5  0.25\n',
+        # Excel: empty trailing columns and rows
+        'name,t0,t0_err,t1,t1_err,,\n"Abell 2029, core",6.1,0.2,6.5,0.25,,\n,,,,,,\n',
+        # units and spelling in the header: brackets, parentheses, slashes, spaces, case
+        'Name,"T0 [keV]","T0 err (keV)",t1/keV,"t1 error [keV]"\n'
+        '"Abell 2029, core",6.1,0.2,6.5,0.25\n',
+        'NAME,t0_keV,T0-ERR,T1 (keV),T1_Err\n"Abell 2029, core",6.1,0.2,6.5,0.25\n',
+        # other temperature units, converted to keV
+        'name,t0 [eV],t0_err [eV],t1 (eV),t1_err (eV)\n"Abell 2029, core",6100,200,6500,250\n',
+        "name,T0 [MK],T0_err [MK],T1 [MK],T1_err [MK]\n"
+        '"Abell 2029, core",70.788,2.3209,75.430,2.9011\n',
+        # a source column under another usual name
+        'source,t0,t0_err,t1,t1_err\n"Abell 2029, core",6.1,0.2,6.5,0.25\n',
+    ],
+)
+def test_spreadsheet_forms(tmp_path, text) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text(text)
+    obs = read_observations(path)
+    assert obs.names == ("Abell 2029, core",)
+    np.testing.assert_allclose(_values(obs)[:, 0], [6.1, 0.2, 6.5, 0.25], rtol=2e-4)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name,t0 [Jy],t0_err,t1,t1_err\na,3,0.1,3.2,0.1\n", "column 't0 [Jy]': unit 'Jy'"),
+        ("name;t0;t0_err;t1;t1_err\na;3,1;0,1;3.2.1;0,1\n", "line 2: t1 = '3.2.1' is not a number"),
+        ('name,t0,t0_err,t1,t1_err\na,"3,1",0.1,3.2,0.1\n', "line 2: t0 = '3,1' is not a number"),
+        ("name,T0 (keV),t0,t0_err,t1,t1_err\n", "'T0 (keV)' and 't0'"),
+        ("# error_level = lots\nname,t0,t0_err,t1,t1_err\n", "line 1: comment declares error"),
+        (
+            "# error_level = 0.9\n# confidence: 68%\nname,t0,t0_err,t1,t1_err\n",
+            "line 2: a second error level",
+        ),
+        ("name,t0,t0_err,t1,t1_err,error_level\na,3,0.1,3.2,0.1,high\n", "line 2: error_level"),
+    ],
+)
+def test_unreadable_forms_name_line_and_column(tmp_path, text, message) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text(text)
+    with pytest.raises(ObservationError) as info:
+        read_observations(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# confidence level of the errors (issue 12 item 5)
+# --------------------------------------------------------------------------------------------
+
+Z90 = 1.6448536269514722  # two-sided 90%: XSPEC's default `error`
+
+
+@pytest.mark.parametrize(
+    "declaration",
+    [
+        "# error_level = 0.90",
+        "# error_level: 90%",
+        "# Confidence level = 90 %",
+        "# errors: 90% confidence (XSPEC error, delta-C = 2.706)",
+        "# CL = 0.9",
+    ],
+)
+def test_declared_90_percent_errors_become_1_sigma(tmp_path, declaration, caplog) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text(declaration + "\nname,t0,t0_err_lo,t0_err_hi,t1,t1_err\na,6,0.3,0.5,6.5,0.4\n")
+    with caplog.at_level("INFO", logger="xrmodifier"):
+        obs = read_observations(path)
+    assert obs.error_level == pytest.approx(0.9)
+    np.testing.assert_allclose(
+        [obs.t0_err_lo[0], obs.t0_err_hi[0], obs.t1_err_lo[0], obs.t1_err_hi[0]],
+        np.array([0.3, 0.5, 0.4, 0.4]) / Z90,
+    )
+    assert "errors read as 90% confidence (declared on line 1), divided by 1.645" in caplog.text
+
+
+def test_default_and_config_levels(tmp_path, caplog) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text("name,t0,t0_err,t1,t1_err\na,6,0.3,6.5,0.4\n")
+    with caplog.at_level("INFO", logger="xrmodifier"):
+        plain = read_observations(path)
+    assert plain.error_level_from == "default" and plain.t0_err[0] == 0.3
+    assert "errors read as 68.3% confidence (default), used as 1 sigma" in caplog.text
+    ninety = read_observations(path, error_level=0.9)
+    assert ninety.error_level_from == "[inversion] error_level"
+    assert ninety.t0_err[0] == pytest.approx(0.3 / Z90)
+    two_sigma = read_observations(path, error_level=0.9545)
+    assert two_sigma.t1_err[0] == pytest.approx(0.2, rel=1e-3)
+    # 0.683 and 0.6827 are both "1 sigma": no change
+    assert read_observations(path, error_level=0.683).t0_err[0] == 0.3
+    # a file that says 1 sigma and a config that says 68.3% agree
+    path.write_text("# error_level = 1 sigma\nname,t0,t0_err,t1,t1_err\na,6,0.3,6.5,0.4\n")
+    assert read_observations(path, error_level=0.683).t0_err[0] == 0.3
+
+
+def test_file_and_config_levels_that_differ_are_refused(tmp_path) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text("# error_level = 0.9\nname,t0,t0_err,t1,t1_err\na,6,0.3,6.5,0.4\n")
+    with pytest.raises(ObservationError, match="declares its errors at 90% confidence"):
+        read_observations(path, error_level=0.683)
+
+
+def test_per_source_levels_from_a_column(tmp_path) -> None:
+    path = tmp_path / "obs.csv"
+    path.write_text(
+        "name,t0,t0_err,t1,t1_err,t1_error_level\na,6,0.3,6.5,0.4,90%\nb,5,0.2,5.5,0.3,\n"
+    )
+    obs = read_observations(path)
+    np.testing.assert_allclose(obs.t1_err, [0.4 / Z90, 0.3])
+    np.testing.assert_allclose(obs.t0_err, [0.3, 0.2])
+    assert "error_level column" in obs.error_level_from
+
+
+def test_fits_table_level_keyword_and_units(tmp_path) -> None:
+    cols = [
+        fits.Column("NAME", "10A", array=["a", "b"]),
+        fits.Column("T0", "E", unit="eV", array=[6000.0, 3000.0]),
+        fits.Column("T0_ERR", "E", unit="eV", array=[300.0, 200.0]),
+        fits.Column("T1 [keV]", "E", array=[6.5, 3.2]),
+        fits.Column("T1_ERR", "E", unit="keV", array=[0.4, 0.3]),
+    ]
+    hdu = fits.BinTableHDU.from_columns(cols)
+    hdu.header["ERRLEVEL"] = 0.9
+    path = tmp_path / "obs.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    obs = read_observations(path)
+    np.testing.assert_allclose(obs.t0, [6.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(obs.t0_err, np.array([0.3, 0.2]) / Z90, rtol=1e-6)
+    np.testing.assert_allclose(obs.t1_err, np.array([0.4, 0.3]) / Z90, rtol=1e-6)
+    assert obs.error_level_from == "keyword ERRLEVEL"

@@ -185,10 +185,11 @@ def test_rmf_with_area_folded_in(tmp_path):
     np.testing.assert_allclose(
         inst.fold(np.ones(N_E)), 50.0 * small_matrix().sum(axis=0), rtol=1e-6
     )
-    # a redistribution-only RMF needs an ARF
-    plain = write_small_rmf(tmp_path / "plain.rmf")
-    with pytest.raises(ResponseError, match="give an ARF"):
-        Instrument.load(None, plain)
+    # a redistribution-only RMF without an ARF is used as XSPEC uses it (area 1), warned
+    plain = Instrument.load(None, write_small_rmf(tmp_path / "plain.rmf"))
+    np.testing.assert_allclose(plain.fold(np.ones(N_E)), small_matrix().sum(axis=0), rtol=1e-6)
+    (warning,) = plain.warnings
+    assert "redistribution-only" in warning and "1 cm^2" in warning
 
 
 def test_arf_rmf_grid_mismatch(tmp_path):
@@ -300,3 +301,368 @@ def test_instrument_with_area_keeps_matrix(tmp_path):
     doubled = inst.with_area(2 * inst.area)
     assert sp.issparse(doubled.matrix)
     np.testing.assert_allclose(doubled.fold(np.ones(N_E)), 2 * inst.fold(np.ones(N_E)))
+
+
+# --------------------------------------------------------------------------------------------
+# whether a matrix carries the area: keywords AND values
+# --------------------------------------------------------------------------------------------
+
+
+def _set_keywords(path, extname="MATRIX", **keywords):
+    with fits.open(path, mode="update") as hdul:
+        for key, value in keywords.items():
+            if value is None:
+                hdul[extname].header.remove(key, ignore_missing=True)
+            else:
+                hdul[extname].header[key] = value
+    return path
+
+
+@pytest.mark.parametrize(
+    "hduclas3, scale, area, evidence",
+    [
+        ("REDIST", 1.0, False, "HDUCLAS3 = REDIST, rows sum to up to 1"),
+        ("DETECTOR", 0.8, False, "HDUCLAS3 = DETECTOR"),
+        (None, 1.0, False, "no HDUCLAS3"),
+        ("FULL", 300.0, True, "rows sum to up to 300, an area in cm^2, with HDUCLAS3 = FULL"),
+        # the values decide when the keyword is missing or says otherwise
+        (None, 300.0, True, "rows sum to up to 300, an area in cm^2, with no HDUCLAS3"),
+        ("REDIST", 300.0, True, "with HDUCLAS3 = REDIST"),
+        ("DETECTOR", 2.0, True, "rows sum to up to 2"),
+        # FULL with probabilities: the keyword still says the area is in (a tiny RSP)
+        ("FULL", 0.9, True, "HDUCLAS3 = FULL, though its rows sum to up to 0.9"),
+    ],
+)
+def test_area_in_matrix_from_keyword_and_values(tmp_path, hduclas3, scale, area, evidence):
+    path = write_small_rmf(tmp_path / "r.rmf", scale=scale)
+    _set_keywords(path, HDUCLAS3=hduclas3)
+    rmf = read_rmf(path)
+    assert rmf.includes_area == area
+    assert evidence in rmf.area_evidence
+    arf = write_small_arf(tmp_path / "a.arf")
+    if area:
+        with pytest.raises(ResponseError, match="applied twice") as info:
+            Instrument.load(arf, path)
+        assert str(path) in str(info.value) and "allow_double_area" in str(info.value)
+        both = Instrument.load(arf, path, allow_double_area=True)
+        assert any("applied twice" in w for w in both.warnings)
+        alone = Instrument.load(None, path)
+        assert alone.warnings == () and alone.area_in_matrix
+    else:
+        assert Instrument.load(arf, path).warnings == ()
+        assert "redistribution-only" in Instrument.load(None, path).warnings[0]
+
+
+def test_corrected_arf_of_an_rsp_is_a_multiplier_that_goes_with_it(tmp_path):
+    rsp = write_small_rmf(tmp_path / "r.rsp", extname="SPECRESP MATRIX", full=True, scale=300.0)
+    inst = Instrument.load(None, rsp)
+    m = np.linspace(0.9, 1.1, N_E)
+    out = write_modified_arf(tmp_path / "c.arf", inst, "gaussian", ("mu",), (1.0,), m)
+    assert read_arf(out).header["XRMMULT"] is True
+    corrected = Instrument.load(out, rsp)  # not a second area: accepted without a warning
+    assert corrected.warnings == ()
+    np.testing.assert_allclose(corrected.fold(np.ones(N_E)), inst.fold(m), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"EFFAREA": 2.0}, "EFFAREA = 2: a matrix scaled by EFFAREA != 1 is not supported"),
+        ({"EFFAREA": "1.0"}, "EFFAREA = '1.0' (a string) must be a number"),
+        ({"DETCHANS": "8"}, "DETCHANS = '8' (a string) must be an integer"),
+        ({"DETCHANS": 9}, "DETCHANS = 9 but EBOUNDS has 8 rows"),
+        ({"TLMIN4": 1.5}, "TLMIN4 = 1.5 must be an integer"),
+    ],
+)
+def test_rmf_keywords_are_type_checked(tmp_path, keywords, message):
+    path = _set_keywords(write_small_rmf(tmp_path / "r.rmf"), **keywords)
+    with pytest.raises(ResponseError) as info:
+        read_rmf(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert read_rmf(_set_keywords(path, EFFAREA=1.0, DETCHANS=8, TLMIN4=1)).matrix.shape == (
+        N_E,
+        N_CHAN,
+    )
+
+
+def _rewrite_energies(path, lo, hi):
+    with fits.open(path, mode="update") as hdul:
+        hdul["MATRIX"].data["ENERG_LO"] = lo
+        hdul["MATRIX"].data["ENERG_HI"] = hi
+    return path
+
+
+def test_zero_width_energy_bins_read_and_hold_no_flux(tmp_path):
+    lo, hi, _, _ = small_grid()
+    lo, hi = lo.copy(), hi.copy()
+    hi[4] = lo[4]  # bin 5 has zero width, as 19 bins of the ROSAT PSPC responses
+    lo[5] = hi[4]
+    path = _rewrite_energies(write_small_rmf(tmp_path / "r.rmf"), lo, hi)
+    inst = Instrument.load(None, path)
+    from xrmodifier_hpc.physics.spectra import parse_model
+
+    flux = parse_model("wabs*bremss").photon_flux(inst.energ_lo, inst.energ_hi, [3.0], {"nH": 0.1})
+    assert np.all(np.isfinite(flux)) and flux[0, 4] == 0 and np.all(np.delete(flux, 4) > 0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda lo, hi: (lo, np.where(np.arange(N_E) == 3, lo - 0.1, hi)), "ENERG_LO <= ENERG_HI"),
+        (lambda lo, hi: (np.where(np.arange(N_E) == 3, lo[2] - 0.1, lo), hi), "must increase"),
+        (lambda lo, hi: (np.where(np.arange(N_E) == 3, lo - 0.1, lo), hi), "overlap"),
+        (lambda lo, hi: (lo, np.where(np.arange(N_E) == 3, hi + 0.3, hi)), "overlap"),
+    ],
+)
+def test_bad_energy_grids_are_refused(tmp_path, change, message):
+    lo, hi, _, _ = small_grid()
+    path = _rewrite_energies(write_small_rmf(tmp_path / "r.rmf"), *change(lo.copy(), hi.copy()))
+    with pytest.raises(ResponseError, match=message):
+        read_rmf(path)
+
+
+# --------------------------------------------------------------------------------------------
+# PHA keywords and columns (OGIP/92-007) as XSPEC applies them
+# --------------------------------------------------------------------------------------------
+
+SMALL_COUNTS = np.array([3, 10, 25, 40, 33, 18, 7, 2])
+
+
+def make_pha(path, counts=SMALL_COUNTS, data_column="COUNTS", columns=(), **keywords):
+    """A type-I PHA with the OGIP keywords of a plain Poisson spectrum, changed by
+    ``keywords`` (None removes one) and extra ``columns`` ((name, format, values), ...)."""
+    counts = np.asarray(counts)
+    cols = [fits.Column("CHANNEL", "J", array=1 + np.arange(counts.size))]
+    fmt = "J" if data_column == "COUNTS" and counts.dtype.kind in "iu" else "E"
+    cols.append(fits.Column(data_column, fmt, array=counts))
+    cols += [fits.Column(n, f, array=np.asarray(v)) for n, f, v in columns]
+    hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
+    header = {
+        "HDUCLASS": "OGIP",
+        "HDUCLAS1": "SPECTRUM",
+        "HDUCLAS2": "TOTAL",
+        "HDUCLAS3": "COUNT" if data_column == "COUNTS" else "RATE",
+        "DETCHANS": counts.size,
+        "EXPOSURE": 1000.0,
+        "AREASCAL": 1.0,
+        "BACKSCAL": 1.0,
+        "CORRSCAL": 0.0,
+        "POISSERR": True,
+        "BACKFILE": "none",
+        "CORRFILE": "none",
+        "RESPFILE": "none",
+        "ANCRFILE": "none",
+        "TLMIN1": 1,
+    }
+    header.update(keywords)
+    for key, value in header.items():
+        if value is not None:
+            hdu.header[key] = value
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+    return path
+
+
+def _raw_card(path, key, text):
+    """Replace keyword ``key``'s card by raw text (values astropy will not write, e.g. NaN)."""
+    data = bytearray(path.read_bytes())
+    i = data.find(f"{key:<8}=".encode())
+    data[i : i + 80] = f"{key:<8}= {text:>20}".ljust(80).encode()
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "value, raw, message",
+    [
+        (None, None, "keyword EXPOSURE (the exposure time, s) is missing"),
+        ("50000", None, "EXPOSURE = '50000' (a string) must be a number"),
+        (True, None, "EXPOSURE = T (a logical) must be a number"),
+        (1.0, "NaN", "EXPOSURE = 'NaN' (a string) must be a number"),
+        (1.0, "1.0E400", "EXPOSURE = inf must be a finite number"),
+        (0.0, None, "EXPOSURE = 0 must be positive"),
+        (-20.0, None, "EXPOSURE = -20 must be positive"),
+    ],
+)
+def test_exposure_is_type_and_range_checked(tmp_path, value, raw, message):
+    path = make_pha(tmp_path / "s.pha", EXPOSURE=value)
+    if raw is not None:
+        _raw_card(path, "EXPOSURE", raw)
+    with pytest.raises(ResponseError) as info:
+        read_pha(path)
+    assert message in str(info.value)
+    assert str(info.value).startswith(f"{path} [SPECTRUM]")
+
+
+@pytest.mark.parametrize(
+    "keywords, columns, message",
+    [
+        ({"AREASCAL": "half"}, (), "AREASCAL = 'half' (a string) must be a number"),
+        ({"AREASCAL": -1.0}, (), "AREASCAL = -1 must not be negative"),
+        ({"AREASCAL": 0.0}, (), "AREASCAL = 0 in 8 channel(s) of good QUALITY"),
+        ({}, (("AREASCAL", "E", [1, 1, np.nan, 1, 1, 1, 1, 1]),), "column AREASCAL"),
+        ({"BACKSCAL": False}, (), "BACKSCAL = F (a logical) must be a number"),
+        ({"SYS_ERR": -0.1}, (), "SYS_ERR = -0.1 must not be negative"),
+        ({"POISSERR": "T"}, (), "POISSERR = 'T' (a string) must be T or F"),
+        ({"QUALITY": 0.5}, (), "QUALITY = 0.5 must be an integer"),
+        ({}, (("GROUPING", "I", [1, -1, 2, 1, -1, 1, 1, 1]),), "GROUPING = 2 in row 3"),
+        ({}, (("GROUPING", "I", [-1, -1, 1, 1, -1, 1, 1, 1]),), "GROUPING starts with -1"),
+        ({"HDUCLAS1": "RESPONSE"}, (), "HDUCLAS1 = RESPONSE: this is not a spectrum"),
+        ({"DETCHANS": 1024}, (), "DETCHANS = 1024 but the table has 8 rows"),
+        ({"TLMIN1": 0}, (), "CHANNEL starts at 1 but its TLMIN is 0"),
+        ({"CORRFILE": "corr.pha", "CORRSCAL": 0.5}, (), "correction files are not supported"),
+        ({"HDUCLAS4": "TYPE:II"}, (), "type-II PHA"),
+    ],
+)
+def test_pha_keywords_and_columns_are_checked(tmp_path, keywords, columns, message):
+    path = make_pha(tmp_path / "s.pha", columns=columns, **keywords)
+    with pytest.raises(ResponseError) as info:
+        read_pha(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_channels_must_be_consecutive(tmp_path):
+    path = make_pha(tmp_path / "s.pha")
+    with fits.open(path, mode="update") as hdul:
+        hdul["SPECTRUM"].data["CHANNEL"][5] = 9
+    with pytest.raises(ResponseError, match="CHANNEL must run consecutively"):
+        read_pha(path)
+
+
+def test_keywords_that_do_not_change_a_cstat_fit_are_accepted_and_reported(tmp_path):
+    pha = read_pha(
+        make_pha(
+            tmp_path / "s.pha",
+            CORRFILE="corr.pha",  # CORRSCAL = 0: no effect, as in XSPEC
+            SYS_ERR=0.02,
+            BACKSCAL=0.3,
+            HDUCLAS3="RATE",  # the column says COUNTS: the column decides
+        )
+    )
+    assert pha.poisson_problems == ()
+    assert any("SYS_ERR" in n for n in pha.notes)
+    assert any("HDUCLAS3 = RATE but the data are a COUNTS column" in n for n in pha.notes)
+    bkg = read_pha(make_pha(tmp_path / "b.pha", HDUCLAS2="BKG"))
+    assert bkg.poisson_problems == () and "background spectrum" in bkg.notes[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"HDUCLAS2": "NET"}, "HDUCLAS2 = NET"),
+        ({"POISSERR": False}, "POISSERR = F"),
+        ({"counts": SMALL_COUNTS + 0.5}, "COUNTS is not a whole number of counts in 8"),
+        (
+            {"counts": SMALL_COUNTS - 5},
+            "COUNTS is negative in 2 channel(s) (first: channel 1 = -2)",
+        ),
+        (
+            {"counts": (SMALL_COUNTS + 0.25) / 1000.0, "data_column": "RATE"},
+            "RATE x EXPOSURE is not a whole number",
+        ),
+    ],
+)
+def test_non_poisson_spectra_are_refused_for_cstat(tmp_path, kwargs, problem):
+    pha = read_pha(make_pha(tmp_path / "s.pha", **kwargs))
+    assert any(problem in p for p in pha.poisson_problems), pha.poisson_problems
+    with pytest.raises(ResponseError, match="C-stat needs the Poisson counts") as info:
+        pha.require_poisson()
+    assert problem in str(info.value)
+
+
+def test_rate_spectrum_of_whole_counts_reads_as_counts(tmp_path):
+    rate = (SMALL_COUNTS / 1000.0).astype(np.float32)  # single precision, as files store it
+    pha = read_pha(make_pha(tmp_path / "s.pha", counts=rate, data_column="RATE"))
+    assert pha.column == "RATE" and pha.poisson_problems == ()
+    np.testing.assert_array_equal(pha.counts, SMALL_COUNTS)
+
+
+def _small_instrument(tmp_path):
+    return Instrument.load(write_small_arf(tmp_path / "a.arf"), write_small_rmf(tmp_path / "r.rmf"))
+
+
+def test_areascal_keyword_and_column_multiply_the_model_counts(tmp_path):
+    inst = _small_instrument(tmp_path)
+    flux = np.linspace(1.0, 2.0, N_E)
+    scale = np.array([1, 1, 0.5, 0.5, 0.5, 1, 1, 0.25])
+    col = read_pha(make_pha(tmp_path / "c.pha", columns=(("AREASCAL", "E", scale),), AREASCAL=None))
+    key = read_pha(make_pha(tmp_path / "k.pha", AREASCAL=0.5))
+    from xrmodifier_hpc.io.ogip import spectrum_response
+
+    seen, counts, usable = spectrum_response(col, inst)
+    np.testing.assert_allclose(seen.fold(flux), inst.fold(flux) * scale, rtol=1e-12)
+    np.testing.assert_array_equal(counts, SMALL_COUNTS) and np.testing.assert_array_equal(
+        usable, True
+    )
+    seen_k, _, _ = spectrum_response(key, inst)
+    np.testing.assert_allclose(seen_k.fold(flux), 0.5 * inst.fold(flux), rtol=1e-12)
+
+
+def test_quality_flags_follow_xspec(tmp_path):
+    quality = np.array([0, 1, 2, 5, 0, -1, 2, 0])
+    pha = read_pha(make_pha(tmp_path / "s.pha", columns=(("QUALITY", "I", quality),)))
+    # 0 and 2 ("dubious") are fitted; 2 too is left out by `ignore bad`; 1, 5, -1 never
+    np.testing.assert_array_equal(pha.usable(), [1, 0, 1, 0, 1, 0, 1, 1])
+    np.testing.assert_array_equal(pha.usable(ignore_bad=True), [1, 0, 0, 0, 1, 0, 0, 1])
+    # a bad channel's AREASCAL does not matter, not even 0
+    scale = np.where(quality == 1, 0.0, 1.0)
+    read_pha(
+        make_pha(
+            tmp_path / "z.pha",
+            columns=(("QUALITY", "I", quality), ("AREASCAL", "E", scale)),
+            AREASCAL=None,
+        )
+    )
+
+
+def test_grouping_sums_channels_into_bins_as_a_dense_computation(tmp_path):
+    from xrmodifier_hpc.io.ogip import spectrum_response
+
+    inst = _small_instrument(tmp_path)
+    grouping = np.array([1, -1, -1, 1, -1, 0, 1, -1])
+    quality = np.array([0, 0, 0, 0, 5, 0, 0, 0])  # a bad channel inside the second bin
+    scale = np.array([1, 1, 1, 0.5, 0.5, 1, 1, 1])
+    path = make_pha(
+        tmp_path / "s.pha",
+        columns=(("GROUPING", "I", grouping), ("QUALITY", "I", quality), ("AREASCAL", "E", scale)),
+        AREASCAL=None,
+    )
+    seen, counts, usable = spectrum_response(read_pha(path), inst)
+    bins = [[0, 1, 2], [3], [5], [6, 7]]  # channel 4 is bad: out of its bin
+    np.testing.assert_array_equal(counts, [SMALL_COUNTS[b].sum() for b in bins])
+    assert usable.all() and seen.n_channels == 4
+    dense = inst.matrix.toarray() * inst.area[:, None] * scale[None, :]
+    flux = np.linspace(1.0, 2.0, N_E)
+    expected = [(flux @ dense[:, b]).sum() for b in bins]
+    np.testing.assert_allclose(seen.fold(flux), expected, rtol=1e-12)
+    np.testing.assert_allclose(seen.e_min, inst.e_min[[0, 3, 5, 6]])
+    np.testing.assert_allclose(seen.e_max, inst.e_max[[2, 4, 5, 7]])
+
+
+def test_fit_applies_quality_like_xspec(reference_dir, responses_dir, tmp_path):
+    """QUALITY 5 leaves channels out; 2 is fitted (warned) unless --ignore-bad."""
+    from xrmodifier_hpc.stages.fit import fit
+
+    src = reference_dir / "xspec_fits" / "acis_kT2.268.pha"
+    with fits.open(src) as hdul:
+        hdu = hdul["SPECTRUM"]
+        quality = np.zeros(len(hdu.data), np.int16)
+        quality[99:109] = 2  # ~1.5 keV
+        quality[199:204] = 5  # ~2.9 keV
+        cols = [c for c in hdu.columns if c.name != "QUALITY"]
+        cols.append(fits.Column("QUALITY", "I", array=quality))
+        new = fits.BinTableHDU.from_columns(cols, header=hdu.header, name="SPECTRUM")
+        new.header.remove("QUALITY", ignore_missing=True)
+        fits.HDUList([fits.PrimaryHDU(), new]).writeto(tmp_path / "q.pha")
+    kw = dict(
+        arf=responses_dir / "chandra_acis_9774.arf",
+        rmf=responses_dir / "chandra_acis_9774.rmf",
+        params={"nH": 0.05},
+    )
+    plain = fit(src, **kw)
+    dubious = fit(tmp_path / "q.pha", **kw)
+    strict = fit(tmp_path / "q.pha", ignore_bad=True, **kw)
+    assert dubious["channels_noticed"] == plain["channels_noticed"] - 5
+    assert strict["channels_noticed"] == plain["channels_noticed"] - 15
+    assert any("QUALITY = 2" in w for w in dubious["warnings"])
+    assert "warnings" not in strict or not any("QUALITY = 2" in w for w in strict["warnings"])
+    assert plain["counts_noticed"] > dubious["counts_noticed"] > strict["counts_noticed"]

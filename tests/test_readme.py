@@ -15,7 +15,7 @@ def schema_keys(cls: type = cfgmod.Config, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in ("path", "text", "raw"):
+        if f.name in ("path", "text", "raw", "derived"):
             continue
         name = f"{prefix}{f.name}"
         tp = hints[f.name]

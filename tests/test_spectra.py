@@ -49,30 +49,35 @@ def test_reference_covers_the_tabulated_parameters(xspec_values):
 @pytest.mark.parametrize("kt", [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0])
 def test_bremss_matches_xspec(xspec_values, kt):
     table = xspec_values[("bremss", kt)][_in_band(xspec_values[("bremss", kt)])]
-    smooth = Bremss().evaluate(table[:, 0], table[:, 1], {"kT": np.array([kt])})[0]
+    smooth = Bremss("smooth").evaluate(table[:, 0], table[:, 1], {"kT": np.array([kt])})[0]
     assert np.abs(smooth / table[:, 2] - 1).max() < 0.02  # the requirement
-    exact = Bremss("xspec").evaluate(table[:, 0], table[:, 1], {"kT": np.array([kt])})[0]
-    # the same algorithm as XSPEC: what is left is XSPEC's single-precision bin edges
-    assert np.abs(exact / table[:, 2] - 1).max() < 2e-4
+    for exact in (Bremss(), Bremss("xspec")):  # the default is XSPEC's algorithm
+        values = exact.evaluate(table[:, 0], table[:, 1], {"kT": np.array([kt])})[0]
+        # the same algorithm as XSPEC: what is left is XSPEC's single-precision bin edges
+        assert np.abs(values / table[:, 2] - 1).max() < 2e-4
 
 
 @pytest.mark.parametrize("seam_kt", [13.58, 54.32, 0.5432, 0.1358])
-def test_default_bremss_is_continuous_across_xspecs_regime_switches(seam_kt):
+def test_smooth_bremss_is_continuous_across_xspecs_regime_switches(seam_kt):
     e = np.array([0.3, 0.5, 1.0, 2.0, 3.0])
     below, above = (1 - 1e-7) * seam_kt, (1 + 1e-7) * seam_kt
-    jump = np.abs(bremss_density(e, above) / bremss_density(e, below) - 1)
+    jump = np.abs(bremss_density(e, above, "smooth") / bremss_density(e, below, "smooth") - 1)
     assert jump.max() < 1e-5
-    exact_jump = np.abs(bremss_density(e, above, "xspec") / bremss_density(e, below, "xspec") - 1)
-    assert exact_jump.max() > 2e-3  # XSPEC's own switch is a step
+    # XSPEC's own switch (the default) is a step
+    exact_jump = np.abs(bremss_density(e, above) / bremss_density(e, below) - 1)
+    assert exact_jump.max() > 2e-3
     # the blend stays within XSPEC's two regimes' spread
     for kt in np.geomspace(seam_kt / 1.4, seam_kt * 1.4, 15):
-        smooth, exact = bremss_density(e, kt), bremss_density(e, kt, "xspec")
+        smooth, exact = bremss_density(e, kt, "smooth"), bremss_density(e, kt)
         assert np.all(np.abs(smooth / exact - 1) < 0.035)
 
 
 def test_bremss_variant_syntax():
     assert parse_model("wabs*bremss{xspec}").components[1].seams == "xspec"
-    assert parse_model("wabs*bremss").components[1].seams == "smooth"
+    assert parse_model("wabs*bremss").components[1].seams == "xspec"  # XSPEC's by default
+    assert parse_model("wabs*bremss{smooth}").components[1].seams == "smooth"
+    assert parse_model("wabs*bremss{smooth}").components[1].describe() == "bremss{smooth}"
+    assert parse_model("wabs*bremss{xspec}").components[1].describe() == "bremss"
     with pytest.raises(ModelError, match="bremss takes"):
         parse_model("bremss{exact}")
 

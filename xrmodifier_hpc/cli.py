@@ -179,6 +179,16 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
         help="profile grid: N log-spaced keV values (default 0.08 80 256)",
     )
     p.add_argument("--curve", action="store_true", help="include the profile C(kT)")
+    p.add_argument(
+        "--allow-double-area",
+        action="store_true",
+        help="accept an ARF with a response whose matrix already includes the area",
+    )
+    p.add_argument(
+        "--ignore-bad",
+        action="store_true",
+        help="also leave out QUALITY = 2 (dubious) channels, as XSPEC's `ignore bad`",
+    )
     p.set_defaults(func=_run_fit)
 
 
@@ -195,6 +205,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         curve=args.curve,
         temperature=args.temperature,
         tgrid=args.tgrid,
+        allow_double_area=args.allow_double_area,
+        ignore_bad=args.ignore_bad,
     )
     print(json.dumps(result))
     return 0

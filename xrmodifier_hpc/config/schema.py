@@ -124,11 +124,18 @@ def parse_axis(raw: Any, key: str, file: str = "") -> Axis:
 
 @dataclass(frozen=True)
 class InstrumentConfig:
-    """One telescope: its ARF and RMF (paths relative to the config) and exposure (s)."""
+    """One telescope: its ARF and RMF (paths relative to the config) and exposure (s).
+
+    ``arf`` is optional, as in XSPEC: without it the matrix is used alone (right for an RSP
+    whose matrix includes the area; a redistribution-only RMF then means 1 cm^2, reported by
+    ``xrmodifier check``). ``allow_double_area`` accepts an ARF together with a matrix that
+    already includes the area (the area is then applied twice).
+    """
 
     rmf: Path
     arf: Path | None = None
     exposure: float = 50_000.0
+    allow_double_area: bool = False
 
     def _check(self, at: Callable[[str], str]) -> None:
         if self.exposure <= 0:
@@ -181,6 +188,10 @@ class SimulationConfig:
 
     ``counts``: expected counts in ``band`` through the original target response (the
     normalisation is set per T_true to give it); or ``norm``: a fixed model normalisation.
+    The counts default (50000) applies only when neither is written. ``fit_tgrid`` defaults
+    to 0.2-50 keV, widened to cover ``temperatures.t_true`` (a factor 3 each side) and kept
+    inside the model's temperature range; ``min_counts`` defaults to 50, or half of a
+    smaller ``counts``.
     """
 
     backend: str = "native"
@@ -206,8 +217,14 @@ class SimulationConfig:
         _one_of(self.device, ("auto", "cpu", "cuda"), at("device"))
         if self.realisations < 1:
             raise ConfigError("realisations must be at least 1", at("realisations"))
-        if (self.counts is None) == (self.norm is None):
-            raise ConfigError("give exactly one of counts and norm", at("counts"))
+        if self.counts is not None and self.norm is not None:
+            raise ConfigError(
+                "give exactly one of counts and norm: both are written (counts sets the "
+                "norm per T_true)",
+                at("norm"),
+            )
+        if self.counts is None and self.norm is None:
+            raise ConfigError("give counts or norm", at("counts"))
         for key in ("counts", "norm"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -270,7 +287,11 @@ class EmulatorConfig:
 
 @dataclass(frozen=True)
 class McmcConfig:
-    """emcee ensemble settings for the theta posterior."""
+    """emcee ensemble settings for the theta posterior.
+
+    Defaults follow what is written: ``burn`` is a third of a given ``steps``; ``steps`` at
+    least three times a given ``burn``; ``walkers`` at least two per modifier parameter.
+    """
 
     walkers: int = 32
     steps: int = 3000
@@ -292,7 +313,9 @@ class InversionConfig:
     T1; ``"auto"`` takes the emulator's own off-grid RMS relative error. ``merge_tol``: optima
     closer than this fraction of every parameter's range (log range for geometric grid axes)
     are one optimum. ``n_tgrid``: log-spaced T_true points the emulator is evaluated on per
-    theta (a spline carries them to the quadrature nodes).
+    theta (a spline carries them to the quadrature nodes). ``error_level``: the confidence
+    level of the observations' errors when the file does not declare it (default 0.683, 1
+    sigma; XSPEC's ``error`` default is 0.90); they are converted to 1 sigma.
     """
 
     objective: str = "likelihood"
@@ -303,6 +326,7 @@ class InversionConfig:
     merge_tol: float = 0.02
     n_tgrid: int = 24
     mcmc: McmcConfig = McmcConfig()
+    error_level: float | None = None
 
     def _check(self, at: Callable[[str], str]) -> None:
         _one_of(
@@ -321,11 +345,24 @@ class InversionConfig:
             raise ConfigError("merge_tol must be in (0, 1)", at("merge_tol"))
         if self.n_tgrid < 8:
             raise ConfigError("n_tgrid must be at least 8", at("n_tgrid"))
+        if self.error_level is not None and not 0 < self.error_level < 1:
+            hint = (
+                f" (a fraction: {self.error_level / 100:g} for {self.error_level:g}%)"
+                if 1 < self.error_level < 100
+                else ""
+            )
+            raise ConfigError(
+                f"error_level must be a confidence level between 0 and 1{hint}",
+                at("error_level"),
+            )
 
 
 @dataclass(frozen=True)
 class MockConfig:
-    """Synthetic observations for demos and injection tests (``xrmodifier mock``)."""
+    """Synthetic observations for demos and injection tests (``xrmodifier mock``).
+
+    ``t_range`` defaults to [1.5, 9.0] keV kept inside ``temperatures.t_true``.
+    """
 
     n_sources: int = 40
     theta: dict[str, float] = field(default_factory=dict)
@@ -398,6 +435,7 @@ class Config:
     path: Path = Path("config.toml")
     text: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # artefact locations -------------------------------------------------------------------
     @property
@@ -479,10 +517,102 @@ def parse_config(text: str, path: str | Path = "config.toml") -> Config:
         raise ConfigError(f"not valid TOML: {exc}", str(path)) from None
     base = path.resolve().parent
     loader = _Loader(str(path), base)
-    values = loader.build(Config, raw, "", skip={"path", "text", "raw"})
+    values = loader.build(Config, raw, "", skip={"path", "text", "raw", "derived"})
     cfg = Config(**values, path=path.resolve(), text=text, raw=raw)
+    cfg = _derive_defaults(cfg)
     _check_all(cfg, str(path))
     return cfg
+
+
+def _written(raw: dict[str, Any], dotted: str) -> bool:
+    """Whether the user wrote the key ``a.b.c`` in the TOML."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _derive_defaults(cfg: Config) -> Config:
+    """Defaults that depend on what the user wrote, so that a default never conflicts with a
+    written value: ``[simulation] norm`` alone drops the counts default; ``steps`` or ``burn``
+    alone scale the other; walkers cover two per modifier parameter; the mock's temperature
+    range and the fit-temperature grid follow ``temperatures.t_true`` (and the model's range);
+    ``min_counts`` stays below a small ``counts``. What was derived is in ``cfg.derived``.
+    """
+    raw = cfg.raw
+    derived: dict[str, Any] = {}
+    sim, inv, mock = cfg.simulation, cfg.inversion, cfg.mock
+    if _written(raw, "simulation.norm") and not _written(raw, "simulation.counts"):
+        sim = dataclasses.replace(sim, counts=None)
+        derived["simulation.counts"] = None
+    if (
+        sim.counts is not None
+        and _written(raw, "simulation.counts")
+        and not _written(raw, "simulation.min_counts")
+        and sim.counts < 2 * sim.min_counts
+    ):
+        sim = dataclasses.replace(sim, min_counts=0.5 * sim.counts)
+        derived["simulation.min_counts"] = sim.min_counts
+    t_lo, t_hi = cfg.temperatures.t_true.bounds
+    if t_lo > 0 and not _written(raw, "simulation.fit_tgrid"):
+        tgrid = _default_fit_tgrid(cfg, t_lo, t_hi, sim.fit_tgrid)
+        if tgrid != sim.fit_tgrid:
+            sim = dataclasses.replace(sim, fit_tgrid=tgrid)
+            derived["simulation.fit_tgrid"] = [tgrid.bounds[0], tgrid.bounds[1], len(tgrid)]
+    mcmc = inv.mcmc
+    steps_given = _written(raw, "inversion.mcmc.steps")
+    burn_given = _written(raw, "inversion.mcmc.burn")
+    if steps_given and not burn_given and mcmc.burn >= mcmc.steps:
+        mcmc = dataclasses.replace(mcmc, burn=mcmc.steps // 3)
+        derived["inversion.mcmc.burn"] = mcmc.burn
+    elif burn_given and not steps_given and mcmc.steps <= mcmc.burn:
+        mcmc = dataclasses.replace(mcmc, steps=3 * mcmc.burn)
+        derived["inversion.mcmc.steps"] = mcmc.steps
+    if not _written(raw, "inversion.mcmc.walkers"):
+        need = 2 * _n_modifier_params(cfg)
+        if mcmc.walkers < need:
+            mcmc = dataclasses.replace(mcmc, walkers=need + need % 2)
+            derived["inversion.mcmc.walkers"] = mcmc.walkers
+    if mcmc is not inv.mcmc:
+        inv = dataclasses.replace(inv, mcmc=mcmc)
+    if t_lo > 0 and not _written(raw, "mock.t_range"):
+        lo, hi = max(mock.t_range[0], t_lo), min(mock.t_range[1], t_hi)
+        t_range = (lo, hi) if lo < hi else (t_lo, t_hi)
+        if t_range != mock.t_range and t_range[0] < t_range[1]:
+            mock = dataclasses.replace(mock, t_range=t_range)
+            derived["mock.t_range"] = list(t_range)
+    return dataclasses.replace(cfg, simulation=sim, inversion=inv, mock=mock, derived=derived)
+
+
+def _default_fit_tgrid(cfg: Config, t_lo: float, t_hi: float, default: Axis) -> Axis:
+    """The fit-temperature grid when none is written: ``default`` widened to a factor 3
+    beyond ``t_true`` on each side, and clipped to the model's temperature range."""
+    lo, hi = default.bounds
+    lo, hi = min(lo, t_lo / 3.0), max(hi, 3.0 * t_hi)
+    try:
+        from xrmodifier_hpc.physics.spectra import parse_model
+
+        model = parse_model(cfg.source.model, base=cfg.path.parent)
+        m_lo, m_hi = model.param_range(cfg.source.temperature)
+    except Exception:  # an invalid model is reported by the source check with its reason
+        return default
+    lo, hi = max(lo, m_lo), min(hi, m_hi)
+    if (lo, hi) == default.bounds or not 0 < lo < hi:
+        return default
+    return Axis(tuple(np.geomspace(lo, hi, len(default))), "logspace")
+
+
+def _n_modifier_params(cfg: Config) -> int:
+    """The modifier family's number of parameters (0 for an invalid family, which the
+    modifier check reports)."""
+    from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
+
+    try:
+        return len(get_modifier(cfg.modifier.family, cfg.modifier.options).param_names)
+    except (ModifierError, TypeError, ValueError):
+        return 0
 
 
 class _Loader:
@@ -604,11 +734,6 @@ def _check_all(cfg: Config, file: str) -> None:
                 raise ConfigError(
                     f"{kind.upper()} file {p} does not exist", f"{file} [instruments.{name}.{kind}]"
                 )
-    if cfg.instruments.target.arf is None:
-        raise ConfigError(
-            "the target instrument needs an ARF: it is what the modifier corrects",
-            f"{file} [instruments.target.arf]",
-        )
     _check_modifier(cfg, file)
     _check_source(cfg, file)
     lo, hi = cfg.mock.t_range
@@ -770,8 +895,11 @@ def _component(cls: Any, arg: str | None, where: str) -> Any:
 
 
 #: keys inside SIMULATION_SECTIONS that do not change grid.h5's content: telescope 0 is not
-#: simulated on the grid, and results never depend on how points are chunked
-_NOT_IN_FINGERPRINT = frozenset({"instruments.reference", "simulation.chunk_size"})
+#: simulated on the grid, results never depend on how points are chunked, and a config that
+#: needs allow_double_area is refused without it (the flag never changes an accepted result)
+_NOT_IN_FINGERPRINT = frozenset(
+    {"instruments.reference", "simulation.chunk_size", "instruments.target.allow_double_area"}
+)
 
 
 def _resolved_sections(cfg: Config, sections: tuple[str, ...]) -> dict:

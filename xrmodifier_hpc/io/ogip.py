@@ -1,15 +1,33 @@
 """OGIP response and spectrum files (astropy.io.fits): ARF, RMF, PHA, and the ``Instrument``.
 
-Readers handle what real files do: variable-length F_CHAN/N_CHAN/MATRIX columns, N_GRP > 1,
-matrix extensions named MATRIX / SPECRESP MATRIX / RSP_MATRIX, channel numbering from 0 or 1
-(TLMIN of F_CHAN, else 1, as XSPEC reads it), gzip, RMFs with the effective area folded
-in (HDUCLAS3 = FULL) and ARF/RMF energy grids that differ by rounding. Every problem raises
-:class:`ResponseError` naming the file and HDU.
+Readers handle what real files do: variable-length or fixed-width F_CHAN/N_CHAN/MATRIX
+columns, N_GRP > 1, matrix extensions named MATRIX / SPECRESP MATRIX / RSP_MATRIX (or any
+table with HDUCLAS2 = RSP_MATRIX), extensions in any order, channel numbering from 0 or 1
+(TLMIN of F_CHAN, else 1, as XSPEC reads it), gzip, zero-width energy bins (ENERG_LO =
+ENERG_HI: they contribute nothing, as in XSPEC) and ARF/RMF energy grids that differ by
+rounding.
+
+Whether a matrix carries the effective area is decided from its keywords AND its values
+(:func:`read_rmf`): HDUCLAS3 = FULL, or rows summing to more than :data:`AREA_ROW_SUM` (a
+redistribution matrix's rows are probabilities). An RMF without an ARF is used as XSPEC uses
+it (area 1 cm^2, with a warning when the matrix looks redistribution-only); an ARF given with
+an area-carrying matrix is refused unless explicitly allowed.
+
+PHA keywords and columns are applied as XSPEC applies them (OGIP/92-007; XSPEC manual): the
+counts come from COUNTS, or RATE x EXPOSURE; AREASCAL (keyword or column) multiplies the
+model counts of its channel; QUALITY 1, 5 and other bad flags leave a channel out, 2
+("dubious") only under ``ignore_bad`` (XSPEC's ``ignore bad``); GROUPING (1 starts a group, -1
+continues it) sums channels into fitted bins (:func:`spectrum_response`). Keywords that only
+matter for a background or a correction file (BACKSCAL, CORRSCAL) are type-checked and
+reported, not applied. Whether the data are Poisson counts (HDUCLAS2, POISSERR, integer
+counts, no negative bins) is recorded in :attr:`Pha.poisson_problems` for C-stat users.
+Every problem raises :class:`ResponseError` naming the file, the HDU and the keyword.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +45,18 @@ from xrmodifier_hpc.io.atomic import replacing
 MATRIX_EXTNAMES = ("MATRIX", "SPECRESP MATRIX", "RSP_MATRIX")
 #: ARF and RMF energy grids may differ by this much (relative) and still be used together
 GRID_TOLERANCE = 1e-4
+#: keyword (T) of an ARF that multiplies an area-carrying matrix (a corrected ARF of an
+#: instrument given without an ARF): it is dimensionless, not an area
+MULTIPLIER_KEY = "XRMMULT"
+#: a redistribution matrix's rows are probabilities (<= 1, a little more from calibration
+#: noise); rows summing to more than this carry the effective area (cm^2)
+AREA_ROW_SUM = 1.5
+#: OGIP/92-007 QUALITY flags: 0 good, 1 bad (software), 2 dubious (software), 5 bad (user);
+#: XSPEC always leaves out every flag but 0 and 2, and 2 too after ``ignore bad``
+QUALITY_DUBIOUS = 2
+#: a count is a whole number when within this (relative, at least absolute 1e-4) of one:
+#: RATE x EXPOSURE in single precision is exact to ~1e-7
+INTEGER_TOLERANCE = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +78,12 @@ class Arf:
 @dataclass(frozen=True)
 class Rmf:
     """Redistribution matrix: ``matrix[i, c]`` is the probability that a photon in energy bin i
-    lands in channel ``channel[c]`` (times the area, in cm^2, when ``includes_area``)."""
+    lands in channel ``channel[c]`` (times the area, in cm^2, when ``includes_area``).
+
+    ``max_row_sum`` is the largest row sum of the matrix (probabilities: <= ~1; cm^2 when the
+    area is folded in); ``area_evidence`` says why ``includes_area`` was decided (keyword,
+    values, or both).
+    """
 
     energ_lo: np.ndarray
     energ_hi: np.ndarray
@@ -59,14 +94,18 @@ class Rmf:
     includes_area: bool = False
     header: fits.Header = field(default_factory=fits.Header, repr=False)
     path: Path | None = None
+    max_row_sum: float = 0.0
+    area_evidence: str = ""
 
 
 @dataclass(frozen=True)
 class Instrument:
     """An ARF and an RMF on one energy grid: folds photon spectra into expected counts.
 
-    ``area`` is the ARF in cm^2 (ones when the RMF already includes the area and no ARF was
-    given); ``matrix`` is the RMF as a CSR matrix of shape (n_energies, n_channels).
+    ``area`` is the ARF in cm^2 (ones when no ARF was given, as XSPEC); ``matrix`` is the RMF
+    as a CSR matrix of shape (n_energies, n_channels). ``warnings`` record what was assumed
+    (an RMF used without an ARF, an area applied twice on request); ``area_in_matrix`` says
+    whether the matrix carries the effective area (:func:`read_rmf`).
     """
 
     energ_lo: np.ndarray
@@ -79,6 +118,9 @@ class Instrument:
     arf_path: Path | None = None
     rmf_path: Path | None = None
     arf_header: fits.Header = field(default_factory=fits.Header, repr=False)
+    warnings: tuple[str, ...] = ()
+    rmf_header: fits.Header = field(default_factory=fits.Header, repr=False)
+    area_in_matrix: bool = False
 
     @property
     def n_energies(self) -> int:
@@ -94,21 +136,85 @@ class Instrument:
         return 0.5 * (self.energ_lo + self.energ_hi)
 
     @classmethod
-    def load(cls, arf: str | Path | None, rmf: str | Path) -> Instrument:
-        """Read an ARF (optional when the RMF includes the area) and an RMF."""
+    def load(
+        cls, arf: str | Path | None, rmf: str | Path, allow_double_area: bool = False
+    ) -> Instrument:
+        """Read an ARF (optional) and an RMF, as XSPEC combines them.
+
+        Parameters
+        ----------
+        arf : str, Path or None
+            The ARF (SPECRESP, cm^2). Without one the effective area is 1 cm^2, as in XSPEC:
+            right for a matrix that carries the area (an RSP), and accepted with a warning in
+            :attr:`warnings` when the matrix looks redistribution-only.
+        rmf : str or Path
+            The RMF or RSP.
+        allow_double_area : bool
+            Accept an ARF together with a matrix that already carries the area (the area is
+            then applied twice, as XSPEC would); a warning records it.
+
+        Returns
+        -------
+        Instrument
+
+        Raises
+        ------
+        ResponseError
+            An unreadable or inconsistent file, grids that differ, or an ARF given with an
+            area-carrying matrix (unless ``allow_double_area``).
+        """
         rmf_data = read_rmf(rmf)
         if arf is None:
+            warnings: tuple[str, ...] = ()
             if not rmf_data.includes_area:
+                warnings = (
+                    f"{Path(rmf).name}: no ARF given and the matrix looks redistribution-only "
+                    f"({rmf_data.area_evidence}): the effective area is taken as 1 cm^2, as "
+                    "XSPEC does without an ARF, so the norm is not physical and the mirror's "
+                    "energy dependence is missing; give the ARF",
+                )
+            return cls.from_parts(None, rmf_data, warnings=warnings)
+        arf_data = read_arf(arf)
+        warnings = ()
+        # a corrected ARF written for an instrument without one (XRMMULT = T) is a pure
+        # multiplier m(E) of the matrix's own area: it belongs with the area-carrying matrix
+        multiplier = bool(arf_data.header.get(MULTIPLIER_KEY, False) is True)
+        if rmf_data.includes_area and not multiplier:
+            what = (
+                f"the matrix already includes the effective area ({rmf_data.area_evidence}), "
+                f"so with the ARF {Path(arf).name} the area would be applied twice"
+            )
+            if not allow_double_area:
                 raise ResponseError(
-                    "this RMF holds only the redistribution (HDUCLAS3 is not FULL): give an ARF",
+                    f"{what}: give the response alone, or allow it explicitly "
+                    "(fit --allow-double-area; allow_double_area = true for a config "
+                    "instrument)",
                     str(rmf),
                 )
-            return cls.from_parts(None, rmf_data)
-        return cls.from_parts(read_arf(arf), rmf_data)
+            warnings = (f"{Path(rmf).name}: {what}; allowed by allow_double_area",)
+        return cls.from_parts(arf_data, rmf_data, warnings=warnings)
 
     @classmethod
-    def from_parts(cls, arf: Arf | None, rmf: Rmf) -> Instrument:
-        """Combine a read ARF and RMF, checking that their energy grids agree."""
+    def from_parts(cls, arf: Arf | None, rmf: Rmf, warnings: Sequence[str] = ()) -> Instrument:
+        """Combine a read ARF and RMF, checking that their energy grids agree.
+
+        Parameters
+        ----------
+        arf : Arf or None
+            None: unit area (1 cm^2 per energy bin).
+        rmf : Rmf
+        warnings : sequence of str
+            Kept in :attr:`warnings`.
+
+        Returns
+        -------
+        Instrument
+
+        Raises
+        ------
+        ResponseError
+            The ARF and RMF energy grids differ by more than :data:`GRID_TOLERANCE`.
+        """
         if arf is None:
             area = np.ones(rmf.energ_lo.size)
             header = fits.Header()
@@ -129,6 +235,9 @@ class Instrument:
             arf_path=arf_path,
             rmf_path=rmf.path,
             arf_header=header,
+            warnings=tuple(warnings),
+            rmf_header=rmf.header,
+            area_in_matrix=rmf.includes_area,
         )
 
     def with_area(self, area: np.ndarray) -> Instrument:
@@ -172,7 +281,14 @@ class Instrument:
 
 @dataclass(frozen=True)
 class Pha:
-    """A type-I PHA spectrum: ``counts`` per ``channel`` in ``exposure`` seconds."""
+    """A type-I PHA spectrum: ``counts`` per ``channel`` in ``exposure`` seconds.
+
+    ``counts`` (n,) come from the COUNTS column or RATE x EXPOSURE (``column`` says which);
+    ``quality`` (n,) int flags (OGIP/92-007, zeros when absent); ``grouping`` (n,) 1 / -1 / 0
+    flags or None; ``areascal`` (n,) the area scaling per channel (keyword or column, ones
+    when absent). ``poisson_problems`` lists why the data are not Poisson counts (empty when
+    they are); ``notes`` what the file holds that a fit does not use.
+    """
 
     channel: np.ndarray
     counts: np.ndarray
@@ -183,6 +299,13 @@ class Pha:
     quality: np.ndarray | None = None
     header: fits.Header = field(default_factory=fits.Header, repr=False)
     path: Path | None = None
+    areascal: np.ndarray | None = None
+    grouping: np.ndarray | None = None
+    column: str = "COUNTS"
+    poisson_problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    telescope: str = ""
+    instrument: str = ""
 
     def resolve(self, name: str | None) -> Path | None:
         """A RESPFILE/ANCRFILE name resolved relative to the PHA's own folder."""
@@ -192,6 +315,29 @@ class Pha:
         if not p.is_absolute() and self.path is not None:
             p = self.path.parent / p
         return p
+
+    def usable(self, ignore_bad: bool = False) -> np.ndarray:
+        """Channels XSPEC fits (n,) bool: QUALITY 0, and 2 ("dubious") unless ``ignore_bad``
+        (XSPEC's ``ignore bad``); every other flag is always left out (OGIP/92-007)."""
+        quality = np.zeros(self.counts.size, np.int64) if self.quality is None else self.quality
+        good = quality == 0
+        return good if ignore_bad else good | (quality == QUALITY_DUBIOUS)
+
+    def require_poisson(self) -> None:
+        """Refuse data that are not Poisson counts, as C-stat needs (Cash 1979).
+
+        Raises
+        ------
+        ResponseError
+            Naming the file and every reason in :attr:`poisson_problems`.
+        """
+        if self.poisson_problems:
+            raise ResponseError(
+                "C-stat needs the Poisson counts of a total (source + background) spectrum, "
+                f"but {'; '.join(self.poisson_problems)}: give the spectrum as extracted "
+                "(COUNTS, HDUCLAS2 = TOTAL, POISSERR = T) and fit its background separately",
+                f"{self.path} [SPECTRUM]",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,12 +365,19 @@ def _find_hdu(hdul: fits.HDUList, names: Sequence[str], path: Path, what: str) -
         extname = str(hdu.header.get("EXTNAME", "")).strip().upper()
         if extname in names and isinstance(hdu, fits.BinTableHDU):
             return hdu
-    # an unusual EXTNAME still counts when the OGIP class says it is a response matrix
-    for hdu in hdul[1:]:
-        hduclas2 = str(hdu.header.get("HDUCLAS2", "")).strip().upper()
-        if what == "matrix" and isinstance(hdu, fits.BinTableHDU) and hduclas2 == "RSP_MATRIX":
-            return hdu
+    # an unusual EXTNAME still counts when the OGIP class says what the table is
+    wanted = {"matrix": ("HDUCLAS2", "RSP_MATRIX"), "SPECTRUM": ("HDUCLAS1", "SPECTRUM")}
+    if what in wanted:
+        key, value = wanted[what]
+        for hdu in hdul[1:]:
+            if isinstance(hdu, fits.BinTableHDU) and _text(hdu.header.get(key)) == value:
+                return hdu
     raise ResponseError(f"no {what} extension (looked for EXTNAME {' / '.join(names)})", str(path))
+
+
+def _text(value: Any) -> str:
+    """A keyword value as upper-case text ('' when absent)."""
+    return "" if value is None else str(value).strip().upper()
 
 
 def _column(hdu: fits.BinTableHDU, name: str, path: Path) -> Any:
@@ -236,16 +389,97 @@ def _column(hdu: fits.BinTableHDU, name: str, path: Path) -> Any:
     return hdu.data[hdu.columns.names[names.index(name)]]
 
 
-def _tlmin(hdu: fits.BinTableHDU, name: str) -> int | None:
+def _tlmin(hdu: fits.BinTableHDU, name: str, where: str) -> int | None:
     names = [c.name.upper() for c in hdu.columns]
     if name not in names:
         return None
-    value = hdu.header.get(f"TLMIN{names.index(name) + 1}")
-    return None if value is None else int(value)
+    key = f"TLMIN{names.index(name) + 1}"
+    if key not in hdu.header:
+        return None
+    return int(_keyword_number(hdu.header, key, where, integer=True))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return f"{'T' if value else 'F'} (a logical)"
+    if isinstance(value, str):
+        return f"'{value}' (a string)"
+    if value is None or not isinstance(value, (int, float, np.number)):
+        return "undefined"
+    return f"{value}"
+
+
+def _keyword_number(
+    header: fits.Header,
+    key: str,
+    where: str,
+    *,
+    positive: bool = False,
+    non_negative: bool = False,
+    integer: bool = False,
+    meaning: str = "",
+) -> float:
+    """The numeric value of keyword ``key`` (present), type- and range-checked.
+
+    A logical, a string (astropy reads an unparsable ``NaN`` as one), an undefined value, a
+    non-finite number, a fraction where an integer is needed or a value out of range raises
+    :class:`ResponseError` naming ``where``, the keyword and what it should be.
+    """
+    value = header[key]
+    what = f" ({meaning})" if meaning else ""
+    if (
+        isinstance(value, (bool, np.bool_, str))
+        or value is None
+        or not isinstance(value, (int, float, np.number))
+    ):
+        kind = "an integer" if integer else "a number"
+        raise ResponseError(f"{key} = {_describe(value)} must be {kind}{what}", where)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ResponseError(f"{key} = {value} must be a finite number{what}", where)
+    if integer and number != int(number):
+        raise ResponseError(f"{key} = {value} must be an integer{what}", where)
+    if positive and number <= 0:
+        raise ResponseError(f"{key} = {value:g} must be positive{what}", where)
+    if non_negative and number < 0:
+        raise ResponseError(f"{key} = {value:g} must not be negative{what}", where)
+    return number
+
+
+def _keyword_logical(header: fits.Header, key: str, where: str, meaning: str) -> bool | None:
+    """A logical keyword (T/F), None when absent; anything else raises ResponseError."""
+    if key not in header:
+        return None
+    value = header[key]
+    if not isinstance(value, (bool, np.bool_)):
+        raise ResponseError(f"{key} = {_describe(value)} must be T or F ({meaning})", where)
+    return bool(value)
+
+
+def _keyword_string(header: fits.Header, key: str) -> str:
+    """A string keyword's value, stripped ('' when absent; numbers are turned into text, as
+    CFITSIO reads them)."""
+    value = header.get(key)
+    return "" if value is None or isinstance(value, (bool, np.bool_)) else str(value).strip()
 
 
 def read_arf(path: str | Path) -> Arf:
-    """Read an ARF's SPECRESP extension (ENERG_LO, ENERG_HI in keV; SPECRESP in cm^2)."""
+    """Read an ARF's SPECRESP extension.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ARF (OGIP CAL/GEN/92-002: ENERG_LO, ENERG_HI in keV; SPECRESP in cm^2).
+
+    Returns
+    -------
+    Arf
+
+    Raises
+    ------
+    ResponseError
+        A missing extension or column, a bad energy grid, or negative / non-finite areas.
+    """
     path = Path(path)
     with _open(path) as hdul:
         hdu = _find_hdu(hdul, ("SPECRESP",), path, "SPECRESP (ARF)")
@@ -253,6 +487,11 @@ def read_arf(path: str | Path) -> Arf:
         hi = np.asarray(_column(hdu, "ENERG_HI", path), dtype=np.float64)
         area = np.asarray(_column(hdu, "SPECRESP", path), dtype=np.float64)
         header = hdu.header.copy()
+    if area.ndim != 1 or lo.ndim != 1:
+        raise ResponseError(
+            "a type-II ARF (one row per spectrum) is not supported: extract the row you need",
+            f"{path} [SPECRESP]",
+        )
     _check_energy_grid(lo, hi, path, "SPECRESP")
     if not np.all(np.isfinite(area)) or np.any(area < 0):
         raise ResponseError("SPECRESP has negative or non-finite values", f"{path} [SPECRESP]")
@@ -260,7 +499,28 @@ def read_arf(path: str | Path) -> Arf:
 
 
 def read_rmf(path: str | Path) -> Rmf:
-    """Read an RMF into a CSR matrix (n_energies, n_channels) plus its EBOUNDS."""
+    """Read an RMF (or RSP) into a CSR matrix (n_energies, n_channels) plus its EBOUNDS.
+
+    Parameters
+    ----------
+    path : str or Path
+        OGIP CAL/GEN/92-002 response: a matrix extension (MATRIX, SPECRESP MATRIX, RSP_MATRIX
+        or HDUCLAS2 = RSP_MATRIX) with ENERG_LO/ENERG_HI (keV), N_GRP, F_CHAN, N_CHAN, MATRIX;
+        and EBOUNDS (CHANNEL, E_MIN, E_MAX in keV). Extensions may come in any order.
+
+    Returns
+    -------
+    Rmf
+        ``includes_area`` is true when HDUCLAS3 = FULL or the rows sum to more than
+        :data:`AREA_ROW_SUM` (values in cm^2), whatever HDUCLAS3 says.
+
+    Raises
+    ------
+    ResponseError
+        A missing extension or column; DETCHANS, TLMIN or EFFAREA of the wrong type or
+        value; groups outside the channel range; a decreasing or overlapping energy grid;
+        non-finite matrix values.
+    """
     path = Path(path)
     with _open(path) as hdul:
         mhdu = _find_hdu(hdul, MATRIX_EXTNAMES, path, "matrix")
@@ -274,17 +534,39 @@ def read_rmf(path: str | Path) -> Rmf:
         values = _column(mhdu, "MATRIX", path)
         e_min = np.asarray(_column(ehdu, "E_MIN", path), dtype=np.float64)
         e_max = np.asarray(_column(ehdu, "E_MAX", path), dtype=np.float64)
-        eb_channel = np.asarray(_column(ehdu, "CHANNEL", path), dtype=np.int64)
-        first = _first_channel(mhdu, ehdu, eb_channel)
-        detchans = int(mhdu.header.get("DETCHANS", e_min.size))
-        hduclas3 = str(mhdu.header.get("HDUCLAS3", "")).strip().upper()
+        first = _first_channel(mhdu, where)
+        detchans = (
+            int(
+                _keyword_number(
+                    mhdu.header,
+                    "DETCHANS",
+                    where,
+                    integer=True,
+                    positive=True,
+                    meaning="the number of detector channels",
+                )
+            )
+            if "DETCHANS" in mhdu.header
+            else e_min.size
+        )
+        if "EFFAREA" in mhdu.header:
+            effarea = _keyword_number(
+                mhdu.header, "EFFAREA", where, positive=True, meaning="an area scaling factor"
+            )
+            if effarea != 1.0:
+                raise ResponseError(
+                    f"EFFAREA = {effarea:g}: a matrix scaled by EFFAREA != 1 is not supported "
+                    "(fold the factor into the matrix or the ARF)",
+                    where,
+                )
+        hduclas3 = _text(mhdu.header.get("HDUCLAS3"))
         header = mhdu.header.copy()
     _check_energy_grid(lo, hi, path, mhdu.name)
     n_channels = e_min.size
     if detchans != n_channels:
-        raise ResponseError(
-            f"DETCHANS = {detchans} but EBOUNDS has {n_channels} rows", f"{path} [{mhdu.name}]"
-        )
+        raise ResponseError(f"DETCHANS = {detchans} but EBOUNDS has {n_channels} rows", where)
+    if not (np.all(np.isfinite(e_min)) and np.all(np.isfinite(e_max))) or np.any(e_max < e_min):
+        raise ResponseError("EBOUNDS needs finite E_MIN <= E_MAX", f"{path} [EBOUNDS]")
     rows, cols, data = [], [], []
     for i in range(lo.size):
         groups = int(n_grp[i])
@@ -293,7 +575,7 @@ def read_rmf(path: str | Path) -> Rmf:
         fc = np.atleast_1d(np.asarray(f_chan[i], dtype=np.int64))[:groups]
         nc = np.atleast_1d(np.asarray(n_chan[i], dtype=np.int64))[:groups]
         vals = np.atleast_1d(np.asarray(values[i], dtype=np.float64))
-        if fc.size < groups or nc.size < groups or vals.size < nc.sum():
+        if groups < 0 or fc.size < groups or nc.size < groups or vals.size < nc.sum():
             raise ResponseError(f"row {i + 1}: N_GRP/N_CHAN disagree with the stored data", where)
         offset = 0
         for start, count in zip(fc - first, nc):
@@ -324,11 +606,31 @@ def read_rmf(path: str | Path) -> Rmf:
     matrix = sp.csr_matrix((data_a, (rows_a, cols_a)), shape=(lo.size, n_channels))
     matrix.sum_duplicates()
     channel = first + np.arange(n_channels)
-    includes_area = hduclas3 == "FULL"
-    return Rmf(lo, hi, matrix, channel, e_min, e_max, includes_area, header, path)
+    row_sum = float(np.max(np.asarray(matrix.sum(axis=1)))) if matrix.nnz else 0.0
+    includes_area, evidence = _area_status(hduclas3, row_sum)
+    return Rmf(
+        lo, hi, matrix, channel, e_min, e_max, includes_area, header, path, row_sum, evidence
+    )
 
 
-def _first_channel(mhdu: fits.BinTableHDU, ehdu: fits.BinTableHDU, eb_channel: np.ndarray) -> int:
+def _area_status(hduclas3: str, max_row_sum: float) -> tuple[bool, str]:
+    """Whether a matrix carries the effective area, from HDUCLAS3 and its largest row sum.
+
+    OGIP CAL/GEN/92-002: HDUCLAS3 = REDIST (redistribution only), DETECTOR (with detector
+    efficiencies), FULL (with every effect, the mirror area too). A redistribution matrix's
+    rows are probabilities, so rows summing to more than :data:`AREA_ROW_SUM` carry an area
+    (cm^2) whatever the keyword says (hand-made RSPs often lack HDUCLAS3).
+    """
+    keyword = f"HDUCLAS3 = {hduclas3}" if hduclas3 else "no HDUCLAS3"
+    sums = f"rows sum to up to {max_row_sum:.3g}"
+    if max_row_sum > AREA_ROW_SUM:
+        return True, f"{sums}, an area in cm^2, with {keyword}"
+    if hduclas3 == "FULL":
+        return True, f"{keyword}, though its {sums}"
+    return False, f"{keyword}, {sums}"
+
+
+def _first_channel(mhdu: fits.BinTableHDU, where: str) -> int:
     """The channel number of the first matrix column: TLMIN of F_CHAN, else the OGIP default 1.
 
     This is XSPEC's rule, and EBOUNDS rows are matched to channels by position. EBOUNDS'
@@ -337,20 +639,32 @@ def _first_channel(mhdu: fits.BinTableHDU, ehdu: fits.BinTableHDU, eb_channel: n
     XSPEC's fits of spectra through it are reproduced only with F_CHAN counted from 1, i.e.
     its matrix one channel, 5 eV, below its EBOUNDS; reference/xspec_fits).
     """
-    value = _tlmin(mhdu, "F_CHAN")
+    value = _tlmin(mhdu, "F_CHAN", where)
     return 1 if value is None else value
 
 
 def _check_energy_grid(lo: np.ndarray, hi: np.ndarray, path: Path, hdu: str) -> None:
+    """Finite, non-negative, increasing, non-overlapping bins; zero-width bins (ENERG_LO =
+    ENERG_HI, 19 of them in the ROSAT PSPC responses) are allowed: they hold no flux."""
     where = f"{path} [{hdu}]"
     if lo.size == 0:
         raise ResponseError("the energy grid is empty", where)
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise ResponseError("ENERG_LO/ENERG_HI have non-finite values", where)
-    if np.any(hi <= lo) or np.any(lo < 0):
-        raise ResponseError("energy bins must have 0 <= ENERG_LO < ENERG_HI", where)
-    if np.any(np.diff(lo) <= 0):
+    if np.any(hi < lo) or np.any(lo < 0):
+        raise ResponseError("energy bins must have 0 <= ENERG_LO <= ENERG_HI", where)
+    if not np.any(hi > lo):
+        raise ResponseError("every energy bin has zero width", where)
+    if np.any(np.diff(lo) < 0):
         raise ResponseError("ENERG_LO must increase", where)
+    overlap = lo[1:] < hi[:-1] * (1 - 1e-6)
+    if np.any(overlap):
+        i = int(np.flatnonzero(overlap)[0])
+        raise ResponseError(
+            f"energy bins {i + 1} and {i + 2} overlap ({lo[i]:g}-{hi[i]:g} and "
+            f"{lo[i + 1]:g}-{hi[i + 1]:g} keV)",
+            where,
+        )
 
 
 def _check_same_grid(arf: Arf, rmf: Rmf) -> None:
@@ -375,33 +689,128 @@ def _check_same_grid(arf: Arf, rmf: Rmf) -> None:
 
 
 def read_pha(path: str | Path) -> Pha:
-    """Read a type-I PHA file's SPECTRUM extension (COUNTS, or RATE times EXPOSURE)."""
+    """Read a type-I PHA file's SPECTRUM extension with its OGIP keywords and columns.
+
+    Parameters
+    ----------
+    path : str or Path
+        OGIP/92-007 spectrum: CHANNEL and COUNTS (or RATE, counts/s) columns; EXPOSURE (s);
+        AREASCAL, BACKSCAL, SYS_ERR, QUALITY, GROUPING as keywords or columns; HDUCLAS1/2/3,
+        POISSERR, STAT_ERR, DETCHANS, TLMIN of CHANNEL, CORRFILE/CORRSCAL, RESPFILE,
+        ANCRFILE, BACKFILE, TELESCOP, INSTRUME.
+
+    Returns
+    -------
+    Pha
+        Counts per channel (RATE x EXPOSURE for rate spectra), the per-channel AREASCAL,
+        QUALITY and GROUPING, and :attr:`Pha.poisson_problems` (HDUCLAS2 = NET,
+        POISSERR = F, negative or non-integer counts) for C-stat users to refuse.
+
+    Raises
+    ------
+    ResponseError
+        Naming the file, HDU and keyword: a missing SPECTRUM extension or data column; a
+        missing, non-numeric (string, logical, undefined), non-finite or non-positive
+        EXPOSURE; another keyword or column of the wrong type or range; a type-II file; a
+        non-consecutive CHANNEL column or one that disagrees with DETCHANS/TLMIN; a
+        correction file with CORRSCAL != 0 (not supported).
+    """
     path = Path(path)
     with _open(path) as hdul:
         hdu = _find_hdu(hdul, ("SPECTRUM",), path, "SPECTRUM")
-        where = f"{path} [SPECTRUM]"
+        where = f"{path} [{hdu.name}]"
         header = hdu.header.copy()
         names = [c.name.upper() for c in hdu.columns]
-        exposure = header.get("EXPOSURE")
-        if exposure is None or float(exposure) <= 0:
-            raise ResponseError("EXPOSURE keyword is missing or not positive", where)
-        exposure = float(exposure)
-        channel = np.asarray(_column(hdu, "CHANNEL", path), dtype=np.int64)
-        if "COUNTS" in names:
-            counts = np.asarray(_column(hdu, "COUNTS", path), dtype=np.float64)
-        elif "RATE" in names:
-            counts = np.asarray(_column(hdu, "RATE", path), dtype=np.float64) * exposure
-        else:
-            raise ResponseError("no COUNTS or RATE column", where)
-        quality = (
-            np.asarray(_column(hdu, "QUALITY", path), dtype=np.int64)
-            if "QUALITY" in names
-            else None
+        cols = {name: np.asarray(hdu.data[hdu.columns.names[i]]) for i, name in enumerate(names)}
+        tlmin_channel = _tlmin(hdu, "CHANNEL", where)
+    hduclas1 = _text(header.get("HDUCLAS1"))
+    if hduclas1 and hduclas1 != "SPECTRUM":
+        raise ResponseError(f"HDUCLAS1 = {hduclas1}: this is not a spectrum", where)
+    data_col = "COUNTS" if "COUNTS" in names else "RATE" if "RATE" in names else None
+    if data_col is None:
+        raise ResponseError(f"no COUNTS or RATE column (columns: {', '.join(names)})", where)
+    raw = cols[data_col]
+    if raw.ndim != 1 or _text(header.get("HDUCLAS4")) == "TYPE:II" or "SPEC_NUM" in names:
+        raise ResponseError(
+            f"a type-II PHA file ({len(raw)} spectra in one table): only type-I files (one "
+            "spectrum) are supported; extract the spectrum you want into its own file",
+            where,
         )
-    if counts.ndim != 1:
-        raise ResponseError("only type-I (one spectrum per file) PHA files are supported", where)
-    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
-        raise ResponseError("COUNTS has negative or non-finite values", where)
+    if "EXPOSURE" not in header:
+        raise ResponseError("keyword EXPOSURE (the exposure time, s) is missing", where)
+    exposure = _keyword_number(
+        header, "EXPOSURE", where, positive=True, meaning="the exposure time in s"
+    )
+    channel = _channels(cols, header, tlmin_channel, raw.size, where)
+    if raw.dtype.kind not in "iuf":
+        raise ResponseError(f"column {data_col} is not numeric ({raw.dtype})", where)
+    values = raw.astype(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ResponseError(
+            f"column {data_col} has {int(bad.sum())} non-finite value(s) (first: channel "
+            f"{channel[k]} = {values[k]})",
+            where,
+        )
+    counts = values * exposure if data_col == "RATE" else values
+    quality = _per_channel_int(cols, header, "QUALITY", raw.size, where, default=0)
+    grouping = _grouping(cols, header, raw.size, where)
+    areascal = _per_channel(
+        cols, header, "AREASCAL", raw.size, where, "the area scaling factor", non_negative=True
+    )
+    usable = (quality == 0) | (quality == QUALITY_DUBIOUS)
+    zero_area = usable & (areascal == 0)
+    if zero_area.any():
+        k = int(np.flatnonzero(zero_area)[0])
+        raise ResponseError(
+            f"AREASCAL = 0 in {int(zero_area.sum())} channel(s) of good QUALITY (first: channel "
+            f"{channel[k]}): the model would predict no counts there; flag them bad",
+            where,
+        )
+    _per_channel(
+        cols,
+        header,
+        "BACKSCAL",
+        raw.size,
+        where,
+        "the background scaling factor",
+        non_negative=True,
+    )
+    sys_err = _per_channel(
+        cols,
+        header,
+        "SYS_ERR",
+        raw.size,
+        where,
+        "a fractional systematic error",
+        non_negative=True,
+        default=0.0,
+    )
+    notes: list[str] = []
+    if data_col == "COUNTS" and "RATE" in names:
+        notes.append("the file has both COUNTS and RATE columns: COUNTS used")
+    if np.any(sys_err[usable] > 0):
+        notes.append(
+            f"SYS_ERR (up to {sys_err[usable].max():g}) is not used: fractional systematic "
+            "errors enter chi-square, not C-stat"
+        )
+    hduclas3 = _text(header.get("HDUCLAS3"))
+    expected = {"COUNTS": "COUNT", "RATE": "RATE"}[data_col]
+    if hduclas3 not in ("", expected):
+        notes.append(f"HDUCLAS3 = {hduclas3} but the data are a {data_col} column: read as such")
+    _correction(header, where)
+    poisserr = _keyword_logical(header, "POISSERR", where, "whether the errors are Poisson")
+    problems = _poisson_problems(
+        header, data_col, counts, channel, usable, poisserr, "STAT_ERR" in names
+    )
+    if data_col == "RATE" and not problems:
+        counts = np.round(counts)  # whole counts, as RATE x EXPOSURE stands for
+    hduclas2 = _text(header.get("HDUCLAS2"))
+    if hduclas2 == "BKG":
+        notes.append("HDUCLAS2 = BKG: this file is a background spectrum")
+    elif hduclas2 not in ("", "TOTAL", "NET", "BKG"):
+        notes.append(f"HDUCLAS2 = {hduclas2} is not an OGIP value (TOTAL, NET, BKG)")
     return Pha(
         channel=channel,
         counts=counts,
@@ -412,12 +821,249 @@ def read_pha(path: str | Path) -> Pha:
         quality=quality,
         header=header,
         path=path,
+        areascal=areascal,
+        grouping=grouping,
+        column=data_col,
+        poisson_problems=problems,
+        notes=tuple(notes),
+        telescope=_keyword_string(header, "TELESCOP"),
+        instrument=_keyword_string(header, "INSTRUME"),
     )
 
 
+def _channels(
+    cols: Mapping[str, np.ndarray],
+    header: fits.Header,
+    tlmin: int | None,
+    n: int,
+    where: str,
+) -> np.ndarray:
+    """The CHANNEL column, checked: integers running consecutively from TLMIN (when given),
+    one row per channel of DETCHANS (when given). Spectrum and response channels are then
+    paired by position, as XSPEC pairs them."""
+    if "CHANNEL" not in cols:
+        raise ResponseError("no CHANNEL column", where)
+    raw = cols["CHANNEL"]
+    if raw.ndim != 1 or raw.dtype.kind not in "iuf" or not np.all(np.isfinite(raw)):
+        raise ResponseError("CHANNEL must be a column of integers", where)
+    if raw.dtype.kind == "f" and np.any(raw != np.round(raw)):
+        raise ResponseError("CHANNEL must be a column of integers", where)
+    channel = raw.astype(np.int64)
+    if n and np.any(np.diff(channel) != 1):
+        k = int(np.flatnonzero(np.diff(channel) != 1)[0])
+        raise ResponseError(
+            f"CHANNEL must run consecutively (row {k + 2} has {channel[k + 1]} after "
+            f"{channel[k]}); a spectrum with missing channels cannot be paired with a response",
+            where,
+        )
+    if tlmin is not None and n and channel[0] != tlmin:
+        raise ResponseError(f"CHANNEL starts at {channel[0]} but its TLMIN is {tlmin}", where)
+    if "DETCHANS" in header:
+        detchans = _keyword_number(
+            header,
+            "DETCHANS",
+            where,
+            integer=True,
+            positive=True,
+            meaning="the number of detector channels",
+        )
+        if int(detchans) != n:
+            raise ResponseError(
+                f"DETCHANS = {int(detchans)} but the table has {n} rows (channels)", where
+            )
+    return channel
+
+
+def _per_channel(
+    cols: Mapping[str, np.ndarray],
+    header: fits.Header,
+    key: str,
+    n: int,
+    where: str,
+    meaning: str,
+    non_negative: bool = False,
+    default: float = 1.0,
+) -> np.ndarray:
+    """A quantity OGIP/92-007 allows as a column or a keyword (AREASCAL, BACKSCAL, SYS_ERR):
+    (n,) floats, finite and (``non_negative``) >= 0; ``default`` when absent."""
+    if key in cols:
+        raw = cols[key]
+        if raw.ndim != 1 or raw.dtype.kind not in "iuf":
+            raise ResponseError(f"column {key} ({meaning}) must hold one number per channel", where)
+        values = raw.astype(np.float64)
+        bad = ~np.isfinite(values) | ((values < 0) if non_negative else False)
+        if np.any(bad):
+            k = int(np.flatnonzero(bad)[0])
+            raise ResponseError(
+                f"column {key} ({meaning}) has {int(np.sum(bad))} non-finite or negative "
+                f"value(s) (first: row {k + 1} = {values[k]})",
+                where,
+            )
+        return values
+    if key in header:
+        value = _keyword_number(header, key, where, non_negative=non_negative, meaning=meaning)
+        return np.full(n, value)
+    return np.full(n, default)
+
+
+def _per_channel_int(
+    cols: Mapping[str, np.ndarray], header: fits.Header, key: str, n: int, where: str, default: int
+) -> np.ndarray:
+    """An integer flag given as a column or a keyword (QUALITY, GROUPING): (n,) int64."""
+    if key in cols:
+        raw = cols[key]
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise ResponseError(f"column {key} must hold one integer flag per channel", where)
+        return raw.astype(np.int64)
+    if key in header:
+        return np.full(n, int(_keyword_number(header, key, where, integer=True)), np.int64)
+    return np.full(n, default, np.int64)
+
+
+def _grouping(
+    cols: Mapping[str, np.ndarray], header: fits.Header, n: int, where: str
+) -> np.ndarray | None:
+    """GROUPING flags (OGIP/92-007: 1 starts a bin, -1 continues it, 0 no grouping), or None
+    when the spectrum is not grouped."""
+    grouping = _per_channel_int(cols, header, "GROUPING", n, where, default=0)
+    bad = ~np.isin(grouping, (-1, 0, 1))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ResponseError(
+            f"GROUPING = {grouping[k]} in row {k + 1}: OGIP flags are 1 (start of a bin), -1 "
+            "(continuation) and 0 (no grouping)",
+            where,
+        )
+    if n and grouping[0] == -1:
+        raise ResponseError("GROUPING starts with -1 (a continuation of no bin)", where)
+    return grouping if np.any(grouping == -1) else None
+
+
+def _correction(header: fits.Header, where: str) -> None:
+    """CORRSCAL scales a correction file (CORRFILE) that XSPEC subtracts; without one it has no
+    effect. A named correction file with CORRSCAL != 0 is refused (not supported)."""
+    corrscal = (
+        _keyword_number(header, "CORRSCAL", where, meaning="the correction-file scaling factor")
+        if "CORRSCAL" in header
+        else 0.0
+    )
+    corrfile = _filename_keyword(header, "CORRFILE")
+    if corrfile is not None and corrscal != 0:
+        raise ResponseError(
+            f"CORRFILE = {corrfile} with CORRSCAL = {corrscal:g}: correction files are not "
+            "supported; subtract it beforehand or set CORRSCAL = 0",
+            where,
+        )
+
+
+def _poisson_problems(
+    header: fits.Header,
+    column: str,
+    counts: np.ndarray,
+    channel: np.ndarray,
+    usable: np.ndarray,
+    poisserr: bool | None,
+    has_stat_err: bool,
+) -> tuple[str, ...]:
+    """Why the data are not Poisson counts (empty tuple: they are)."""
+    problems = []
+    hduclas2 = _text(header.get("HDUCLAS2"))
+    if hduclas2 == "NET":
+        problems.append("HDUCLAS2 = NET (a background-subtracted spectrum)")
+    if poisserr is False:
+        stat = " with a STAT_ERR column" if has_stat_err else ""
+        problems.append(f"POISSERR = F (the file declares non-Poisson errors{stat})")
+    label = "RATE x EXPOSURE" if column == "RATE" else column
+    negative = usable & (counts < 0)
+    if negative.any():
+        k = int(np.flatnonzero(negative)[0])
+        problems.append(
+            f"{label} is negative in {int(negative.sum())} channel(s) (first: channel "
+            f"{channel[k]} = {counts[k]:.4g})"
+        )
+    tolerance = np.maximum(INTEGER_TOLERANCE * np.abs(counts), 1e-4)
+    fractional = usable & (np.abs(counts - np.round(counts)) > tolerance)
+    if fractional.any():
+        k = int(np.flatnonzero(fractional)[0])
+        problems.append(
+            f"{label} is not a whole number of counts in {int(fractional.sum())} channel(s) "
+            f"(first: channel {channel[k]} = {counts[k]:.6g})"
+        )
+    return tuple(problems)
+
+
 def _filename_keyword(header: fits.Header, key: str) -> str | None:
-    value = str(header.get(key, "") or "").strip()
+    value = _keyword_string(header, key)
     return None if value.lower() in ("", "none", "null") else value
+
+
+def spectrum_response(
+    pha: Pha, instrument: Instrument, ignore_bad: bool = False
+) -> tuple[Instrument, np.ndarray, np.ndarray]:
+    """The instrument as one spectrum sees it, as XSPEC builds it from the PHA's keywords.
+
+    Spectrum and response channels are paired by position. Each channel's column of the
+    matrix is multiplied by its AREASCAL (model counts x AREASCAL, OGIP/92-007); channels of
+    bad QUALITY are left out (:meth:`Pha.usable`); GROUPING sums the counts and the matrix
+    columns of each group's usable channels into one fitted bin, whose energy range runs from
+    the first channel's E_MIN to the last one's E_MAX (what XSPEC's ``ignore`` in keV acts
+    on).
+
+    Parameters
+    ----------
+    pha : Pha
+        A spectrum with as many channels as the response.
+    instrument : Instrument
+        Its ARF and RMF.
+    ignore_bad : bool
+        Also leave out QUALITY = 2 ("dubious") channels, as XSPEC's ``ignore bad``.
+
+    Returns
+    -------
+    instrument : Instrument
+        The same response with (n_bins,) channels: AREASCAL applied, groups summed.
+    counts : numpy.ndarray
+        (n_bins,) counts per fitted bin.
+    usable : numpy.ndarray
+        (n_bins,) bool: bins holding at least one usable channel.
+
+    Raises
+    ------
+    ResponseError
+        The spectrum and the response have different numbers of channels.
+    """
+    n = pha.counts.size
+    if n != instrument.n_channels:
+        raise ResponseError(
+            f"the spectrum has {n} channels but the response "
+            f"{instrument.rmf_path.name if instrument.rmf_path else ''} has "
+            f"{instrument.n_channels}: give the matching response",
+            str(pha.path),
+        )
+    usable = pha.usable(ignore_bad)
+    scale = np.ones(n) if pha.areascal is None else np.asarray(pha.areascal, dtype=np.float64)
+    weight = np.where(usable, scale, 0.0)
+    # a bin starts at every channel whose flag is not -1 (ungrouped: every channel)
+    starts = np.arange(n) if pha.grouping is None else np.flatnonzero(pha.grouping != -1)
+    group = np.cumsum(np.isin(np.arange(n), starts)) - 1  # bin index of every channel
+    n_bins = starts.size
+    ends = np.append(starts[1:], n) - 1
+    # (n_chan, n_bins): each usable channel adds its AREASCAL-weighted column to its bin
+    combine = sp.csr_matrix((weight, (np.arange(n), group)), shape=(n, n_bins))
+    counts_in = sp.csr_matrix((usable.astype(np.float64), (np.arange(n), group)), shape=(n, n_bins))
+    matrix = sp.csr_matrix(instrument.matrix @ combine)
+    counts = np.asarray(counts_in.T @ pha.counts).ravel()
+    usable_bins = np.asarray(counts_in.sum(axis=0)).ravel() > 0
+    if pha.grouping is None and np.all(weight == 1.0):
+        matrix = instrument.matrix
+    out = replace(
+        instrument,
+        matrix=matrix,
+        channel=np.asarray(instrument.channel)[starts],
+        e_min=np.asarray(instrument.e_min)[starts],
+        e_max=np.asarray(instrument.e_max)[ends],
+    )
+    return out, counts, usable_bins
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,7 +1162,36 @@ def write_modified_arf(
     extra: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Path:
     """Write ``instrument.area * multiplier`` as an ARF that keeps the source ARF's keywords
-    and records the modifier family, theta, the source file and the package version."""
+    and records the modifier family, theta, the source file and the package version.
+
+    For an instrument without an ARF (area 1) the file holds m(E) itself, marked
+    ``XRMMULT = T``: it multiplies the instrument's own matrix (XSPEC: ``arf FILE`` with the
+    RSP), and :meth:`Instrument.load` accepts it with an area-carrying matrix.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output ARF.
+    instrument : Instrument
+        The instrument whose area is modified.
+    family : str
+        Modifier family name.
+    param_names, theta : sequences
+        The modifier's parameter names and values.
+    multiplier : numpy.ndarray
+        m(E) on the instrument's energy grid (n_E,).
+    extra : mapping
+        More provenance cards ``KEY: (value, comment)``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ResponseError
+        A negative or non-finite product.
+    """
     multiplier = np.asarray(multiplier, dtype=np.float64)
     if multiplier.shape != instrument.area.shape:
         raise ValueError("multiplier must be on the instrument's energy grid")
@@ -533,6 +1208,9 @@ def write_modified_arf(
         str(instrument.arf_path) if instrument.arf_path else "none",
         "ARF that was modified",
     )
+    if instrument.arf_path is None:
+        # no ARF: the "ARF" is m(E) itself, to be used with the instrument's own matrix
+        prov[MULTIPLIER_KEY] = (True, "dimensionless multiplier of the RMF's area")
     prov.update(extra or {})
     desc = ", ".join(f"{n}={float(v):.6g}" for n, v in zip(param_names, theta))
     return write_arf(

@@ -14,6 +14,9 @@ Components (each a small class registered by name):
   where gamma^2 = Z^2 Ry / kT < 1e-3 and the Kurucz (1970, SAO SR 309) table where it exceeds
   0.1. As in XSPEC, each bin is integrated with the two-point (trapezoid) rule and the flux is
   zero above 50 kT. With ``norm = 3.02e-15 / (4 pi D^2) * Int n_e n_H dV`` (D in cm).
+  ``bremss`` (also ``bremss{xspec}``) is XSPEC's algorithm, regime switches included (its
+  shape jumps by up to 3% at kT = 13.6 keV and 0.5% at 0.54 keV); ``bremss{smooth}`` blends
+  those switches smoothly (:func:`gaunt_factor`).
 - ``wabs``: photo-absorption ``exp(-nH sigma(E))`` with the Morrison & McCammon (1983, ApJ 270,
   119) cross-sections (nH in 1e22 cm^-2), averaged over each bin with the trapezoid rule on
   each side of the absorption edges, as XSPEC does.
@@ -115,17 +118,17 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def gaunt_factor(energy: np.ndarray, kt: np.ndarray, z: float, seams: str = "smooth") -> np.ndarray:
+def gaunt_factor(energy: np.ndarray, kt: np.ndarray, z: float, seams: str = "xspec") -> np.ndarray:
     """Free-free Gaunt factor for ion charge ``z`` at photon ``energy`` and ``kt`` (both keV).
 
     Kellogg, Baldwin & Koch (1975) polynomial fits to Karzas & Latter (1961), the Born
     approximation for gamma^2 < 1e-3 and the Kurucz (1970) table for gamma^2 > 0.1, following
     XSPEC's bremss. XSPEC switches regimes abruptly, so its spectrum jumps in shape by up to 3%
     at kT = 13.6 keV (hydrogen: KBK -> Born) and ~0.5% at 0.54 keV (helium: KBK -> Kurucz),
-    which puts spurious local minima into C(kT). ``seams="smooth"`` (default) blends the two
-    regimes with a C1 smoothstep over a factor ``SEAM_BLEND`` in gamma^2 on the KBK side of the
-    Born switch and on the Kurucz side of the Kurucz switch (kT 10.4-13.6 keV for H, 0.42-0.54
-    keV for He); ``seams="xspec"`` reproduces XSPEC exactly. Arrays broadcast; zero where
+    which puts small steps into C(kT). ``seams="xspec"`` (default) reproduces XSPEC exactly;
+    ``seams="smooth"`` blends the two regimes with a C1 smoothstep over a factor
+    ``SEAM_BLEND`` in gamma^2 on the KBK side of the Born switch and on the Kurucz side of the
+    Kurucz switch (kT 10.4-13.6 keV for H, 0.42-0.54 keV for He). Arrays broadcast; zero where
     E = 0, kT = 0 or E > 50 kT.
     """
     if seams not in ("smooth", "xspec"):
@@ -204,7 +207,7 @@ def _kurucz(u: np.ndarray, gam: np.ndarray) -> np.ndarray:
     return out
 
 
-def bremss_density(energy: np.ndarray, kt: np.ndarray, seams: str = "smooth") -> np.ndarray:
+def bremss_density(energy: np.ndarray, kt: np.ndarray, seams: str = "xspec") -> np.ndarray:
     """Photon spectrum density (photons cm^-2 s^-1 keV^-1 at norm 1) of XSPEC's bremss
     (``seams``: see :func:`gaunt_factor`)."""
     energy, kt = np.broadcast_arrays(np.asarray(energy, float), np.asarray(kt, float))
@@ -281,7 +284,11 @@ def wabs_transmission(e_lo: np.ndarray, e_hi: np.ndarray, nh: np.ndarray) -> np.
     area = 0.5 * (np.exp(-nh[:, None] * s_lo) + np.exp(-nh[:, None] * s_hi)) * (seg.hi - seg.lo)
     out = np.zeros((nh.size, e_lo.size))
     np.add.at(out.T, seg.bin_index, area.T)
-    return out / seg.width
+    zero = seg.width <= 0  # zero-width bins (ROSAT PSPC responses): the value at that energy
+    out /= np.where(zero, 1.0, seg.width)
+    if zero.any():
+        out[:, zero] = np.exp(-nh[:, None] * mm83_cross_section(e_lo[zero]))
+    return out
 
 
 def _overlap_matrix(src_lo, src_hi, dst_lo, dst_hi):
@@ -341,15 +348,16 @@ class Component(ABC):
 class Bremss(Component):
     """XSPEC ``bremss``: thermal bremsstrahlung of an H+He plasma; parameter kT (keV).
 
-    ``bremss`` blends XSPEC's Gaunt-factor regime switches smoothly (see :func:`gaunt_factor`);
-    ``bremss{xspec}`` reproduces XSPEC's discontinuous switches exactly.
+    ``bremss`` (and ``bremss{xspec}``) is XSPEC's algorithm, its discontinuous Gaunt-factor
+    regime switches included; ``bremss{smooth}`` blends them smoothly (see
+    :func:`gaunt_factor`).
     """
 
     name = "bremss"
     additive = True
     param_names = ("kT",)
 
-    def __init__(self, seams: str = "smooth") -> None:
+    def __init__(self, seams: str = "xspec") -> None:
         if seams not in ("smooth", "xspec"):
             raise ModelError(f"bremss takes {{xspec}} or {{smooth}}, not {{{seams}}}")
         self.seams = seams
@@ -362,7 +370,7 @@ class Bremss(Component):
         return trapezoid_bins(lambda e: bremss_density(e[None, :], kt, self.seams), e_lo, e_hi)
 
     def describe(self) -> str:
-        return "bremss" if self.seams == "smooth" else "bremss{xspec}"
+        return "bremss" if self.seams == "xspec" else "bremss{smooth}"
 
 
 @_register

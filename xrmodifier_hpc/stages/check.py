@@ -25,7 +25,7 @@ from xrmodifier_hpc.physics.spectra import ModelError
 
 
 def check(config: str | Path) -> dict[str, Any]:
-    """Validate ``config`` and its files.
+    """Validate a config and the files it names.
 
     Parameters
     ----------
@@ -35,8 +35,9 @@ def check(config: str | Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        A JSON-ready summary: grid axes and size, instruments, model (and ``model_check``:
-        one line saying who checked the model), workdir.
+        JSON-ready: grid axes and size, instruments (bins, channels, where the area comes
+        from), model, workdir, ``derived_defaults`` (defaults set from written values) and
+        ``warnings``. ``model_check``: one line saying who checked the model.
 
     Raises
     ------
@@ -47,26 +48,33 @@ def check(config: str | Path) -> dict[str, Any]:
     cfg = load_config(config)
     grid = Grid.from_config(cfg)
     instruments = {}
+    warnings: list[str] = []
     loaded = {}
     for role in ("reference", "target"):
         inst_cfg = getattr(cfg.instruments, role)
-        inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+        inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf, inst_cfg.allow_double_area)
         loaded[role] = inst
         noticed = inst.band_mask(*cfg.simulation.band)
+        if inst.area_in_matrix:
+            area = "in the matrix" + (" and the ARF (twice, allowed)" if inst_cfg.arf else "")
+        else:
+            area = "ARF" if inst_cfg.arf else "1 cm^2 (no ARF)"
         instruments[role] = {
             "arf": str(inst_cfg.arf) if inst_cfg.arf else None,
             "rmf": str(inst_cfg.rmf),
             "energy_bins": inst.n_energies,
             "channels": inst.n_channels,
             "channels_in_band": int(noticed.sum()),
+            "effective_area": area,
             "peak_area_cm2": round(float(inst.area.max()), 3),
             "exposure_s": inst_cfg.exposure,
         }
+        warnings += [f"instruments.{role}: {w}" for w in inst.warnings]
     if cfg.simulation.backend == "xspec":
         expression, model_check = _check_with_xspec(cfg)
     else:
         expression, model_check = _check_native(cfg, loaded["target"], grid)
-    return {
+    out = {
         "config": str(cfg.path),
         "model": expression,
         "model_check": model_check,
@@ -85,7 +93,15 @@ def check(config: str | Path) -> dict[str, Any]:
         "backend": cfg.simulation.backend,
         "instruments": instruments,
         "workdir": str(cfg.workdir),
+        "error_level": cfg.inversion.error_level
+        if cfg.inversion.error_level is not None
+        else "as each observations file declares, else 0.683 (1 sigma)",
     }
+    if cfg.derived:
+        out["derived_defaults"] = cfg.derived
+    if warnings:
+        out["warnings"] = warnings
+    return out
 
 
 def _where(cfg: Config, key: str | None) -> str:

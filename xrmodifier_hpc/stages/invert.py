@@ -288,7 +288,9 @@ def prepare(
             f"{view.d} parameters), got {settings.walkers}",
             f"{cfg.path} [inversion.mcmc.walkers]",
         )
-    obs = read_observations(observations, t_range=(view.t_lo, view.t_hi))
+    obs = read_observations(
+        observations, t_range=(view.t_lo, view.t_hi), error_level=cfg.inversion.error_level
+    )
     if obs.n < view.d:
         log.warning("only %d sources for %d parameters: theta is not identifiable", obs.n, view.d)
     objectives = Objectives(view, obs, settings.s_emu)
@@ -606,7 +608,8 @@ def _write_outputs(cfg: Config, result: InversionResult, posterior: Posterior) -
             acceptance=posterior.acceptance,
         )
     family = get_modifier(result.modifier.family, result.modifier.options)
-    target = Instrument.load(cfg.instruments.target.arf, cfg.instruments.target.rmf)
+    tcfg = cfg.instruments.target
+    target = Instrument.load(tcfg.arf, tcfg.rmf, tcfg.allow_double_area)
     theta_best = result.theta_best_vector
     write_modified_arf(
         workdir.corrected_arf,

@@ -225,7 +225,7 @@ def norms_for_counts(cfg: Config, t_true: np.ndarray, counts: np.ndarray) -> np.
     from xrmodifier_hpc.io.tables import load_model
 
     inst_cfg = cfg.instruments.target
-    inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+    inst = Instrument.load(inst_cfg.arf, inst_cfg.rmf, inst_cfg.allow_double_area)
     model = load_model(cfg.source.model, base=cfg.path.parent)
     params = {**cfg.source.params}
     flux = model.photon_flux(inst.energ_lo, inst.energ_hi, t_true, params)
