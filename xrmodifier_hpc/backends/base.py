@@ -269,7 +269,7 @@ class Backend(ABC):
         from xrmodifier_hpc.physics.modifiers import get_modifier
 
         inst_cfg = getattr(cfg.instruments, role)
-        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf, inst_cfg.allow_double_area)
         model = load_model(cfg.source.model, base=cfg.path.parent)
         modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
         settings = SimulationSettings.from_config(cfg, role, **overrides)

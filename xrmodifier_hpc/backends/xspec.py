@@ -939,7 +939,7 @@ class XspecBackend(Backend):
         from xrmodifier_hpc.physics.modifiers import get_modifier
 
         inst_cfg = getattr(cfg.instruments, role)
-        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf)
+        instrument = Instrument.load(inst_cfg.arf, inst_cfg.rmf, inst_cfg.allow_double_area)
         modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
         settings = SimulationSettings.from_config(cfg, role, **overrides)
         return cls(instrument, None, modifier, settings, cfg=cfg, role=role)
