@@ -109,8 +109,10 @@ def _where(cfg: Config, key: str | None) -> str:
 
 
 def _check_native(cfg: Config, target: Instrument, grid: Grid) -> tuple[str, str]:
-    """Parse the model (tables read), check [source] against it and that it gives photons
-    in the band at the lowest and highest true temperature."""
+    """Parse the model (tables read) and check [source] against it.
+
+    Also check that it gives photons in the band at the lowest and highest true temperature.
+    """
     try:
         model = load_model(cfg.source.model, base=cfg.path.parent)
         model.check_source(cfg.source.temperature, cfg.source.params)

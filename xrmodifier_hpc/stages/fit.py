@@ -235,7 +235,7 @@ def _exact_minimum(
     t_lo: float,
     t_hi: float,
 ) -> tuple[float, float, float, float]:
-    """The minimum of the exact profile C(T) and its delta-C = 1 interval near a grid fit.
+    """Return the minimum of the exact profile C(T) and its delta-C = 1 interval near a grid fit.
 
     The grid fit interpolates C(T) between exact nodes with smooth polynomials; XSPEC's
     ``bremss`` steps at its Gaunt-factor regime switches (kT = 13.6 and 0.54 keV), where a
@@ -294,8 +294,10 @@ _ALIASES = {"CXC": "CHANDRA", "AXAF": "CHANDRA", "XMM-NEWTON": "XMM"}
 
 
 def _mismatched_names(pha: Pha, instrument: Instrument) -> list[str]:
-    """Warnings where the spectrum's TELESCOP/INSTRUME differ from the responses' (XSPEC does
-    not check them; a mismatch usually means the wrong response)."""
+    """Return warnings where the spectrum's TELESCOP/INSTRUME differ from the responses'.
+
+    XSPEC does not check them; a mismatch usually means the wrong response.
+    """
     out = []
     headers = [("ARF", instrument.arf_header), ("RMF", instrument.rmf_header)]
     for key, ours in (("TELESCOP", pha.telescope), ("INSTRUME", pha.instrument)):
@@ -325,6 +327,6 @@ def _tgrid(model, temperature: str, spec: tuple[float, float, int] | None) -> np
 
 
 def _num(x: float) -> float | None:
-    """A float for JSON, None for NaN (flagged in ``status``)."""
+    """Return a float for JSON, None for NaN (flagged in ``status``)."""
     x = float(x)
     return x if math.isfinite(x) else None
