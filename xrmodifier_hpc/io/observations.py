@@ -75,6 +75,32 @@ class Observations:
     equal. ``lines`` (n,) are the source rows' line (CSV) or row (FITS) numbers.
     ``error_level`` is the confidence level the file's errors were given at (they are stored
     converted to 1 sigma) and ``error_level_from`` where that level came from.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Source names, ``n`` of them, unique.
+    t0 : numpy.ndarray
+        Shape ``(n,)``, float64, keV: telescope 0's (the reference's) best-fit temperatures.
+    t0_err_lo, t0_err_hi : numpy.ndarray
+        Shape ``(n,)``, float64, keV, > 0: 1-sigma distances from ``t0`` down to the lower
+        and up to the upper end of its interval.
+    t1 : numpy.ndarray
+        Shape ``(n,)``, float64, keV: telescope 1's best-fit temperatures with its ORIGINAL
+        ARF (the biased T1).
+    t1_err_lo, t1_err_hi : numpy.ndarray
+        Shape ``(n,)``, float64, keV, > 0: 1-sigma distances below and above ``t1``.
+    lines : tuple of int
+        Shape ``(n,)``: line (CSV) or row (FITS) number of each source; empty when the
+        observations were not read from a file.
+    path : Path or None
+        The file read, or None.
+    error_level : float
+        Two-sided confidence level in (0, 1) at which the file's errors were given (0.683,
+        1 sigma, unless declared).
+    error_level_from : str
+        Where that level came from (``"default"``, ``"[inversion] error_level"``, a keyword
+        or a comment line).
     """
 
     names: tuple[str, ...]
@@ -144,7 +170,13 @@ class Observations:
         return f"{self.path}, {label} {line}" if self.path is not None else f"{label} {line}"
 
     def describe_errors(self) -> str:
-        """One line saying at which confidence level the errors were read and how converted."""
+        """Describe in one line at which confidence level the errors were read and how converted.
+
+        Returns
+        -------
+        str
+            E.g. ``errors read as 90% confidence (default), divided by 1.645 to 1 sigma``.
+        """
         z = sigma_factor(self.error_level)
         how = "used as 1 sigma" if z == 1.0 else f"divided by {z:.4g} to 1 sigma"
         return (
@@ -153,7 +185,14 @@ class Observations:
         )
 
     def to_rows(self) -> list[dict[str, object]]:
-        """One dict per source (for JSON artefacts), errors at 1 sigma."""
+        """Return one dict per source (for JSON artefacts), errors at 1 sigma.
+
+        Returns
+        -------
+        list of dict
+            ``n`` dicts with keys ``name`` (str) and ``t0``, ``t0_err_lo``, ``t0_err_hi``,
+            ``t1``, ``t1_err_lo``, ``t1_err_hi`` (float, keV).
+        """
         return [
             {
                 "name": self.names[k],
@@ -174,7 +213,7 @@ class Observations:
 
 
 def sigma_factor(level: float) -> float:
-    """The two-sided Gaussian quantile of a confidence level: error(level) / error(1 sigma).
+    """Return the two-sided Gaussian quantile of a level: error(level) / error(1 sigma).
 
     Parameters
     ----------
@@ -196,22 +235,27 @@ def sigma_factor(level: float) -> float:
 
 
 def parse_level(text: str) -> float:
-    """A confidence level written as a fraction (``0.9``), a percentage (``90%``, ``90``) or in
-    sigmas (``1sigma``, ``2 sigma``, ``1σ``).
+    """Parse a confidence level.
+
+    The level is written as a fraction (``0.9``), a percentage (``90%``, ``90``) or in sigmas
+    (``1sigma``, ``2 sigma``, ``1σ``).
 
     Parameters
     ----------
     text : str
+        The level as written (surrounding quotes and blanks are ignored; a decimal comma is
+        read as a point). A bare number above 1 and below 100 is a percentage.
 
     Returns
     -------
     float
-        The two-sided level in (0, 1).
+        The two-sided level in (0, 1); ``n sigma`` gives erf(n / sqrt 2).
 
     Raises
     ------
     ValueError
-        Not a level.
+        Not a level: not a number, a non-positive number of sigmas, or outside (0, 1) once
+        read.
     """
     t = text.strip().strip("\"'").strip().lower().replace(",", ".")
     m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*(?:sigma|σ|sig)", t)
@@ -279,8 +323,17 @@ def _is_fits(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Column:
-    """A table column: ``key`` the canonical name (``t0_err_lo``), ``label`` as written,
-    ``factor`` to keV from its unit."""
+    """A table column.
+
+    Attributes
+    ----------
+    key : str
+        The canonical name (``t0_err_lo``).
+    label : str
+        The name as written.
+    factor : float
+        Factor to keV from its unit.
+    """
 
     key: str
     label: str
@@ -438,8 +491,11 @@ def _row_levels(record: dict[str, str], where: str) -> tuple[float | None, float
 def _base_level(
     declared: tuple[float, str] | None, config_level: float | None, path: Path
 ) -> tuple[float, str]:
-    """The confidence level of the file's errors: declared by the file, else the config's,
-    else 1 sigma; a file and a config that declare different levels are refused."""
+    """Return the confidence level of the file's errors, and where it came from.
+
+    Declared by the file, else the config's, else 1 sigma; a file and a config that declare
+    different levels are refused.
+    """
     if declared is not None:
         if (
             config_level is not None
@@ -466,8 +522,11 @@ def _build(
     level: tuple[float, str],
     row_levels: list[tuple[float | None, float | None]],
 ) -> Observations:
-    """The Observations of the parsed rows, errors converted to 1 sigma: each source's at its
-    own ``error_level`` column value where given, else at ``level``."""
+    """Build the Observations of the parsed rows, errors converted to 1 sigma.
+
+    Each source's errors are converted at its own ``error_level`` column value where given,
+    else at ``level``.
+    """
     if not rows:
         raise ObservationError("no observations: the table has a header but no rows", str(path))
     seen: dict[str, int] = {}
@@ -507,9 +566,11 @@ def _build(
 
 
 def _decode(path: Path) -> str:
-    """The text of a CSV file as spreadsheets write it: byte-order marks (UTF-8, UTF-16,
-    UTF-32), UTF-16 without one, UTF-8, else Windows-1252 / Latin-1. Binary files are
-    refused."""
+    """Read the text of a CSV file as spreadsheets write it.
+
+    Byte-order marks (UTF-8, UTF-16, UTF-32), UTF-16 without one, UTF-8, else Windows-1252 /
+    Latin-1. Binary files are refused.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -547,7 +608,7 @@ def _looks_like_text(text: str) -> bool:
 
 
 def _declared_level(line: str, where: str) -> float | None:
-    """A confidence level declared in a comment line, or None."""
+    """Return a confidence level declared in a comment line, or None."""
     body = line.lstrip().lstrip("#").strip()
     m = _LEVEL_DECL.match(body)
     text = m.group("value") if m else None
@@ -568,8 +629,10 @@ def _declared_level(line: str, where: str) -> float | None:
 
 
 def _delimiter(line: str) -> str | None:
-    """The delimiter of the header line: the most frequent of , ; tab | outside quotes;
-    None for whitespace-separated columns."""
+    """Return the delimiter of the header line.
+
+    The most frequent of , ; tab | outside quotes; None for whitespace-separated columns.
+    """
     unquoted = re.sub(r'"[^"]*"', "", line)
     counts = {d: unquoted.count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=lambda d: counts[d])
@@ -737,11 +800,12 @@ CSV_COLUMNS = (
 
 
 def format_csv(obs: Observations, comments: tuple[str, ...] = ()) -> str:
-    """The CSV text of ``obs``: symmetric and asymmetric error columns, 8 significant digits.
+    """Return the CSV text of ``obs``: symmetric and asymmetric error columns, 8 digits.
 
     Parameters
     ----------
     obs : Observations
+        The ``n`` sources (temperatures and 1-sigma errors in keV).
     comments : tuple of str
         Comment lines written first (``# ...``), then ``# error_level = 0.683``: the errors
         written are 1 sigma.
@@ -749,6 +813,8 @@ def format_csv(obs: Observations, comments: tuple[str, ...] = ()) -> str:
     Returns
     -------
     str
+        The file's text: comments, the header :data:`CSV_COLUMNS`, then one line per source
+        with values in keV to 8 significant digits.
     """
     buf = io.StringIO()
     for line in comments:
@@ -777,13 +843,16 @@ def write_observations(path: str | Path, obs: Observations, comments: tuple[str,
     Parameters
     ----------
     path : str or Path
+        The CSV file to write (replaced if present).
     obs : Observations
+        The sources (temperatures and 1-sigma errors in keV).
     comments : tuple of str
         Comment lines for the top of the file.
 
     Returns
     -------
     Path
+        ``path`` as a Path.
     """
     path = Path(path)
     write_text(path, format_csv(obs, comments))
