@@ -47,6 +47,14 @@ class Axis:
 
     TOML forms: ``{linspace = [start, stop, n]}``, ``{logspace = [start, stop, n]}`` (start and
     stop are the end values, not exponents), ``{values = [...]}``, a bare list, or a number.
+
+    Attributes
+    ----------
+    values : tuple of float
+        The axis values, distinct, finite and sorted ascending (in the parameter's unit: keV
+        for temperatures, mu and sigma; dimensionless for amplitudes).
+    kind : str
+        The form it was written in: ``"linspace"``, ``"logspace"`` or ``"values"``.
     """
 
     values: tuple[float, ...]
@@ -57,15 +65,42 @@ class Axis:
 
     @property
     def array(self) -> np.ndarray:
+        """The values as a float64 array of shape ``(len(self),)``."""
         return np.asarray(self.values, dtype=np.float64)
 
     @property
     def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value, ``(low, high)``."""
         return (min(self.values), max(self.values))
 
 
 def parse_axis(raw: Any, key: str, file: str = "") -> Axis:
-    """Turn one of the TOML axis forms into an :class:`Axis`; ``key`` names it in ``file``."""
+    """Turn one of the TOML axis forms into an :class:`Axis`.
+
+    Parameters
+    ----------
+    raw : Any
+        The TOML value: a number, a list of numbers, or a one-key table ``{linspace = [start,
+        stop, n]}``, ``{logspace = [start, stop, n]}`` (end values, both > 0) or ``{values =
+        [...]}``.
+    key : str
+        The dotted config key of the axis (e.g. ``modifier.grid.mu``), named in errors.
+    file : str, optional
+        The config file, named in errors ('' for none).
+
+    Returns
+    -------
+    Axis
+        The values sorted ascending, with the form they were written in.
+
+    Raises
+    ------
+    ConfigError
+        A value that is no axis form, an unknown form, non-numeric entries, an empty list, a
+        ``[start, stop, n]`` of another length or with ``n`` not a positive integer, a
+        logspace with a non-positive end, or values that are not finite or not distinct;
+        ``where`` is ``FILE [key]``.
+    """
 
     def at(suffix: str = "") -> str:
         return f"{file} [{key}{suffix}]" if file else f"{key}{suffix}"
@@ -130,6 +165,17 @@ class InstrumentConfig:
     whose matrix includes the area; a redistribution-only RMF then means 1 cm^2, reported by
     ``xrmodifier check``). ``allow_double_area`` accepts an ARF together with a matrix that
     already includes the area (the area is then applied twice).
+
+    Attributes
+    ----------
+    rmf : Path
+        The RMF (or RSP) file, resolved relative to the config's folder.
+    arf : Path or None
+        The ARF file, or None to use the matrix alone.
+    exposure : float
+        Exposure time in s, > 0.
+    allow_double_area : bool
+        Accept an ARF with a matrix that already includes the area.
     """
 
     rmf: Path
@@ -144,7 +190,15 @@ class InstrumentConfig:
 
 @dataclass(frozen=True)
 class InstrumentsConfig:
-    """``reference`` is the trusted telescope 0; ``target`` is telescope 1, whose ARF is fixed."""
+    """The two telescopes: the trusted reference and the target whose ARF is corrected.
+
+    Attributes
+    ----------
+    reference : InstrumentConfig
+        Telescope 0, Psi0 = (ARF0, RMF0), trusted.
+    target : InstrumentConfig
+        Telescope 1, Psi1 = (ARF1, RMF1), whose ARF is fixed.
+    """
 
     reference: InstrumentConfig
     target: InstrumentConfig
@@ -155,6 +209,18 @@ class SourceConfig:
     """Source model expression (e.g. ``wabs*bremss``) and its frozen parameters.
 
     ``temperature`` names the parameter on the temperature axis; the normalisation is free.
+
+    Attributes
+    ----------
+    model : str
+        The model expression: for the native backend a product of registered components
+        (``wabs``, ``bremss``, ``atable{file}``, ``mtable{file}``); for ``xspec`` any XSPEC
+        expression.
+    params : dict of str to float
+        Frozen parameter values by their (XSPEC) names, in the parameters' units (e.g. ``nH``
+        in 1e22 cm^-2).
+    temperature : str
+        The parameter on the temperature axis (keV).
     """
 
     model: str = "wabs*bremss"
@@ -164,7 +230,18 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ModifierConfig:
-    """ARF modifier family, its options (e.g. ``n_components``, ``knots``) and its grid."""
+    """ARF modifier family, its options (e.g. ``n_components``, ``knots``) and its grid.
+
+    Attributes
+    ----------
+    family : str
+        A name in ``registry.MODIFIER_FAMILIES`` (``gaussian``, ``multi_gaussian``,
+        ``spline``).
+    options : dict of str to Any
+        Keyword arguments of the family (``n_components = K``; ``knots`` in keV).
+    grid : dict of str to Axis
+        One axis per parameter of the family (mu, sigma in keV; A, d_k dimensionless).
+    """
 
     family: str = "gaussian"
     options: dict[str, Any] = field(default_factory=dict)
@@ -173,7 +250,13 @@ class ModifierConfig:
 
 @dataclass(frozen=True)
 class TemperaturesConfig:
-    """True temperatures (keV) at which telescope 1 is simulated."""
+    """True temperatures (keV) at which telescope 1 is simulated.
+
+    Attributes
+    ----------
+    t_true : Axis
+        The T_true axis in keV, all > 0 (default: 20 log-spaced from 1 to 10 keV).
+    """
 
     t_true: Axis = Axis(tuple(np.geomspace(1.0, 10.0, 20)), "logspace")
 
@@ -192,6 +275,41 @@ class SimulationConfig:
     to 0.2-50 keV, widened to cover ``temperatures.t_true`` (a factor 3 each side) and kept
     inside the model's temperature range; ``min_counts`` defaults to 50, or half of a
     smaller ``counts``.
+
+    Attributes
+    ----------
+    backend : str
+        A name in ``registry.BACKENDS`` (``native`` or ``xspec``).
+    mode : str
+        ``poisson`` (fakeit with noise) or ``asimov`` (expected counts).
+    realisations : int
+        Fakeit spectra per grid point, >= 1.
+    seed : int
+        Random seed, >= 0: point k always uses the stream (seed, k).
+    counts : float or None
+        Expected counts in ``band`` per spectrum through the original target response, > 0;
+        None when ``norm`` is given.
+    norm : float or None
+        A fixed model normalisation instead of ``counts``, > 0.
+    band : tuple of float
+        The fitted band ``(low, high)`` in keV, 0 < low < high.
+    fit_tgrid : Axis
+        Temperatures (keV, >= 8 of them, > 0) of the exact C-stat profile and the stored
+        curves C(T).
+    curves : bool
+        Store C(T) of both fits in ``grid.h5``.
+    min_counts : float
+        Spectra with fewer noticed counts are flagged ``too_few_counts`` and not fitted.
+    chunk_size : int
+        Grid points per write and per resume step, >= 1.
+    engine : str
+        Native backend kernels: ``numpy`` or ``torch``.
+    device : str
+        Torch engine device: ``auto``, ``cpu`` or ``cuda``.
+    abund : str
+        XSPEC abundance table (xspec backend).
+    xsect : str
+        XSPEC photoelectric cross-sections (xspec backend).
     """
 
     backend: str = "native"
@@ -244,7 +362,43 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """MLP architecture and training settings."""
+    """MLP architecture and training settings.
+
+    Attributes
+    ----------
+    hidden : tuple of int
+        Hidden layer widths of the MLP, each >= 1.
+    activation : str
+        A name in ``registry.ACTIVATIONS`` (``gelu``, ``relu``, ``silu``, ``tanh``).
+    epochs : int
+        Maximum epochs, >= 1.
+    batch_size : int
+        Global batch size (split over DDP ranks), >= 1.
+    learning_rate : float
+        AdamW peak learning rate, > 0.
+    weight_decay : float
+        AdamW weight decay.
+    val_fraction : float
+        Held-out fraction of grid points, in (0, 0.5).
+    patience : int
+        Epochs without improvement before early stopping.
+    seed : int
+        Seed of the initialisation, the split and the batch order.
+    checkpoint_every : int
+        Epochs between checkpoints, >= 1.
+    offgrid_points : int
+        Asimov points off the grid for the accuracy check, >= 0.
+    predict_scatter : bool
+        Also learn the log-scatter of T1, T1' across realisations.
+    scatter_hidden : tuple of int
+        Layer widths of the separate log-scatter network, each >= 1.
+    device : str
+        ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+    threads : int
+        Torch CPU threads per training process, >= 0 (0: automatic).
+    ema_epochs : float
+        Horizon (epochs) of the weight average that is validated and kept, >= 0 (0: off).
+    """
 
     hidden: tuple[int, ...] = (128, 128, 128)
     activation: str = "gelu"
@@ -291,6 +445,17 @@ class McmcConfig:
 
     Defaults follow what is written: ``burn`` is a third of a given ``steps``; ``steps`` at
     least three times a given ``burn``; ``walkers`` at least two per modifier parameter.
+
+    Attributes
+    ----------
+    walkers : int
+        Number of emcee walkers: even, >= 4.
+    steps : int
+        Chain length per walker, >= 1.
+    burn : int
+        Discarded burn-in steps, 0 <= burn < steps.
+    thin : int
+        Thinning of the kept chain.
     """
 
     walkers: int = 32
@@ -316,6 +481,28 @@ class InversionConfig:
     theta (a spline carries them to the quadrature nodes). ``error_level``: the confidence
     level of the observations' errors when the file does not declare it (default 0.683, 1
     sigma; XSPEC's ``error`` default is 0.90); they are converted to 1 sigma.
+
+    Attributes
+    ----------
+    objective : str
+        A name in ``registry.OBJECTIVES`` (``likelihood``, ``seed_loss``, ``gaussian_kl``,
+        ``wasserstein``).
+    n_starts : int
+        Multi-start optimiser starts, >= 1.
+    start_design : str
+        ``sobol`` or ``lhs``.
+    seed : int
+        Seed of the start design and the MCMC.
+    s_emu : float or str
+        Emulator error as a fraction of T1 (>= 0), or ``"auto"``.
+    merge_tol : float
+        Fraction of each parameter's range within which optima merge, in (0, 1).
+    n_tgrid : int
+        T_true points the emulator is evaluated on per theta, >= 8.
+    mcmc : McmcConfig
+        Posterior sampling settings.
+    error_level : float or None
+        Confidence level in (0, 1) of undeclared observation errors; None: 0.683 (1 sigma).
     """
 
     objective: str = "likelihood"
@@ -362,6 +549,19 @@ class MockConfig:
     """Synthetic observations for demos and injection tests (``xrmodifier mock``).
 
     ``t_range`` defaults to [1.5, 9.0] keV kept inside ``temperatures.t_true``.
+
+    Attributes
+    ----------
+    n_sources : int
+        Number of synthetic sources, >= 2.
+    theta : dict of str to float
+        The injected modifier parameters by name (e.g. mu, sigma in keV; A dimensionless).
+    t_range : tuple of float
+        True temperatures of the sources, ``(low, high)`` keV with 0 < low < high.
+    counts : tuple of float
+        Range ``(low, high)`` of telescope-1 counts per source, 0 < low <= high.
+    seed : int
+        Seed of the mock's random streams.
     """
 
     n_sources: int = 40
@@ -381,7 +581,37 @@ class MockConfig:
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """Resources for Slurm jobs submitted with submitit (``train --executor slurm``)."""
+    """Resources for Slurm jobs submitted with submitit (``train --executor slurm``).
+
+    Attributes
+    ----------
+    partition, account, qos : str
+        Slurm settings; empty for the site default.
+    nodes : int
+        Nodes, >= 1.
+    gpus_per_node : int
+        GPUs per node (one task per GPU), >= 0.
+    cpus_per_task : int
+        CPUs per task, >= 1.
+    mem_gb : float
+        Memory per node in GB.
+    time_minutes : int
+        Time limit in minutes, >= 1.
+    setup : tuple of str
+        Shell lines run before the job (e.g. ``module load cuda``).
+    container : str
+        An Apptainer image the tasks run in; empty for none.
+    additional : dict of str to Any
+        Extra sbatch parameters (submitit's ``slurm_additional_parameters``).
+    logs : Path
+        Submitit's log folder.
+    container_python : str
+        The interpreter inside ``container`` that runs jobs.
+    signal_delay_s : int
+        Seconds between the preemption/timeout signal and the kill, >= 1.
+    max_requeues : int
+        Times a timed-out job is requeued from its checkpoint, >= 0.
+    """
 
     partition: str = ""
     account: str = ""
@@ -413,14 +643,52 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    """Where artefacts go: ``workdir`` (relative to the config file) holds grid.h5 etc."""
+    """Where artefacts go: ``workdir`` (relative to the config file) holds grid.h5 etc.
+
+    Attributes
+    ----------
+    workdir : Path
+        Folder of grid.h5, emulator.pt, result.json and figures/.
+    """
 
     workdir: Path = Path("run")
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration. ``path`` is the file it came from; ``text`` its content."""
+    """The whole configuration. ``path`` is the file it came from; ``text`` its content.
+
+    Attributes
+    ----------
+    instruments : InstrumentsConfig
+        The reference and target telescopes.
+    source : SourceConfig
+        The source model.
+    modifier : ModifierConfig
+        The ARF modifier family and its grid.
+    temperatures : TemperaturesConfig
+        The true temperatures simulated.
+    simulation : SimulationConfig
+        How grid points are simulated and fitted.
+    emulator : EmulatorConfig
+        The emulator's architecture and training.
+    inversion : InversionConfig
+        The theta inversion.
+    mock : MockConfig
+        Synthetic observations.
+    slurm : SlurmConfig
+        Slurm resources.
+    paths : PathsConfig
+        Artefact locations.
+    path : Path
+        The config file, resolved.
+    text : str
+        The file's TOML text.
+    raw : dict of str to Any
+        The parsed TOML as written.
+    derived : dict of str to Any
+        Defaults derived from written values, by dotted key.
+    """
 
     instruments: InstrumentsConfig
     source: SourceConfig = SourceConfig()
@@ -440,22 +708,27 @@ class Config:
     # artefact locations -------------------------------------------------------------------
     @property
     def workdir(self) -> Path:
+        """The folder that holds every artefact (``paths.workdir``)."""
         return self.paths.workdir
 
     @property
     def grid_path(self) -> Path:
+        """The simulated grid, ``WORKDIR/grid.h5``."""
         return self.workdir / "grid.h5"
 
     @property
     def emulator_path(self) -> Path:
+        """The trained emulator, ``WORKDIR/emulator.pt``."""
         return self.workdir / "emulator.pt"
 
     @property
     def result_path(self) -> Path:
+        """The inversion result, ``WORKDIR/result.json``."""
         return self.workdir / "result.json"
 
     @property
     def figures_dir(self) -> Path:
+        """The figures folder, ``WORKDIR/figures``."""
         return self.workdir / "figures"
 
     def simulation_fingerprint(self) -> str:
@@ -463,20 +736,51 @@ class Config:
 
         Response files enter by content, so moving a file does not invalidate a grid but
         changing one does.
+
+        Returns
+        -------
+        str
+            SHA-256 hex digest of the canonical JSON of :data:`SIMULATION_SECTIONS` (files by
+            their SHA-256), less the keys that do not change the grid's content.
         """
         resolved = _resolved_sections(self, SIMULATION_SECTIONS)
         return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
     def simulation_summary(self) -> str:
-        """The sections that determine ``grid.h5``, as canonical JSON (stored in its /meta)."""
+        """Return the sections that determine ``grid.h5`` as canonical JSON (stored in its /meta).
+
+        Returns
+        -------
+        str
+            JSON with sorted keys of :data:`SIMULATION_SECTIONS` as resolved (files by their
+            SHA-256).
+        """
         return json.dumps(_resolved_sections(self, SIMULATION_SECTIONS), sort_keys=True)
 
 
 def set_key(text: str, section: str, key: str, value: str) -> str:
-    """A config text with ``key = value`` (TOML source) set in ``[section]``: the existing line
-    replaced, else added under the section's header, else a new section appended. For
-    scripts that derive configs from the example (tests, benchmarks); comments elsewhere
-    survive."""
+    """Return a config text with ``key = value`` (TOML source) set in ``[section]``.
+
+    The existing line is replaced, else the line is added under the section's header, else a
+    new section is appended. For scripts that derive configs from the example (tests,
+    benchmarks); comments elsewhere survive.
+
+    Parameters
+    ----------
+    text : str
+        The config's TOML text.
+    section : str
+        The section's name as in its header (``simulation``, ``inversion.mcmc``).
+    key : str
+        The key within the section.
+    value : str
+        The value as TOML source (``"100"``, ``'"xspec"'``, ``"[0.5, 7.0]"``).
+
+    Returns
+    -------
+    str
+        The new text (not validated).
+    """
     pattern = re.compile(
         rf"(^\[{re.escape(section)}\][^\n]*\n(?:(?!\[).*\n)*?){re.escape(key)}\s*=.*$", re.M
     )
@@ -494,7 +798,25 @@ def set_key(text: str, section: str, key: str, value: str) -> str:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read, validate and resolve a config file. Raises :class:`ConfigError` on any problem."""
+    """Read, validate and resolve a config file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML config file; relative paths in it resolve beside it.
+
+    Returns
+    -------
+    Config
+        The validated configuration, with derived defaults applied.
+
+    Raises
+    ------
+    ConfigError
+        On any problem (exit 2): the file is missing or unreadable, is not valid TOML, has an
+        unknown or missing key, a value of the wrong type, or fails a section's check;
+        ``where`` names the file and the key.
+    """
     path = Path(path)
     where = str(path)
     try:
@@ -509,7 +831,27 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(text: str, path: str | Path = "config.toml") -> Config:
-    """Validate TOML ``text`` as if read from ``path`` (relative paths resolve beside it)."""
+    """Validate TOML ``text`` as if read from ``path`` (relative paths resolve beside it).
+
+    Parameters
+    ----------
+    text : str
+        The config's TOML text.
+    path : str or Path, optional
+        The file it stands for (it need not exist); named in errors.
+
+    Returns
+    -------
+    Config
+        The validated configuration, with derived defaults applied.
+
+    Raises
+    ------
+    ConfigError
+        When ``text`` is not valid TOML, has an unknown or missing key, a value of the wrong
+        type, or fails a section's check (a referenced ARF/RMF or table file that does not
+        exist included); ``where`` names the file and the key.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(text)
@@ -535,11 +877,13 @@ def _written(raw: dict[str, Any], dotted: str) -> bool:
 
 
 def _derive_defaults(cfg: Config) -> Config:
-    """Defaults that depend on what the user wrote, so that a default never conflicts with a
-    written value: ``[simulation] norm`` alone drops the counts default; ``steps`` or ``burn``
-    alone scale the other; walkers cover two per modifier parameter; the mock's temperature
-    range and the fit-temperature grid follow ``temperatures.t_true`` (and the model's range);
-    ``min_counts`` stays below a small ``counts``. What was derived is in ``cfg.derived``.
+    """Apply the defaults that depend on what the user wrote.
+
+    A default never conflicts with a written value: ``[simulation] norm`` alone drops the
+    counts default; ``steps`` or ``burn`` alone scale the other; walkers cover two per
+    modifier parameter; the mock's temperature range and the fit-temperature grid follow
+    ``temperatures.t_true`` (and the model's range); ``min_counts`` stays below a small
+    ``counts``. What was derived is in ``cfg.derived``.
     """
     raw = cfg.raw
     derived: dict[str, Any] = {}
@@ -587,8 +931,11 @@ def _derive_defaults(cfg: Config) -> Config:
 
 
 def _default_fit_tgrid(cfg: Config, t_lo: float, t_hi: float, default: Axis) -> Axis:
-    """The fit-temperature grid when none is written: ``default`` widened to a factor 3
-    beyond ``t_true`` on each side, and clipped to the model's temperature range."""
+    """Return the fit-temperature grid when none is written.
+
+    ``default`` widened to a factor 3 beyond ``t_true`` on each side, and clipped to the
+    model's temperature range.
+    """
     lo, hi = default.bounds
     lo, hi = min(lo, t_lo / 3.0), max(hi, 3.0 * t_hi)
     try:
@@ -605,8 +952,10 @@ def _default_fit_tgrid(cfg: Config, t_lo: float, t_hi: float, default: Axis) -> 
 
 
 def _n_modifier_params(cfg: Config) -> int:
-    """The modifier family's number of parameters (0 for an invalid family, which the
-    modifier check reports)."""
+    """Return the modifier family's number of parameters.
+
+    0 for an invalid family, which the modifier check reports.
+    """
     from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
 
     try:
@@ -748,8 +1097,9 @@ def _check_all(cfg: Config, file: str) -> None:
 
 
 def make_modifier(family: str, options: Mapping[str, Any] | None = None) -> Any:
-    """The modifier family ``family`` from :data:`registry.MODIFIER_FAMILIES`, built with its
-    ``options``.
+    """Build the modifier family ``family`` from :data:`registry.MODIFIER_FAMILIES`.
+
+    The family is built with its ``options``.
 
     Parameters
     ----------
@@ -803,7 +1153,7 @@ def _check_modifier(cfg: Config, file: str) -> None:
 
 
 def _check_source(cfg: Config, file: str) -> None:
-    """The source model against the chosen backend, without reading any file but the config.
+    """Check the source model against the chosen backend, reading no file but the config.
 
     ``native``: a product of ``registry.SOURCE_COMPONENTS`` (syntax, names, one additive
     component); where no term is a table, the temperature and frozen parameters are checked
@@ -885,7 +1235,7 @@ def _check_source(cfg: Config, file: str) -> None:
 
 
 def _component(cls: Any, arg: str | None, where: str) -> Any:
-    """An instance of a registered component class (its ``{arg}`` variant, if any)."""
+    """Return an instance of a registered component class (its ``{arg}`` variant, if any)."""
     try:
         return cls(arg) if arg is not None else cls()
     except UserError as exc:
