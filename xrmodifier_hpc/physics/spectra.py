@@ -69,7 +69,7 @@ def _read_table(name: str) -> tuple[list[str], np.ndarray]:
 
 @cache
 def _kbk_coefficients() -> tuple[np.ndarray, np.ndarray]:
-    """(a, nodes): a[m, n, k] for gamma1 column m (7), u range n (6), power k (3)."""
+    """Return (a, nodes): a[m, n, k] for gamma1 column m (7), u range n (6), power k (3)."""
     _, rows = _read_table("gaunt_kbk1975.csv")
     a = rows[:, 3:6].reshape(7, 6, 3)
     nodes = rows[::6, 2]
@@ -130,6 +130,28 @@ def gaunt_factor(energy: np.ndarray, kt: np.ndarray, z: float, seams: str = "xsp
     ``SEAM_BLEND`` in gamma^2 on the KBK side of the Born switch and on the Kurucz side of the
     Kurucz switch (kT 10.4-13.6 keV for H, 0.42-0.54 keV for He). Arrays broadcast; zero where
     E = 0, kT = 0 or E > 50 kT.
+
+    Parameters
+    ----------
+    energy : numpy.ndarray
+        Photon energies in keV, any shape broadcastable with ``kt``.
+    kt : numpy.ndarray
+        Plasma temperatures kT in keV, broadcastable with ``energy``.
+    z : float
+        Ion charge (1 for hydrogen, 2 for helium).
+    seams : str, optional
+        ``"xspec"`` (XSPEC's abrupt regime switches) or ``"smooth"`` (blended).
+
+    Returns
+    -------
+    numpy.ndarray
+        The dimensionless Gaunt factor, float64, of the broadcast shape of ``energy`` and
+        ``kt``.
+
+    Raises
+    ------
+    ValueError
+        When ``seams`` is neither ``"smooth"`` nor ``"xspec"``.
     """
     if seams not in ("smooth", "xspec"):
         raise ValueError(f"seams must be 'smooth' or 'xspec', got {seams!r}")
@@ -208,8 +230,26 @@ def _kurucz(u: np.ndarray, gam: np.ndarray) -> np.ndarray:
 
 
 def bremss_density(energy: np.ndarray, kt: np.ndarray, seams: str = "xspec") -> np.ndarray:
-    """Photon spectrum density (photons cm^-2 s^-1 keV^-1 at norm 1) of XSPEC's bremss
-    (``seams``: see :func:`gaunt_factor`)."""
+    """Return the photon spectrum density of XSPEC's bremss at norm 1.
+
+    ``N(E) = [g(E, T, 1) + 4 * 0.085 * g(E, T, 2)] * kT^-1/2 * exp(-E/kT) / E``, with the
+    Gaunt factors of :func:`gaunt_factor`; zero where the Gaunt factor is zero (E = 0,
+    kT = 0, E > 50 kT).
+
+    Parameters
+    ----------
+    energy : numpy.ndarray
+        Photon energies in keV, broadcastable with ``kt``.
+    kt : numpy.ndarray
+        Temperatures kT in keV, broadcastable with ``energy``.
+    seams : str, optional
+        ``"xspec"`` or ``"smooth"``: see :func:`gaunt_factor`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Photons cm^-2 s^-1 keV^-1 at norm 1, of the broadcast shape of ``energy`` and ``kt``.
+    """
     energy, kt = np.broadcast_arrays(np.asarray(energy, float), np.asarray(kt, float))
     gaunt = gaunt_factor(energy, kt, 1.0, seams) + 4.0 * HE_ABUNDANCE * gaunt_factor(
         energy, kt, 2.0, seams
@@ -220,7 +260,24 @@ def bremss_density(energy: np.ndarray, kt: np.ndarray, seams: str = "xspec") -> 
 
 
 def trapezoid_bins(density_at: callable, e_lo: np.ndarray, e_hi: np.ndarray) -> np.ndarray:
-    """Two-point integral of ``density_at(E)`` (shape (..., n_points)) over each bin."""
+    """Integrate ``density_at(E)`` over each bin with the two-point (trapezoid) rule.
+
+    Where the bins are contiguous the density is evaluated once at the ``n_E + 1`` edges.
+
+    Parameters
+    ----------
+    density_at : callable
+        Maps energies (keV) of shape ``(n_points,)`` to densities of shape
+        ``(..., n_points)`` (e.g. photons cm^-2 s^-1 keV^-1).
+    e_lo, e_hi : numpy.ndarray
+        Shape ``(n_E,)``: lower and upper bin edges in keV.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(..., n_E)``: the integral over each bin, in the density's unit times keV
+        (photons cm^-2 s^-1 per bin for a photon density).
+    """
     if e_lo.size > 1 and np.array_equal(e_lo[1:], e_hi[:-1]):
         edges = np.append(e_lo, e_hi[-1])
         f = density_at(edges)
@@ -233,6 +290,19 @@ def mm83_cross_section(energy: np.ndarray, band: np.ndarray | None = None) -> np
 
     ``band`` forces the coefficient row (to take one-sided limits at an edge); by default the
     row with e_lo <= E < e_hi. Zero below 0.0136 keV.
+
+    Parameters
+    ----------
+    energy : numpy.ndarray
+        Photon energies in keV, any shape.
+    band : numpy.ndarray or None, optional
+        Integer index of the coefficient row per energy (shape of ``energy``); None: the
+        band that contains each energy.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cross-section per H atom in 1e-22 cm^2, float64, shape of ``energy``.
     """
     rows = _mm83_bands()
     energy = np.asarray(energy, dtype=np.float64)
@@ -273,7 +343,23 @@ def _wabs_segments(lo_bytes: bytes, hi_bytes: bytes) -> _Segments:
 
 
 def wabs_transmission(e_lo: np.ndarray, e_hi: np.ndarray, nh: np.ndarray) -> np.ndarray:
-    """Bin-averaged ``exp(-nH sigma_MM83(E))`` for ``nh`` (n,) in 1e22 cm^-2 -> (n, n_E)."""
+    """Return the bin-averaged transmission ``exp(-nH sigma_MM83(E))``.
+
+    Each bin is split at the absorption edges inside it and each piece integrated with the
+    trapezoid rule, as XSPEC's ``wabs``; a zero-width bin gets the value at its energy.
+
+    Parameters
+    ----------
+    e_lo, e_hi : numpy.ndarray
+        Shape ``(n_E,)``: lower and upper bin edges in keV.
+    nh : numpy.ndarray
+        Shape ``(n,)`` (or a scalar): hydrogen column densities in 1e22 cm^-2.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n, n_E)``: the dimensionless transmission averaged over each bin.
+    """
     e_lo = np.ascontiguousarray(e_lo, dtype=np.float64)
     e_hi = np.ascontiguousarray(e_hi, dtype=np.float64)
     nh = np.atleast_1d(np.asarray(nh, dtype=np.float64))
@@ -312,8 +398,10 @@ def _overlap_matrix(src_lo, src_hi, dst_lo, dst_hi):
 
 
 def _register(cls: type[Component]) -> type[Component]:
-    """Check that a component class is what ``registry.SOURCE_COMPONENTS`` names it (the
-    registry is the one list the config and the parser accept)."""
+    """Check that a component class is what ``registry.SOURCE_COMPONENTS`` names it.
+
+    The registry is the one list the config and the parser accept.
+    """
     assert cls.name in SOURCE_COMPONENTS, f"{cls.name} is missing from SOURCE_COMPONENTS"
     return cls
 
@@ -332,15 +420,47 @@ class Component(ABC):
 
     @abstractmethod
     def param_range(self, name: str) -> tuple[float, float]:
-        """Allowed [low, high] of parameter ``name`` (units as the parameter)."""
+        """Return the allowed [low, high] of parameter ``name`` (units as the parameter).
+
+        Parameters
+        ----------
+        name : str
+            One of :attr:`param_names`.
+
+        Returns
+        -------
+        (float, float)
+            The lowest and highest allowed value.
+        """
 
     @abstractmethod
     def evaluate(
         self, e_lo: np.ndarray, e_hi: np.ndarray, values: Mapping[str, np.ndarray]
     ) -> np.ndarray:
-        """See the class docstring."""
+        """Evaluate the component on energy bins for ``n`` parameter sets.
+
+        Parameters
+        ----------
+        e_lo, e_hi : numpy.ndarray
+            Shape ``(n_E,)``: lower and upper bin edges in keV.
+        values : mapping of str to numpy.ndarray
+            Every name of :attr:`param_names` to its values, shape ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, n_E)``: photons cm^-2 s^-1 per bin at norm 1 (additive) or a
+            dimensionless bin-averaged factor (multiplicative).
+        """
 
     def describe(self) -> str:
+        """Return the component as written in a model expression.
+
+        Returns
+        -------
+        str
+            Its registered name (``wabs``); variants add their ``{...}`` argument.
+        """
         return self.name
 
 
@@ -351,6 +471,16 @@ class Bremss(Component):
     ``bremss`` (and ``bremss{xspec}``) is XSPEC's algorithm, its discontinuous Gaunt-factor
     regime switches included; ``bremss{smooth}`` blends them smoothly (see
     :func:`gaunt_factor`).
+
+    Parameters
+    ----------
+    seams : str, optional
+        The ``{...}`` argument: ``"xspec"`` (default) or ``"smooth"``.
+
+    Raises
+    ------
+    ModelError
+        When ``seams`` is neither.
     """
 
     name = "bremss"
@@ -363,13 +493,46 @@ class Bremss(Component):
         self.seams = seams
 
     def param_range(self, name: str) -> tuple[float, float]:
+        """Return the allowed range of kT.
+
+        Parameters
+        ----------
+        name : str
+            ``"kT"``.
+
+        Returns
+        -------
+        (float, float)
+            XSPEC's hard limits, 1e-4 to 200 keV.
+        """
         return (1e-4, 200.0)  # XSPEC's hard limits for bremss kT
 
     def evaluate(self, e_lo, e_hi, values):
+        """Integrate the bremss density over each bin (trapezoid rule, as XSPEC).
+
+        Parameters
+        ----------
+        e_lo, e_hi : numpy.ndarray
+            Shape ``(n_E,)``: lower and upper bin edges in keV.
+        values : mapping of str to numpy.ndarray
+            ``"kT"``: temperatures in keV, shape ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, n_E)``: photons cm^-2 s^-1 per bin at norm 1.
+        """
         kt = np.asarray(values["kT"], dtype=np.float64)[:, None]
         return trapezoid_bins(lambda e: bremss_density(e[None, :], kt, self.seams), e_lo, e_hi)
 
     def describe(self) -> str:
+        """Return ``bremss`` or ``bremss{smooth}``.
+
+        Returns
+        -------
+        str
+            The component as written in a model expression.
+        """
         return "bremss" if self.seams == "xspec" else "bremss{smooth}"
 
 
@@ -382,9 +545,35 @@ class Wabs(Component):
     param_names = ("nH",)
 
     def param_range(self, name: str) -> tuple[float, float]:
+        """Return the allowed range of nH.
+
+        Parameters
+        ----------
+        name : str
+            ``"nH"``.
+
+        Returns
+        -------
+        (float, float)
+            0 to 1e5, in 1e22 cm^-2.
+        """
         return (0.0, 1e5)
 
     def evaluate(self, e_lo, e_hi, values):
+        """Return the bin-averaged transmission (:func:`wabs_transmission`).
+
+        Parameters
+        ----------
+        e_lo, e_hi : numpy.ndarray
+            Shape ``(n_E,)``: lower and upper bin edges in keV.
+        values : mapping of str to numpy.ndarray
+            ``"nH"``: columns in 1e22 cm^-2, shape ``(n,)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, n_E)``: dimensionless transmission per bin.
+        """
         nh = np.asarray(values["nH"], dtype=np.float64)
         unique, inverse = np.unique(nh, return_inverse=True)
         return wabs_transmission(e_lo, e_hi, unique)[inverse.ravel()]
@@ -392,8 +581,10 @@ class Wabs(Component):
 
 @dataclass(frozen=True)
 class TableData:
-    """The content of an XSPEC table model (OGIP/92-009) as arrays: what ``atable{...}`` and
-    ``mtable{...}`` compute from. ``io.tables`` reads and writes it as FITS.
+    """The content of an XSPEC table model (OGIP/92-009) as arrays.
+
+    This is what ``atable{...}`` and ``mtable{...}`` compute from. ``io.tables`` reads and
+    writes it as FITS.
 
     Parameters
     ----------
@@ -503,9 +694,12 @@ class TableData:
 
 
 class _Table(Component):
-    """What additive and multiplicative tables share: parameters, multi-linear interpolation
-    on the parameter grid (XSPEC's OGIPTable: in log10 of the value where METHOD = 1) and the
-    redshift of the table's energies (E_obs = E_table / (1 + z))."""
+    """What additive and multiplicative tables share.
+
+    Parameters, multi-linear interpolation on the parameter grid (XSPEC's OGIPTable: in log10
+    of the value where METHOD = 1) and the redshift of the table's energies (E_obs = E_table /
+    (1 + z)).
+    """
 
     table_kind: ClassVar[str]
 
@@ -543,8 +737,10 @@ class _Table(Component):
         )
 
     def _rebinned(self, e_lo: np.ndarray, e_hi: np.ndarray, z: float) -> np.ndarray:
-        """All table spectra carried onto the bins [e_lo, e_hi) (keV) at redshift ``z``
-        (cached per grid): (1 + n_add, *grid shape, n_E)."""
+        """Return all table spectra carried onto the bins [e_lo, e_hi) (keV) at redshift ``z``.
+
+        Cached per grid; shape (1 + n_add, *grid shape, n_E).
+        """
         key = (e_lo.tobytes(), e_hi.tobytes(), float(z))
         cached = self._rebin_cache.get(key)
         if cached is None:
@@ -696,6 +892,13 @@ class Model:
 
     ``param_names``: every parameter except the norm (the temperature included), in component
     order.
+
+    Attributes
+    ----------
+    expression : str
+        The model expression as written (stripped), e.g. ``wabs*bremss``.
+    components : tuple of Component
+        The factors in the expression's order, exactly one of them additive.
     """
 
     expression: str
@@ -703,10 +906,12 @@ class Model:
 
     @property
     def param_names(self) -> tuple[str, ...]:
+        """Every parameter except the norm, in component order."""
         return tuple(p for c in self.components for p in c.param_names)
 
     @property
     def additive(self) -> Component:
+        """The one additive component (whose norm is free)."""
         return next(c for c in self.components if c.additive)
 
     def _owner(self, name: str) -> Component:
@@ -719,11 +924,40 @@ class Model:
         )
 
     def param_range(self, name: str) -> tuple[float, float]:
-        """Allowed [low, high] of parameter ``name``."""
+        """Return the allowed [low, high] of parameter ``name``.
+
+        Parameters
+        ----------
+        name : str
+            One of :attr:`param_names`.
+
+        Returns
+        -------
+        (float, float)
+            The range of the component that owns it, in the parameter's unit (kT in keV, nH in
+            1e22 cm^-2; a table's tabulated range).
+
+        Raises
+        ------
+        ModelError
+            When no component has a parameter ``name``.
+        """
         return self._owner(name).param_range(name)
 
     def check_params(self, params: Mapping[str, float]) -> None:
-        """Refuse unknown names and non-finite or out-of-range values."""
+        """Refuse unknown names and non-finite or out-of-range values.
+
+        Parameters
+        ----------
+        params : mapping of str to float
+            Parameter values by name, in the parameters' units.
+
+        Raises
+        ------
+        ModelError
+            A name that no component has, a value that is not a number (a bool included), not
+            finite, or outside :meth:`param_range`.
+        """
         for name, value in params.items():
             lo, hi = self.param_range(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -784,11 +1018,34 @@ class Model:
         params: Mapping[str, float],
         temperature_param: str = "kT",
     ) -> np.ndarray:
-        """Photons cm^-2 s^-1 per bin [e_lo, e_hi) keV at norm 1, shape (n, n_E).
+        """Return photons cm^-2 s^-1 per bin [e_lo, e_hi) keV at norm 1, shape (n, n_E).
 
         ``temperature`` (n,) are values of ``temperature_param`` (keV); ``params`` gives every
-        other parameter (frozen). Raises :class:`ModelError` for out-of-range values or a
-        non-finite result.
+        other parameter (frozen).
+
+        Parameters
+        ----------
+        e_lo, e_hi : numpy.ndarray
+            Shape ``(n_E,)``: lower and upper bin edges in keV.
+        temperature : numpy.ndarray
+            Shape ``(n,)`` (or a scalar): values of ``temperature_param`` in keV.
+        params : mapping of str to float
+            Every other parameter's (frozen) value by name; an entry for
+            ``temperature_param`` is ignored.
+        temperature_param : str, optional
+            The parameter on the temperature axis.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, n_E)``, float64: photons cm^-2 s^-1 per bin at norm 1.
+
+        Raises
+        ------
+        ModelError
+            A temperature outside the model's range (or not finite), a parameter without a
+            value, an unknown name or a value out of its range in ``params``, or a non-finite
+            result.
         """
         e_lo = np.asarray(e_lo, dtype=np.float64)
         e_hi = np.asarray(e_hi, dtype=np.float64)
@@ -820,8 +1077,9 @@ def parse_model(
     expression: str,
     tables: Mapping[str, TableData] | None = None,
 ) -> Model:
-    """Build the :class:`Model` of a product expression (``wabs*bremss``,
-    ``mtable{tbabs.fits}*atable{apec.fits}``).
+    """Build the :class:`Model` of a product expression.
+
+    For example ``wabs*bremss`` or ``mtable{tbabs.fits}*atable{apec.fits}``.
 
     Component names are those of ``registry.SOURCE_COMPONENTS``. Table components take their
     data from ``tables``, keyed by the text inside the braces as written (physics does no
