@@ -66,7 +66,19 @@ INTEGER_TOLERANCE = 1e-6
 
 @dataclass(frozen=True)
 class Arf:
-    """Effective area ``specresp`` (cm^2) on the energy bins [energ_lo, energ_hi) keV."""
+    """Effective area ``specresp`` (cm^2) on the energy bins [energ_lo, energ_hi) keV.
+
+    Attributes
+    ----------
+    energ_lo, energ_hi : numpy.ndarray
+        Shape ``(n_E,)``, float64: lower and upper energy-bin edges in keV.
+    specresp : numpy.ndarray
+        Shape ``(n_E,)``, float64: effective area in cm^2, finite and >= 0.
+    header : astropy.io.fits.Header
+        The SPECRESP extension's header.
+    path : Path or None
+        The file read, or None.
+    """
 
     energ_lo: np.ndarray
     energ_hi: np.ndarray
@@ -77,12 +89,37 @@ class Arf:
 
 @dataclass(frozen=True)
 class Rmf:
-    """Redistribution matrix: ``matrix[i, c]`` is the probability that a photon in energy bin i
-    lands in channel ``channel[c]`` (times the area, in cm^2, when ``includes_area``).
+    """Redistribution matrix of an RMF (or RSP) with its channel energy bounds.
+
+    ``matrix[i, c]`` is the probability that a photon in energy bin i lands in channel
+    ``channel[c]`` (times the area, in cm^2, when ``includes_area``).
 
     ``max_row_sum`` is the largest row sum of the matrix (probabilities: <= ~1; cm^2 when the
     area is folded in); ``area_evidence`` says why ``includes_area`` was decided (keyword,
     values, or both).
+
+    Attributes
+    ----------
+    energ_lo, energ_hi : numpy.ndarray
+        Shape ``(n_E,)``, float64: lower and upper energy-bin edges in keV.
+    matrix : scipy.sparse.csr_matrix
+        Shape ``(n_E, n_chan)``: probabilities (dimensionless), or cm^2 when
+        ``includes_area``.
+    channel : numpy.ndarray
+        Shape ``(n_chan,)``, int64: channel numbers, consecutive from the first (TLMIN of
+        F_CHAN, else 1).
+    e_min, e_max : numpy.ndarray
+        Shape ``(n_chan,)``, float64: the channels' energy bounds from EBOUNDS, keV.
+    includes_area : bool
+        Whether the matrix carries the effective area.
+    header : astropy.io.fits.Header
+        The matrix extension's header.
+    path : Path or None
+        The file read, or None.
+    max_row_sum : float
+        The largest row sum of ``matrix``.
+    area_evidence : str
+        Why ``includes_area`` was decided (HDUCLAS3, the row sums, or both).
     """
 
     energ_lo: np.ndarray
@@ -106,6 +143,29 @@ class Instrument:
     as a CSR matrix of shape (n_energies, n_channels). ``warnings`` record what was assumed
     (an RMF used without an ARF, an area applied twice on request); ``area_in_matrix`` says
     whether the matrix carries the effective area (:func:`read_rmf`).
+
+    Attributes
+    ----------
+    energ_lo, energ_hi : numpy.ndarray
+        Shape ``(n_E,)``, float64: lower and upper energy-bin edges in keV (the RMF's).
+    area : numpy.ndarray
+        Shape ``(n_E,)``, float64: effective area in cm^2 (ones without an ARF).
+    matrix : scipy.sparse.csr_matrix
+        Shape ``(n_E, n_chan)``: the RMF's matrix.
+    channel : numpy.ndarray
+        Shape ``(n_chan,)``, int64: channel numbers.
+    e_min, e_max : numpy.ndarray
+        Shape ``(n_chan,)``, float64: the channels' energy bounds in keV.
+    arf_path, rmf_path : Path or None
+        The files read, or None.
+    arf_header : astropy.io.fits.Header
+        The ARF's SPECRESP header (empty without an ARF).
+    warnings : tuple of str
+        What was assumed, for the user to see.
+    rmf_header : astropy.io.fits.Header
+        The RMF's matrix header.
+    area_in_matrix : bool
+        Whether the matrix carries the effective area.
     """
 
     energ_lo: np.ndarray
@@ -124,10 +184,12 @@ class Instrument:
 
     @property
     def n_energies(self) -> int:
+        """Number of energy bins, ``n_E``."""
         return self.energ_lo.size
 
     @property
     def n_channels(self) -> int:
+        """Number of channels, ``n_chan``."""
         return self.channel.size
 
     @property
@@ -156,6 +218,7 @@ class Instrument:
         Returns
         -------
         Instrument
+            The combined response on the RMF's energy grid.
 
         Raises
         ------
@@ -203,12 +266,14 @@ class Instrument:
         arf : Arf or None
             None: unit area (1 cm^2 per energy bin).
         rmf : Rmf
+            The matrix and EBOUNDS; its energy grid is the instrument's.
         warnings : sequence of str
             Kept in :attr:`warnings`.
 
         Returns
         -------
         Instrument
+            The combined response.
 
         Raises
         ------
@@ -241,26 +306,51 @@ class Instrument:
         )
 
     def with_area(self, area: np.ndarray) -> Instrument:
-        """The same instrument with another effective area (cm^2) on the same energy grid."""
+        """Return the same instrument with another effective area on the same energy grid.
+
+        Parameters
+        ----------
+        area : numpy.ndarray
+            Shape ``(n_E,)``: the new effective area in cm^2.
+
+        Returns
+        -------
+        Instrument
+            A copy with ``area`` replaced.
+
+        Raises
+        ------
+        ValueError
+            When ``area`` does not have the shape of :attr:`area`.
+        """
         area = np.asarray(area, dtype=np.float64)
         if area.shape != self.area.shape:
             raise ValueError(f"area has shape {area.shape}, expected {self.area.shape}")
         return replace(self, area=area)
 
     def fold(self, flux: np.ndarray, area: np.ndarray | None = None) -> np.ndarray:
-        """Expected count rate per channel (counts/s) for photon flux per energy bin.
+        """Return the expected count rate per channel (counts/s) for a photon flux per bin.
 
-        ``flux``: photons cm^-2 s^-1 per energy bin, shape (n_E,) or (k, n_E); ``area``
-        overrides the instrument's ARF (cm^2), shape (n_E,) or (k, n_E). Returns (n_chan,)
-        or (k, n_chan).
+        Parameters
+        ----------
+        flux : numpy.ndarray
+            Photons cm^-2 s^-1 per energy bin, shape ``(n_E,)`` or ``(k, n_E)``.
+        area : numpy.ndarray or None, optional
+            Overrides the instrument's ARF (cm^2), shape ``(n_E,)`` or ``(k, n_E)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Counts/s per channel, shape ``(n_chan,)`` or ``(k, n_chan)``.
         """
         area = self.area if area is None else area
         weighted = np.asarray(flux, dtype=np.float64) * area
         return np.asarray(weighted @ self.matrix)
 
     def band_mask(self, low: float, high: float) -> np.ndarray:
-        """Channels left noticed by XSPEC's ``ignore **-low high-**`` (keV): E_MIN >= low and
-        E_MAX < high.
+        """Return the channels XSPEC's ``ignore **-low high-**`` (keV) leaves noticed.
+
+        These are the channels with E_MIN >= low and E_MAX < high.
 
         XSPEC ignores every channel up to and including the one that contains ``low`` and
         every channel from the one that contains ``high``, where a channel contains E when
@@ -268,6 +358,21 @@ class Instrument:
         E_MAX equals ``high`` is ignored). It reproduces XSPEC's noticed counts of all six
         spectra in reference/xspec_fits. Note that XSPEC's ``notice low-high`` differs: it
         also keeps the two channels that contain the band edges.
+
+        Parameters
+        ----------
+        low, high : float
+            The band's ends in keV.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_chan,)``, bool: True for the noticed channels.
+
+        Raises
+        ------
+        ResponseError
+            When no channel lies wholly inside the band.
         """
         mask = (self.e_min >= low) & (self.e_max < high)
         if not mask.any():
@@ -288,6 +393,37 @@ class Pha:
     flags or None; ``areascal`` (n,) the area scaling per channel (keyword or column, ones
     when absent). ``poisson_problems`` lists why the data are not Poisson counts (empty when
     they are); ``notes`` what the file holds that a fit does not use.
+
+    Attributes
+    ----------
+    channel : numpy.ndarray
+        Shape ``(n,)``, int64: channel numbers, consecutive.
+    counts : numpy.ndarray
+        Shape ``(n,)``, float64: counts per channel (RATE x EXPOSURE for a rate spectrum).
+    exposure : float
+        Exposure time in s, > 0.
+    respfile, ancrfile, backfile : str or None
+        The RESPFILE, ANCRFILE and BACKFILE names as written (None when absent or
+        ``none``).
+    quality : numpy.ndarray or None
+        Shape ``(n,)``, int64: QUALITY flags (0 good, 1 and 5 bad, 2 dubious).
+    header : astropy.io.fits.Header
+        The SPECTRUM extension's header.
+    path : Path or None
+        The file read, or None.
+    areascal : numpy.ndarray or None
+        Shape ``(n,)``, float64, >= 0: AREASCAL per channel.
+    grouping : numpy.ndarray or None
+        Shape ``(n,)``, int64: GROUPING flags (1 starts a bin, -1 continues it, 0 no
+        grouping); None when no channel continues a bin.
+    column : str
+        The data column read: ``"COUNTS"`` or ``"RATE"``.
+    poisson_problems : tuple of str
+        Why the data are not Poisson counts; empty when they are.
+    notes : tuple of str
+        What the file holds that a fit does not use.
+    telescope, instrument : str
+        TELESCOP and INSTRUME ('' when absent).
     """
 
     channel: np.ndarray
@@ -308,7 +444,19 @@ class Pha:
     instrument: str = ""
 
     def resolve(self, name: str | None) -> Path | None:
-        """A RESPFILE/ANCRFILE name resolved relative to the PHA's own folder."""
+        """Resolve a RESPFILE/ANCRFILE name relative to the PHA's own folder.
+
+        Parameters
+        ----------
+        name : str or None
+            The file name as written in the keyword.
+
+        Returns
+        -------
+        Path or None
+            The path (absolute names unchanged; relative ones beside :attr:`path`, when it
+            is known), or None for None.
+        """
         if name is None:
             return None
         p = Path(name)
@@ -317,8 +465,21 @@ class Pha:
         return p
 
     def usable(self, ignore_bad: bool = False) -> np.ndarray:
-        """Channels XSPEC fits (n,) bool: QUALITY 0, and 2 ("dubious") unless ``ignore_bad``
-        (XSPEC's ``ignore bad``); every other flag is always left out (OGIP/92-007)."""
+        """Return the channels XSPEC fits.
+
+        QUALITY 0, and 2 ("dubious") unless ``ignore_bad`` (XSPEC's ``ignore bad``); every
+        other flag is always left out (OGIP/92-007).
+
+        Parameters
+        ----------
+        ignore_bad : bool, optional
+            Also leave out the QUALITY = 2 channels.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n,)``, bool: True for the channels fitted.
+        """
         quality = np.zeros(self.counts.size, np.int64) if self.quality is None else self.quality
         good = quality == 0
         return good if ignore_bad else good | (quality == QUALITY_DUBIOUS)
@@ -376,7 +537,7 @@ def _find_hdu(hdul: fits.HDUList, names: Sequence[str], path: Path, what: str) -
 
 
 def _text(value: Any) -> str:
-    """A keyword value as upper-case text ('' when absent)."""
+    """Return a keyword value as upper-case text ('' when absent)."""
     return "" if value is None else str(value).strip().upper()
 
 
@@ -419,7 +580,7 @@ def _keyword_number(
     integer: bool = False,
     meaning: str = "",
 ) -> float:
-    """The numeric value of keyword ``key`` (present), type- and range-checked.
+    """Return the numeric value of keyword ``key`` (present), type- and range-checked.
 
     A logical, a string (astropy reads an unparsable ``NaN`` as one), an undefined value, a
     non-finite number, a fraction where an integer is needed or a value out of range raises
@@ -447,7 +608,7 @@ def _keyword_number(
 
 
 def _keyword_logical(header: fits.Header, key: str, where: str, meaning: str) -> bool | None:
-    """A logical keyword (T/F), None when absent; anything else raises ResponseError."""
+    """Return a logical keyword (T/F), None when absent; anything else raises ResponseError."""
     if key not in header:
         return None
     value = header[key]
@@ -457,8 +618,10 @@ def _keyword_logical(header: fits.Header, key: str, where: str, meaning: str) ->
 
 
 def _keyword_string(header: fits.Header, key: str) -> str:
-    """A string keyword's value, stripped ('' when absent; numbers are turned into text, as
-    CFITSIO reads them)."""
+    """Return a string keyword's value, stripped.
+
+    '' when absent; numbers are turned into text, as CFITSIO reads them.
+    """
     value = header.get(key)
     return "" if value is None or isinstance(value, (bool, np.bool_)) else str(value).strip()
 
@@ -474,6 +637,7 @@ def read_arf(path: str | Path) -> Arf:
     Returns
     -------
     Arf
+        Energies in keV and the area in cm^2, shape ``(n_E,)`` each.
 
     Raises
     ------
@@ -631,7 +795,9 @@ def _area_status(hduclas3: str, max_row_sum: float) -> tuple[bool, str]:
 
 
 def _first_channel(mhdu: fits.BinTableHDU, where: str) -> int:
-    """The channel number of the first matrix column: TLMIN of F_CHAN, else the OGIP default 1.
+    """Return the channel number of the first matrix column.
+
+    TLMIN of F_CHAN, else the OGIP default 1.
 
     This is XSPEC's rule, and EBOUNDS rows are matched to channels by position. EBOUNDS'
     TLMIN and CHANNEL column are not used: XSPEC 12.9.1 ignores them (the XMM EPIC-pn RMF in
@@ -644,8 +810,11 @@ def _first_channel(mhdu: fits.BinTableHDU, where: str) -> int:
 
 
 def _check_energy_grid(lo: np.ndarray, hi: np.ndarray, path: Path, hdu: str) -> None:
-    """Finite, non-negative, increasing, non-overlapping bins; zero-width bins (ENERG_LO =
-    ENERG_HI, 19 of them in the ROSAT PSPC responses) are allowed: they hold no flux."""
+    """Refuse an energy grid that is not finite, non-negative, increasing, non-overlapping bins.
+
+    Zero-width bins (ENERG_LO = ENERG_HI, 19 of them in the ROSAT PSPC responses) are
+    allowed: they hold no flux.
+    """
     where = f"{path} [{hdu}]"
     if lo.size == 0:
         raise ResponseError("the energy grid is empty", where)
@@ -838,9 +1007,12 @@ def _channels(
     n: int,
     where: str,
 ) -> np.ndarray:
-    """The CHANNEL column, checked: integers running consecutively from TLMIN (when given),
-    one row per channel of DETCHANS (when given). Spectrum and response channels are then
-    paired by position, as XSPEC pairs them."""
+    """Return the CHANNEL column, checked.
+
+    Integers running consecutively from TLMIN (when given), one row per channel of DETCHANS
+    (when given). Spectrum and response channels are then paired by position, as XSPEC pairs
+    them.
+    """
     if "CHANNEL" not in cols:
         raise ResponseError("no CHANNEL column", where)
     raw = cols["CHANNEL"]
@@ -884,8 +1056,11 @@ def _per_channel(
     non_negative: bool = False,
     default: float = 1.0,
 ) -> np.ndarray:
-    """A quantity OGIP/92-007 allows as a column or a keyword (AREASCAL, BACKSCAL, SYS_ERR):
-    (n,) floats, finite and (``non_negative``) >= 0; ``default`` when absent."""
+    """Return a quantity OGIP/92-007 allows as a column or a keyword.
+
+    AREASCAL, BACKSCAL, SYS_ERR: (n,) floats, finite and (``non_negative``) >= 0; ``default``
+    when absent.
+    """
     if key in cols:
         raw = cols[key]
         if raw.ndim != 1 or raw.dtype.kind not in "iuf":
@@ -909,7 +1084,7 @@ def _per_channel(
 def _per_channel_int(
     cols: Mapping[str, np.ndarray], header: fits.Header, key: str, n: int, where: str, default: int
 ) -> np.ndarray:
-    """An integer flag given as a column or a keyword (QUALITY, GROUPING): (n,) int64."""
+    """Return an integer flag given as a column or a keyword (QUALITY, GROUPING): (n,) int64."""
     if key in cols:
         raw = cols[key]
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
@@ -923,8 +1098,10 @@ def _per_channel_int(
 def _grouping(
     cols: Mapping[str, np.ndarray], header: fits.Header, n: int, where: str
 ) -> np.ndarray | None:
-    """GROUPING flags (OGIP/92-007: 1 starts a bin, -1 continues it, 0 no grouping), or None
-    when the spectrum is not grouped."""
+    """Return the GROUPING flags, or None when the spectrum is not grouped.
+
+    OGIP/92-007: 1 starts a bin, -1 continues it, 0 no grouping.
+    """
     grouping = _per_channel_int(cols, header, "GROUPING", n, where, default=0)
     bad = ~np.isin(grouping, (-1, 0, 1))
     if bad.any():
@@ -940,8 +1117,11 @@ def _grouping(
 
 
 def _correction(header: fits.Header, where: str) -> None:
-    """CORRSCAL scales a correction file (CORRFILE) that XSPEC subtracts; without one it has no
-    effect. A named correction file with CORRSCAL != 0 is refused (not supported)."""
+    """Refuse a named correction file with CORRSCAL != 0 (not supported).
+
+    CORRSCAL scales a correction file (CORRFILE) that XSPEC subtracts; without one it has no
+    effect.
+    """
     corrscal = (
         _keyword_number(header, "CORRSCAL", where, meaning="the correction-file scaling factor")
         if "CORRSCAL" in header
@@ -1000,7 +1180,7 @@ def _filename_keyword(header: fits.Header, key: str) -> str | None:
 def spectrum_response(
     pha: Pha, instrument: Instrument, ignore_bad: bool = False
 ) -> tuple[Instrument, np.ndarray, np.ndarray]:
-    """The instrument as one spectrum sees it, as XSPEC builds it from the PHA's keywords.
+    """Return the instrument as one spectrum sees it, as XSPEC builds it from the PHA.
 
     Spectrum and response channels are paired by position. Each channel's column of the
     matrix is multiplied by its AREASCAL (model counts x AREASCAL, OGIP/92-007); channels of
@@ -1077,7 +1257,19 @@ def _atomic_write(hdul: fits.HDUList, path: Path) -> None:
 
 
 def provenance_cards(provenance: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
-    """FITS cards recording how a file was made (package version, date, user items)."""
+    """Return FITS cards recording how a file was made (package version, date, user items).
+
+    Parameters
+    ----------
+    provenance : mapping of str to (value, str)
+        More cards, ``KEY: (value, comment)``; a comment is dropped where a long string value
+        (more than 60 characters with it) continues over CONTINUE cards.
+
+    Returns
+    -------
+    list of (str, Any, str)
+        ``(keyword, value, comment)``: CREATOR, XRMVERS, DATE (UTC), then the given cards.
+    """
     cards: list[tuple[str, Any, str]] = [
         ("CREATOR", f"xrmodifier {__version__}", "software that wrote this file"),
         ("XRMVERS", __version__, "xrmodifier version"),
@@ -1101,8 +1293,32 @@ def write_arf(
     provenance: Mapping[str, tuple[Any, str]] | None = None,
     history: Sequence[str] = (),
 ) -> Path:
-    """Write an OGIP ARF. ``header`` keywords (e.g. from the source ARF) are kept; the
-    ``provenance`` cards (``KEY: (value, comment)``) and ``history`` lines are added."""
+    """Write an OGIP ARF atomically (a temporary file renamed into place).
+
+    ``header`` keywords (e.g. from the source ARF) are kept; the ``provenance`` cards (``KEY:
+    (value, comment)``) and ``history`` lines are added.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ARF to write (replaced if present).
+    energ_lo, energ_hi : numpy.ndarray
+        Shape ``(n_E,)``: energy-bin edges in keV (written as float32).
+    specresp : numpy.ndarray
+        Shape ``(n_E,)``: effective area in cm^2 (written as float32).
+    header : astropy.io.fits.Header or None, optional
+        Keywords to keep (structural and column keywords are left out); the OGIP HDUCLASn
+        and HDUVERS keywords are added where it lacks them.
+    provenance : mapping of str to (value, str) or None, optional
+        Provenance cards (see :func:`provenance_cards`).
+    history : sequence of str, optional
+        HISTORY lines.
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+    """
     path = Path(path)
     cols = [
         fits.Column("ENERG_LO", "E", unit="keV", array=np.asarray(energ_lo, dtype=np.float32)),
@@ -1161,8 +1377,9 @@ def write_modified_arf(
     multiplier: np.ndarray,
     extra: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Path:
-    """Write ``instrument.area * multiplier`` as an ARF that keeps the source ARF's keywords
-    and records the modifier family, theta, the source file and the package version.
+    """Write ``instrument.area * multiplier`` as an ARF that keeps the source ARF's keywords.
+
+    The file records the modifier family, theta, the source file and the package version.
 
     For an instrument without an ARF (area 1) the file holds m(E) itself, marked
     ``XRMMULT = T``: it multiplies the instrument's own matrix (XSPEC: ``arf FILE`` with the
@@ -1186,9 +1403,12 @@ def write_modified_arf(
     Returns
     -------
     Path
+        ``path`` as a Path.
 
     Raises
     ------
+    ValueError
+        ``multiplier`` is not on the instrument's energy grid (shape ``(n_E,)``).
     ResponseError
         A negative or non-finite product.
     """
@@ -1237,8 +1457,38 @@ def write_rmf(
     threshold: float = 1e-8,
     provenance: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Path:
-    """Write an OGIP RMF with variable-length F_CHAN/N_CHAN/MATRIX columns (one group per
-    contiguous run of entries above ``threshold``)."""
+    """Write an OGIP RMF with variable-length F_CHAN/N_CHAN/MATRIX columns.
+
+    Each row holds one group per contiguous run of entries above ``threshold``; the file is
+    written atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    path : str or Path
+        The RMF to write (replaced if present).
+    energ_lo, energ_hi : numpy.ndarray
+        Shape ``(n_E,)``: energy-bin edges in keV.
+    matrix : scipy.sparse.spmatrix or numpy.ndarray
+        Shape ``(n_E, n_chan)``: redistribution probabilities, or cm^2 with ``full``
+        (written as float32).
+    e_min, e_max : numpy.ndarray
+        Shape ``(n_chan,)``: the channels' energy bounds in keV (EBOUNDS).
+    first_channel : int, optional
+        Number of the first channel (TLMIN of F_CHAN and CHANNEL).
+    extname : str, optional
+        EXTNAME of the matrix extension.
+    full : bool, optional
+        HDUCLAS3 = FULL (the matrix carries the area) instead of REDIST.
+    threshold : float, optional
+        Entries at or below it are not stored (LO_THRES).
+    provenance : mapping of str to (value, str) or None, optional
+        Provenance cards (see :func:`provenance_cards`).
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+    """
     dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
     n_e, n_chan = dense.shape
     n_grp, f_chan, n_chan_col, values = [], [], [], []
@@ -1311,7 +1561,30 @@ def write_pha(
     ancrfile: str | None = None,
     keywords: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a type-I PHA spectrum (integer COUNTS, Poisson errors) naming its responses."""
+    """Write a type-I PHA spectrum (integer COUNTS, Poisson errors) naming its responses.
+
+    The file is written atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    path : str or Path
+        The PHA file to write (replaced if present).
+    channel : numpy.ndarray
+        Shape ``(n,)``: channel numbers (written as int32; TLMIN/TLMAX from their range).
+    counts : numpy.ndarray
+        Shape ``(n,)``: counts per channel, rounded to integers.
+    exposure : float
+        Exposure time in s.
+    respfile, ancrfile : str or None, optional
+        RESPFILE and ANCRFILE (``none`` when None).
+    keywords : mapping of str to Any or None, optional
+        More keywords, written last (they override the defaults).
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+    """
     cols = [
         fits.Column("CHANNEL", "J", array=np.asarray(channel, dtype=np.int32)),
         fits.Column("COUNTS", "J", array=np.rint(counts).astype(np.int32)),
