@@ -125,6 +125,7 @@ class InversionSettings:
         Returns
         -------
         InversionSettings
+            The settings, with ``s_emu`` a number (a fraction of T1) and its source.
 
         Raises
         ------
@@ -261,6 +262,8 @@ def prepare(
     Returns
     -------
     Problem
+        The config, settings, emulator view, observations (keV, 1-sigma errors) and
+        objectives, ready for the multi-start.
 
     Raises
     ------
