@@ -260,7 +260,7 @@ def is_geometric(axis: np.ndarray) -> bool:
 def offgrid_design(
     bounds: np.ndarray, log_axes: Sequence[bool], n: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The off-grid check points: ``n`` scrambled-Sobol points strictly inside the grid.
+    """Draw the off-grid check points: ``n`` scrambled-Sobol points strictly inside the grid.
 
     Uniform in the emulator's input coordinates (log for T_true and geometric axes), drawn
     from the ``OFFGRID_STREAM`` of ``seed`` so they never share a stream with grid points or

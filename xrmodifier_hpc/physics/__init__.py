@@ -1,2 +1,5 @@
-"""Physics and statistics as pure functions: source models, ARF modifier families, C-stat
-kernels and profile fits. No file or network I/O."""
+"""Physics and statistics as pure functions.
+
+Source models, ARF modifier families, C-stat kernels and profile fits. No file or network
+I/O (import-linter checks it).
+"""

@@ -343,12 +343,37 @@ class Gaussian(Modifier):
         """Split theta: ``key = (mu, sigma)``, amplitudes ``[A]`` (m is linear in A).
 
         See :meth:`Modifier.linear_form`.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            (3,) ``(mu, sigma, A)``: keV, keV, dimensionless.
+
+        Returns
+        -------
+        key : tuple of float
+            ``(mu, sigma)`` in keV.
+        amplitudes : numpy.ndarray
+            (1,) ``[A]``.
         """
         mu, sigma, amp = (float(v) for v in np.asarray(theta, dtype=np.float64).reshape(3))
         return (mu, sigma), np.array([amp])
 
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
-        """Evaluate ``exp(-(E - mu)^2 / (2 sigma^2))`` (1, n_E) for ``key = (mu, sigma)`` (keV)."""
+        """Evaluate the Gaussian ``exp(-(E - mu)^2 / (2 sigma^2))`` for ``key = (mu, sigma)``.
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            (n_E,) energies, keV.
+        key : tuple of float
+            ``(mu, sigma)`` in keV.
+
+        Returns
+        -------
+        numpy.ndarray
+            (1, n_E) basis function.
+        """
         mu, sigma = key
         energy = np.asarray(energy, dtype=np.float64)
         return np.exp(-0.5 * ((energy - mu) / sigma) ** 2)[None, :]
@@ -455,12 +480,37 @@ class MultiGaussian(Modifier):
         """Split theta: ``key = (mu1, sigma1, mu2, sigma2, ...)``, amplitudes ``[A1, ...]``.
 
         See :meth:`Modifier.linear_form`.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            (3 K,) ``(mu1, sigma1, A1, mu2, ...)``: keV, keV, dimensionless.
+
+        Returns
+        -------
+        key : tuple of float
+            ``(mu1, sigma1, ..., muK, sigmaK)`` in keV.
+        amplitudes : numpy.ndarray
+            (K,) ``[A1, ..., AK]``.
         """
         t = np.asarray(theta, dtype=np.float64).reshape(self.n_components, 3)
         return tuple(float(v) for v in t[:, :2].ravel()), t[:, 2].copy()
 
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
-        """Evaluate one Gaussian per component (K, n_E) for ``key = (mu1, sigma1, ...)`` (keV)."""
+        """Evaluate one Gaussian per component for ``key = (mu1, sigma1, ...)``.
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            (n_E,) energies, keV.
+        key : tuple of float
+            ``(mu1, sigma1, ..., muK, sigmaK)`` in keV.
+
+        Returns
+        -------
+        numpy.ndarray
+            (K, n_E) basis functions.
+        """
         energy = np.asarray(energy, dtype=np.float64)
         pairs = np.asarray(key, dtype=np.float64).reshape(self.n_components, 2)
         return np.stack([np.exp(-0.5 * ((energy - mu) / sigma) ** 2) for mu, sigma in pairs])
