@@ -184,7 +184,19 @@ class BandResponse:
                 yield a, b, c0, c1, sub[a - r0 : b - r0]
 
     def multiply_adds(self, rows: slice | None = None) -> int:
-        """Multiply-adds per folded row over the energy rows ``rows`` (default: all)."""
+        """Count the multiply-adds of folding one row over some energy rows.
+
+        Parameters
+        ----------
+        rows : slice, optional
+            The contiguous energy rows folded (default: all K).
+
+        Returns
+        -------
+        int
+            Multiply-adds per folded row: the sum over the blocks of (rows in ``rows``) x
+            (channels the block reaches).
+        """
         lo, hi = (0, self.n_rows) if rows is None else (rows.start, rows.stop)
         return sum((b - a) * (c1 - c0) for a, b, c0, c1, _ in self._parts(lo, hi))
 
@@ -372,13 +384,35 @@ class SpectrumFitter:
     # ---- engine arrays ---------------------------------------------------------------------
 
     def to_engine(self, a: np.ndarray) -> Any:
-        """Convert ``a`` (numpy) to an engine array (numpy, or torch on the fitter's device)."""
+        """Convert a numpy array to an engine array.
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            Any shape and dtype.
+
+        Returns
+        -------
+        array
+            C-contiguous numpy, or a torch tensor on the fitter's device; same shape and dtype.
+        """
         if self.device is None:
             return np.ascontiguousarray(a)
         return self.xp.asarray(np.ascontiguousarray(a), device=self.device)
 
     def to_numpy(self, a: Any) -> np.ndarray:
-        """Convert an engine array to numpy."""
+        """Convert an engine array to numpy.
+
+        Parameters
+        ----------
+        a : array
+            numpy array or torch tensor (any device).
+
+        Returns
+        -------
+        numpy.ndarray
+            The same values, shape and dtype, on the host.
+        """
         if self.device is None:
             return np.asarray(a)
         return a.detach().cpu().numpy()
@@ -428,9 +462,18 @@ class SpectrumFitter:
         return self._flux_cache.get_or(t, make)
 
     def fold_original(self, t: float) -> np.ndarray:
-        """Fold the model at temperature ``t`` (keV) through the original response.
+        """Fold the model at one temperature through the original response.
 
-        Returns the expected counts per noticed channel (n_chan,) at norm 1 (cached).
+        Parameters
+        ----------
+        t : float
+            Temperature, keV.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n_chan,) expected counts per noticed channel at norm 1 (exposure x photon flux
+            cm^-2 folded through ARF cm^2 and RMF), cached per temperature.
         """
         t = float(t)
         return self._fold_cache.get_or(
@@ -438,9 +481,17 @@ class SpectrumFitter:
         )
 
     def total_original(self, t: float) -> float:
-        """Sum :meth:`fold_original`: expected noticed counts at norm 1 (cached).
+        """Sum :meth:`fold_original` over the noticed channels.
 
-        ``t`` in keV.
+        Parameters
+        ----------
+        t : float
+            Temperature, keV.
+
+        Returns
+        -------
+        float
+            Expected noticed counts at norm 1 through the original response (cached).
         """
         t = float(t)
         return self._total_cache.get_or(t, lambda: float(self.fold_original(t).sum()))
@@ -454,9 +505,23 @@ class SpectrumFitter:
         log_totals: Any = None,
         terms: tuple[Any, Any] | None = None,
     ) -> Any:
-        """Compute C on the grid (m, n_T) of spectra ``counts`` (m, n_chan, engine arrays).
+        """Compute the norm-profiled C-stat of spectra on the fit-temperature grid.
 
-        Against the original response's templates unless others are given.
+        Parameters
+        ----------
+        counts : array
+            (m, n_chan) engine array of counts in the noticed channels.
+        log_templates : array, optional
+            (n_T, n_chan) engine array ln s_j(T_k) (default: the original response's).
+        log_totals : array, optional
+            (n_T,) engine array ln S(T_k), S = sum_j s_j (default: the original response's).
+        terms : tuple of arrays, optional
+            The spectra's :func:`~xrmodifier_hpc.physics.fitstat.data_terms` when known.
+
+        Returns
+        -------
+        array
+            (m, n_T) engine array of C(T_k) (fitstat's module docstring gives the formula).
         """
         lt = self.log_templates if log_templates is None else log_templates
         lS = self.log_totals if log_totals is None else log_totals
@@ -502,13 +567,39 @@ class SpectrumFitter:
         return Fits(t_fit, err, cstat, curves_np, status)
 
     def fit(self, counts: np.ndarray) -> Fits:
-        """Fit spectra ``counts`` (m, n_chan noticed) with the original response."""
+        """Fit spectra with the original response, kT and norm free.
+
+        Parameters
+        ----------
+        counts : numpy.ndarray
+            (m, n_chan) or (n_chan,) counts in the noticed channels.
+
+        Returns
+        -------
+        Fits
+            Best fits, delta-C = 1 intervals, C at the minimum, profiles and status of the m
+            spectra.
+        """
         counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
         curves = self.profiles(self.to_engine(counts))
         return self.finish(curves, counts.sum(axis=1))
 
     def exact_profile(self, counts: np.ndarray, temps: np.ndarray) -> np.ndarray:
-        """C at arbitrary temperatures (norm refitted at each), from exact folds (numpy)."""
+        """Compute the profiled C-stat at arbitrary temperatures from exact folds.
+
+        Parameters
+        ----------
+        counts : numpy.ndarray
+            (m, n_chan) or (n_chan,) counts in the noticed channels.
+        temps : numpy.ndarray
+            (n,) temperatures, keV (each folded through the original response, not
+            interpolated; the norm is profiled at each).
+
+        Returns
+        -------
+        numpy.ndarray
+            (m, n) C(T).
+        """
         counts = np.asarray(counts, dtype=np.float64)
         templ = np.stack([self.fold_original(t) for t in np.atleast_1d(temps)])
         templ = np.maximum(templ, TEMPLATE_FLOOR)
@@ -516,7 +607,21 @@ class SpectrumFitter:
         return np.asarray(curves)
 
     def best_norm(self, counts: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Profiled norm D / S(T) of spectra ``counts`` (m, n_chan) at temperatures ``t`` (m,)."""
+        """Compute the profiled norm of spectra at given temperatures.
+
+        Parameters
+        ----------
+        counts : numpy.ndarray
+            (m, n_chan) counts in the noticed channels.
+        t : numpy.ndarray
+            (m,) temperatures, keV (NaN gives NaN).
+
+        Returns
+        -------
+        numpy.ndarray
+            (m,) the norm D / S(T) that minimises C at T: D the spectrum's counts, S the
+            expected noticed counts at norm 1 (model units, e.g. XSPEC's bremss norm).
+        """
         counts = np.atleast_2d(counts)
         out = np.full(counts.shape[0], np.nan)
         for i, ti in enumerate(np.atleast_1d(t)):
@@ -746,7 +851,13 @@ class NativeBackend(Backend):
         self.t_range = model.param_range(settings.temperature_param)
 
     def version(self) -> str:
-        """Version string recorded in artefacts' provenance."""
+        """Give the version string recorded in artefacts' provenance.
+
+        Returns
+        -------
+        str
+            ``native <package version> (engine <numpy|torch>)``.
+        """
         return f"native {__version__} (engine {self.settings.engine})"
 
     # ---- per key and per theta -------------------------------------------------------------
@@ -918,7 +1029,35 @@ class NativeBackend(Backend):
         index: np.ndarray,
         norm: np.ndarray | None = None,
     ) -> PointResults:
-        """Simulate and fit a batch (see :meth:`Backend.run`)."""
+        """Simulate and fit a batch of grid points (see :meth:`Backend.run`).
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            (n, d) modifier parameters (Gaussian family: mu keV, sigma keV, A).
+        t_true : numpy.ndarray
+            (n,) true temperatures, keV.
+        index : numpy.ndarray
+            (n,) int: point ``index[i]`` draws from ``grid.point_rng(seed, index[i], stream)``
+            (the same draws whatever the batch).
+        norm : numpy.ndarray, optional
+            (n,) model normalisations overriding the settings' counts/norm.
+
+        Returns
+        -------
+        PointResults
+            Fits of n points x realisations: ``t_fit_orig``/``t_fit_mod`` keV, their
+            delta-C = 1 errors keV, status bits, norms, noticed counts, curves (optional).
+
+        Raises
+        ------
+        ValueError
+            ``theta``, ``t_true`` and ``index`` of inconsistent shapes.
+        ModifierError
+            ``theta`` outside the modifier family's domain (or a negative modified ARF).
+        ModelError
+            Non-finite modified templates.
+        """
         s = self.settings
         f = self.fitter
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
