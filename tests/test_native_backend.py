@@ -409,6 +409,11 @@ def test_point_streams_are_point_rng():
             ref = point_rng(seed, int(k), stream)
             np.testing.assert_array_equal(gen.poisson(12.5, 64), ref.poisson(12.5, 64))
             np.testing.assert_array_equal(gen.random(8), ref.random(8))
+        # fill(start=s) reads the same stream from its s-th uniform on
+        whole = point_rng(seed, 7, stream).random(300)
+        part = np.empty(100)
+        streams.fill(7, streams.states(np.array([7]))[0], 200, part)
+        np.testing.assert_array_equal(part, whole[200:])
     # a seed beyond one 32-bit word takes point_rng itself
     big = _PointStreams(2**40, 0)
     assert not big.fast
@@ -455,3 +460,104 @@ def test_linear_form_rebuilds_the_multiplier(family, options, theta):
         other = np.array(theta, dtype=float)
         other[2::3] *= -0.5
         assert modifier.linear_form(other)[0] == key
+
+
+# --------------------------------------------------------------------------------------------
+# the Poisson sampler: exact, and each point reads only its own stream
+# --------------------------------------------------------------------------------------------
+
+
+def _uniforms_from(rng: np.random.Generator, m: int, length: int):
+    """A fixed stream of ``length`` uniforms per point and the sampler's reader of it."""
+    streams = rng.random((m, length))
+
+    def read(p: int, start: int, out: np.ndarray) -> None:
+        out[:] = streams[p, start : start + out.size]
+
+    return streams, read
+
+
+@pytest.mark.parametrize("mean", [1e-3, 0.3, 0.99, 3.0, 9.999, 10.0, 37.0, 1e3, 2.5e5])
+def test_poisson_draws_follow_the_poisson_distribution(mean):
+    """Chi-square of 200,000 draws against scipy's pmf (both samplers, and the switch)."""
+    from scipy import stats
+
+    from xrmodifier_hpc.backends.native import _poisson_batch
+
+    _, read = _uniforms_from(np.random.default_rng(int(mean * 1000) + 1), 100, 6000)
+    x = _poisson_batch(np.full((100, 2000), mean), read).ravel()
+    assert np.array_equal(x, np.floor(x)) and x.min() >= 0
+    lo, hi = max(0, int(mean - 12 * mean**0.5 - 5)), int(mean + 12 * mean**0.5 + 10)
+    k = np.arange(lo, hi)
+    observed = np.bincount(x.astype(np.int64) - lo, minlength=k.size)
+    assert observed.size == k.size  # nothing beyond 12 sigma
+    expected = stats.poisson.pmf(k, mean) * x.size
+    big = expected >= 5
+    chi2 = np.sum((observed[big] - expected[big]) ** 2 / expected[big])
+    tail_o, tail_e = observed[~big].sum(), x.size - expected[big].sum()
+    chi2 += (tail_o - tail_e) ** 2 / tail_e
+    assert stats.chi2.sf(chi2, big.sum()) > 1e-3, (chi2, big.sum())
+
+
+def test_poisson_draws_of_mixed_means_pass_a_randomised_pit_ks_test():
+    """Means spread over 0-30 in one batch: F(x - 1) + w f(x) is uniform iff x ~ Poisson."""
+    from scipy import stats
+
+    from xrmodifier_hpc.backends.native import _poisson_batch
+
+    rng = np.random.default_rng(8)
+    lam = rng.uniform(0.0, 30.0, (200, 2000))
+    lam[:, :50] = 0.0
+    _, read = _uniforms_from(rng, 200, 6000)
+    x = _poisson_batch(lam, read)
+    assert np.all(x[:, :50] == 0)
+    pit = stats.poisson.cdf(x - 1, lam) + rng.random(lam.shape) * stats.poisson.pmf(x, lam)
+    assert stats.kstest(pit[:, 50:].ravel(), "uniform").pvalue > 1e-3
+
+
+def test_inversion_tables_bracket_the_exact_cdf():
+    """Where the guide settles a draw, every mean of the cell and uniform of the bin agree."""
+    from scipy.special import pdtr
+
+    from xrmodifier_hpc.backends.native import (
+        _CELLS_PER_UNIT,
+        _U_BINS,
+        _InversionTables,
+        _poisson_inversion,
+    )
+
+    tab = _InversionTables.get()
+    rng = np.random.default_rng(4)
+    lam = rng.uniform(0.0, 10.0, 200_000)
+    u = rng.random(lam.size)
+    x = _poisson_inversion(lam, u)
+    # the definition, from scipy's CDF at each mean: F(x - 1) <= u < F(x)
+    assert np.all(u < pdtr(x, lam))
+    assert np.all((x == 0) | (u >= pdtr(x - 1, lam)))
+    code = tab.guide_flat[(lam * _CELLS_PER_UNIT).astype(int) * _U_BINS + (u * _U_BINS).astype(int)]
+    assert 0.85 < np.mean(code >= 0) < 1.0  # most draws are one table lookup
+
+
+def test_each_point_reads_only_its_own_stream():
+    """A point's draws are the same alone or in any batch, also when its PTRS reserve of
+    uniforms runs out (a stream starting with zeros rejects its first attempts)."""
+    from xrmodifier_hpc.backends.native import _poisson_batch
+
+    rng = np.random.default_rng(5)
+    lam = rng.uniform(0.0, 60.0, (6, 300))
+    streams, _ = _uniforms_from(rng, 6, 5000)
+    streams[2, 300:700] = 0.0  # u = 0: every attempt read from here is rejected
+    reads = {p: 0 for p in range(6)}
+
+    def read_from(rows):
+        def read(p, start, out):
+            reads[rows[p]] = max(reads[rows[p]], start + out.size)
+            out[:] = streams[rows[p], start : start + out.size]
+
+        return read
+
+    together = _poisson_batch(lam, read_from([0, 1, 2, 3, 4, 5]))
+    assert reads[2] > 700  # point 2 read on past its first reserve
+    for rows in ([2], [5, 2, 0], [3, 1]):
+        alone = _poisson_batch(lam[rows], read_from(rows))
+        assert alone.tobytes() == together[rows].tobytes()

@@ -36,7 +36,20 @@ DELTA_C_1SIGMA = 1.0
 
 
 def xlogx(x: Any, xp: Any = None) -> Any:
-    """Compute x ln x elementwise, with 0 ln 0 = 0."""
+    """Compute x ln x elementwise, with 0 ln 0 = 0.
+
+    Parameters
+    ----------
+    x : array
+        Non-negative values (counts), any shape (numpy or torch).
+    xp : namespace, optional
+        Its array namespace (default: found from ``x``).
+
+    Returns
+    -------
+    array
+        x ln x, same shape and namespace (0 where x <= 0).
+    """
     xp = xp or array_namespace(x)
     safe = xp.where(x > 0, x, xp.ones_like(x))
     return xp.where(x > 0, x * xp.log(safe), xp.zeros_like(x))
@@ -45,8 +58,16 @@ def xlogx(x: Any, xp: Any = None) -> Any:
 def array_namespace(*arrays: Any) -> Any:
     """Return the array-API namespace of ``arrays``.
 
-    numpy itself for numpy arrays (numpy >= 2 is an array-API namespace, without the
-    compatibility layer's per-call overhead), else array_api_compat's (torch).
+    Parameters
+    ----------
+    *arrays : array
+        numpy arrays or torch tensors.
+
+    Returns
+    -------
+    namespace
+        numpy itself for numpy arrays (numpy >= 2 is an array-API namespace, without the
+        compatibility layer's per-call overhead), else array_api_compat's (torch).
     """
     if all(isinstance(a, np.ndarray) for a in arrays):
         return np
@@ -106,11 +127,25 @@ def data_terms(counts: Any, integers: bool = False) -> tuple[Any, Any]:
 def cstat_profile(
     counts: Any, log_templates: Any, log_totals: Any, terms: tuple[Any, Any] | None = None
 ) -> Any:
-    """C(T_k) for spectra ``counts`` (n, n_chan) against log-templates (n_T, n_chan).
+    """Compute the norm-profiled C-stat of spectra on a temperature grid.
 
-    ``log_templates[k, j] = ln s_j(T_k)`` (expected counts at norm 1, > 0) and
-    ``log_totals[k] = ln sum_j s_j(T_k)``; ``terms`` are the spectra's :func:`data_terms` when
-    already known. Returns (n, n_T), the norm profiled at each T.
+    One matrix product of the counts with the log-templates (see the module docstring).
+
+    Parameters
+    ----------
+    counts : array
+        (n, n_chan) counts per noticed channel.
+    log_templates : array
+        (n_T, n_chan) ln s_j(T_k), s the expected counts at norm 1 (> 0).
+    log_totals : array
+        (n_T,) ln S(T_k), S = sum_j s_j(T_k).
+    terms : tuple of arrays, optional
+        The spectra's :func:`data_terms` (D (n,), const (n,)) when already known.
+
+    Returns
+    -------
+    array
+        (n, n_T) C(T_k), the norm profiled at each T_k.
     """
     xp = array_namespace(counts, log_templates)
     terms = data_terms(counts) if terms is None else terms
@@ -140,7 +175,23 @@ def cstat_from_cross(cross: Any, log_totals: Any, terms: tuple[Any, Any]) -> Any
 
 
 def cstat_at_norm(counts: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """XSPEC cstat of ``counts`` against model counts ``model`` (both (..., n_chan), numpy)."""
+    """Compute XSPEC's cstat (no background) of counts against model counts.
+
+    C = 2 sum_j [m_j - d_j + d_j ln(d_j / m_j)] (Cash 1979; XSPEC manual, "Statistics in
+    XSPEC"), the last term 0 where d_j = 0.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        (..., n_chan) counts d.
+    model : numpy.ndarray
+        (..., n_chan) model counts m (> 0 where d > 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        (...,) C.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         log_term = np.where(counts > 0, counts * np.log(np.where(counts > 0, counts, 1) / model), 0)
     return 2.0 * np.sum(model - counts + log_term, axis=-1)
@@ -172,7 +223,26 @@ class LocalPolyGrid:
 
     @classmethod
     def build(cls, x: np.ndarray, stencil: int = STENCIL) -> LocalPolyGrid:
-        """Build the tables for increasing nodes ``x`` (ln T) and ``stencil`` nodes per piece."""
+        """Build the interpolation tables for a grid.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            (n_nodes,) increasing nodes, ln(T / keV).
+        stencil : int
+            Nodes per local polynomial (degree ``stencil - 1``).
+
+        Returns
+        -------
+        LocalPolyGrid
+            Stencil starts (n_nodes - 1,) and power coefficients (n_nodes - 1, stencil,
+            stencil) of the Lagrange basis of each interval.
+
+        Raises
+        ------
+        ValueError
+            Fewer than ``stencil`` nodes, or nodes not increasing.
+        """
         x = np.asarray(x, dtype=np.float64)
         n = x.size
         if n < stencil or np.any(np.diff(x) <= 0):
@@ -192,7 +262,20 @@ class LocalPolyGrid:
         return self.coef.shape[-1]
 
     def to(self, xp: Any, like: Any) -> _DeviceGrid:
-        """Copy the tables to arrays of the namespace/device of ``like``."""
+        """Copy the tables to arrays of another namespace and device.
+
+        Parameters
+        ----------
+        xp : namespace
+            The target array namespace (numpy or array_api_compat's torch).
+        like : array
+            An array on the target device.
+
+        Returns
+        -------
+        _DeviceGrid
+            ``x`` (float64), ``start`` (int64) and ``coef`` (float64) in ``xp`` on that device.
+        """
         device = getattr(like, "device", None)
         kwargs = {"device": device} if device is not None and xp.__name__.endswith("torch") else {}
         return _DeviceGrid(
@@ -202,7 +285,20 @@ class LocalPolyGrid:
         )
 
     def interpolate(self, values: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-        """Interpolate node ``values`` (..., n_nodes) at ``x_new`` (m,) -> (..., m) (numpy)."""
+        """Interpolate values given on the nodes.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            (..., n_nodes) values on the nodes (e.g. C or ln s_j on the fit grid).
+        x_new : numpy.ndarray
+            (m,) abscissae, ln(T / keV); outside the grid the end polynomials extrapolate.
+
+        Returns
+        -------
+        numpy.ndarray
+            (..., m) the local polynomial interpolant at ``x_new``.
+        """
         values = np.asarray(values, dtype=np.float64)
         x_new = np.asarray(x_new, dtype=np.float64)
         i = np.clip(np.searchsorted(self.x, x_new, side="right") - 1, 0, self.x.size - 2)
@@ -345,12 +441,28 @@ class FitResult:
 def fit_profiles(curves: Any, grid: _DeviceGrid, level: float = DELTA_C_1SIGMA) -> FitResult:
     """Refine each profile's minimum and find its ``level`` crossings on the interpolant.
 
-    ``curves`` (n, n_nodes) are C on the grid nodes ``grid.x`` (ln T). The grid minimum is
-    refined over the two intervals beside it (bisection of the interpolant's derivative).
-    Crossings of C_min + level are bracketed by the nodes and bisected on the interpolant.
-    Where no node on one side reaches the level, that end of the interval is the grid's end
-    and ``lo_open``/``hi_open`` is set. A grid-end node is ``at_bound`` unless the interpolant
-    has a minimum inside the last interval. ``convex``: the interpolant curves upwards there.
+    The grid minimum is refined over the two intervals beside it (safeguarded Newton on the
+    interpolant's derivative). Crossings of C_min + level are bracketed by the nodes and
+    found on the interpolant the same way. Where no node on one side reaches the level, that
+    end of the interval is the grid's end and ``lo_open``/``hi_open`` is set. A grid-end node
+    is ``at_bound`` unless the interpolant has a minimum inside the last interval.
+
+    Parameters
+    ----------
+    curves : array
+        (n, n_nodes) C on the grid nodes (numpy or torch); rows with a non-finite value are
+        flagged (``finite`` False), not fitted.
+    grid : _DeviceGrid
+        :meth:`LocalPolyGrid.to` tables of the nodes x = ln(T / keV), same namespace/device.
+    level : float
+        Delta-C of the interval (1: one interesting parameter at 68.3%, Avni 1976).
+
+    Returns
+    -------
+    FitResult
+        Per spectrum (n,): ``x`` ln(T_best / keV) and ``value`` C there, the interval ends
+        ``x_lo``/``x_hi`` (ln keV), and the flags ``at_bound``, ``lo_open``, ``hi_open``,
+        ``finite``, ``convex`` (the interpolant curves upwards at the minimum).
     """
     xp = array_namespace(curves)
     n, n_nodes = curves.shape
