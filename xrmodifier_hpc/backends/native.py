@@ -23,13 +23,9 @@ How a batch is computed (see backends/base.py for the contract):
   The profile's one data-model term is then ``sum_j d_j ln s_j + sum_j d_j ln(1 + z_j)``: the
   first half is shared with the original fit.
 - fakeit: expected counts through the modified response at T_true (the original fold plus
-  ``a_j`` times the basis folds at T_true, float64, cached per key and T_true), then exact
-  Poisson draws (or the expectation itself in asimov mode). The draws of a whole batch are
-  computed at once from each point's own uniforms (``grid.point_rng``'s stream, seeded here
-  without building a SeedSequence per point: :class:`_PointStreams`), read in an order fixed
-  by the point's own means: table-guided inversion below a mean of 10, Hormann's PTRS
-  (numpy's algorithm) above (:func:`_poisson_batch`). Exact: tested against scipy's
-  Poisson distribution from means 1e-3 to 2.5e5.
+  ``a_j`` times the basis folds at T_true, float64, cached per key and T_true), Poisson draws
+  from the point's own generator (``grid.point_rng``, seeded here without building a
+  SeedSequence per point: :class:`_PointStreams`), or the expectation itself in asimov mode.
 - Each spectrum is fitted twice (original and modified templates): the norm-profiled C-stat
   on the grid is one matrix product (fitstat), then the minimum and the delta-C = 1 interval
   come from the local-polynomial interpolant of the profile in ln T (fitstat).
@@ -41,11 +37,10 @@ per-key fold of a temperature row at a position fixed by that temperature, so a 
 do not depend on which other points share its batch.
 
 Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson draws (one per
-noticed channel, the largest single cost on EPIC-pn's 1305 channels: ~45-60 ns each with the
-uniforms, against 60-80 ns for numpy's sampler called per point), the two profile products
-(2 x channels x fit temperatures multiply-adds), the per-key basis folds shared by the points
-of one (mu, sigma), one float32 log per channel and fit temperature per theta shared by its
-T_true points, and the fit refinement.
+noticed channel: numpy's sampler, ~60 ns each, is the largest single cost on EPIC-pn's 1305
+channels), the two profile products (2 x channels x fit temperatures multiply-adds), the
+per-key basis folds shared by the points of one (mu, sigma), one float32 log per channel and
+fit temperature per theta shared by its T_true points, and the fit refinement.
 """
 
 from __future__ import annotations
@@ -744,26 +739,6 @@ class _PointStreams:
         }
         return self._gen
 
-    def fill(self, k: int, state: tuple[int, int] | None, start: int, out: np.ndarray) -> None:
-        """Write uniforms ``start, start + 1, ...`` of point ``k``'s stream into ``out``.
-
-        Parameters
-        ----------
-        k : int
-            The point's index.
-        state : tuple of int or None
-            Its :meth:`states` entry.
-        start : int
-            Uniforms of the stream to skip (``Generator.random`` takes one 64-bit PCG64
-            output per float64, so this is ``PCG64.advance(start)``).
-        out : numpy.ndarray
-            (count,) C-contiguous float64, filled with uniforms in [0, 1).
-        """
-        gen = self.generator(k, state)
-        if start:
-            gen.bit_generator.advance(start)
-        gen.random(out=out)
-
     def generators(self, index: np.ndarray) -> Iterator[np.random.Generator]:
         """Yield one generator per point of ``index``, in order.
 
@@ -772,222 +747,6 @@ class _PointStreams:
         index = np.asarray(index, dtype=np.int64)
         for k, state in zip(index.tolist(), self.states(index), strict=True):
             yield self.generator(k, state)
-
-
-# --------------------------------------------------------------------------------------------
-# exact Poisson draws from each point's own uniforms, vectorised over a batch
-# --------------------------------------------------------------------------------------------
-
-#: means below this are drawn by table-guided inversion, the others by PTRS (Hormann 1993)
-PTRS_MIN_MEAN = 10.0
-#: inversion tables: cells of the mean per unit, bins of the uniform, CDF terms per cell
-_CELLS_PER_UNIT = 64
-_U_BINS = 256
-_CDF_TERMS = 64
-#: safety margin on the tabulated CDF values (they are exact to a few 1e-16)
-_CDF_EPS = 1e-14
-
-
-class _InversionTables:
-    """Tables for the exact inversion of Poisson CDFs with means in [0, PTRS_MIN_MEAN).
-
-    ``cdf[g, k] = F(k; g / CELLS)`` (scipy.special.pdtr). For a mean ``lam`` in cell ``g``
-    (``g / CELLS <= lam < (g + 1) / CELLS``) and a uniform ``u`` in bin ``b`` (``b / BINS <=
-    u < (b + 1) / BINS``), the draw ``X = min{k : u < F(k; lam)}`` lies between ``lo`` (the
-    draw at the cell's lower mean and the bin's lower end) and ``hi`` (at the upper mean and
-    the bin's upper end), because F(k; lam) decreases with lam and increases with k.
-    ``guide[g, b]`` is that draw where ``lo == hi`` and ``-1 - lo`` elsewhere.
-    """
-
-    _built: _InversionTables | None = None
-
-    def __init__(self) -> None:
-        from scipy.special import pdtr
-
-        n_cells = int(round(PTRS_MIN_MEAN * _CELLS_PER_UNIT))
-        means = np.arange(n_cells + 1) / _CELLS_PER_UNIT
-        k = np.arange(_CDF_TERMS)
-        self.cdf = np.ascontiguousarray(pdtr(k[None, :], means[:, None]))  # (cells + 1, K)
-        self.cdf_flat = self.cdf.ravel()
-        lower = np.arange(_U_BINS) / _U_BINS
-        guide = np.empty((n_cells, _U_BINS), dtype=np.int8)
-        for g in range(n_cells):
-            lo = np.searchsorted(self.cdf[g] + _CDF_EPS, lower, side="right")
-            hi = np.searchsorted(self.cdf[g + 1] - _CDF_EPS, lower + 1.0 / _U_BINS, side="left")
-            guide[g] = np.where(lo == hi, lo, -1 - lo)
-        self.guide_flat = guide.ravel()
-
-    @classmethod
-    def get(cls) -> _InversionTables:
-        """Return the tables, built on first use."""
-        if cls._built is None:
-            cls._built = cls()
-        return cls._built
-
-
-def _poisson_inversion(lam: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Draw Poisson variates with means ``lam`` in [0, PTRS_MIN_MEAN) by inversion.
-
-    Parameters
-    ----------
-    lam : numpy.ndarray
-        (n,) means, counts.
-    u : numpy.ndarray
-        (n,) uniforms in [0, 1), one per draw.
-
-    Returns
-    -------
-    numpy.ndarray
-        (n,) float64 ``min{k : u < F(k; lam)}``, F the Poisson CDF: exact (the decision is
-        taken from tabulated CDF values only where a margin of 1e-14 settles it, else from
-        scipy.special.pdtr at ``lam`` itself). About 95% of the draws cost one table lookup.
-    """
-    tab = _InversionTables.get()
-    cell = (lam * _CELLS_PER_UNIT).astype(np.intp)
-    code = tab.guide_flat[cell * _U_BINS + (u * _U_BINS).astype(np.intp)]
-    out = code.astype(np.float64)
-    slow = np.flatnonzero(code < 0)
-    if slow.size == 0:
-        return out
-    # step up the CDF at the cell's lower mean: k stops where u < F(k; lower) + eps
-    k = -1 - code[slow].astype(np.intp)
-    us, base = u[slow], cell[slow] * _CDF_TERMS
-    go = np.flatnonzero(us >= tab.cdf_flat[base + k] + _CDF_EPS)
-    while go.size:
-        k[go] += 1
-        np.minimum(k, _CDF_TERMS - 1, out=k)
-        go = go[us[go] >= tab.cdf_flat[base[go] + k[go]] + _CDF_EPS]
-    # settled when u < F(k; upper mean) - eps <= F(k; lam); else ask pdtr at lam itself
-    unsure = np.flatnonzero(us >= tab.cdf_flat[base + _CDF_TERMS + k] - _CDF_EPS)
-    if unsure.size:
-        from scipy.special import pdtr
-
-        ku, uu, lu = k[unsure].astype(np.float64), us[unsure], lam[slow[unsure]]
-        go = np.flatnonzero(uu >= pdtr(ku, lu))
-        while go.size:
-            ku[go] += 1.0
-            go = go[uu[go] >= pdtr(ku[go], lu[go])]
-        k = k.astype(np.float64)
-        k[unsure] = ku
-    out[slow] = k
-    return out
-
-
-def _poisson_ptrs(lam: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Try one step of PTRS, the transformed rejection with squeeze of Hormann (1993).
-
-    W. Hormann, "The transformed rejection method for generating Poisson random variables",
-    Insurance: Mathematics and Economics 12, 39 (1993); the constants and tests are numpy's
-    ``random_poisson_ptrs``. Valid for means >= 10.
-
-    Parameters
-    ----------
-    lam : numpy.ndarray
-        (n,) means >= PTRS_MIN_MEAN, counts.
-    u, v : numpy.ndarray
-        (n,) uniforms in [0, 1), one pair per attempt.
-
-    Returns
-    -------
-    k : numpy.ndarray
-        (n,) float64 candidates (meaningful where accepted).
-    accepted : numpy.ndarray
-        (n,) bool; the others need a new pair of uniforms.
-    """
-    from scipy.special import gammaln
-
-    uc = u - 0.5
-    us = 0.5 - np.abs(uc)
-    b = 2.53 * np.sqrt(lam)
-    b += 0.931
-    a = 0.02483 * b
-    a -= 0.059
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        k = 2.0 * a
-        k /= us
-        k += b
-        k *= uc
-        k += lam
-        k += 0.43
-        np.floor(k, out=k)
-        vr = 0.9277 - 3.6224 / (b - 2.0)
-        accepted = (us >= 0.07) & (v <= vr)
-        test = np.flatnonzero(~accepted & (k >= 0) & ((us >= 0.013) | (v <= us)))
-        if test.size:
-            lt, kt, ust, bt = lam[test], k[test], us[test], b[test]
-            lhs = np.log(v[test] * (1.1239 + 1.1328 / (bt - 3.4)) / (a[test] / (ust * ust) + bt))
-            rhs = kt * np.log(lt) - lt - gammaln(kt + 1.0)
-            accepted[test] = lhs <= rhs
-    return k, accepted
-
-
-def _poisson_batch(lam: np.ndarray, uniforms: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
-    """Draw Poisson counts for a batch of points, each from its own stream of uniforms.
-
-    Point p reads its uniforms in a fixed order that depends only on its own means: one per
-    value for the inversion (means < PTRS_MIN_MEAN) and the first PTRS attempt, then the
-    second uniform of each first attempt (means >= PTRS_MIN_MEAN, in value order), then a
-    pair per repeated attempt, round by round in value order. So its draws depend only on
-    its stream and its means, never on the batch.
-
-    Parameters
-    ----------
-    lam : numpy.ndarray
-        (m, n) means, counts, >= 0 and finite: row p is point p's values.
-    uniforms : callable
-        ``uniforms(p, start, out)`` writes uniforms ``start, start + 1, ...`` of point p's
-        stream into ``out`` (a contiguous float64 row), in [0, 1).
-
-    Returns
-    -------
-    numpy.ndarray
-        (m, n) float64 Poisson draws.
-    """
-    m, n = lam.shape
-    large = lam >= PTRS_MIN_MEAN
-    n_large = np.count_nonzero(large, axis=1)
-    # first read: one uniform per value, the second uniform of every PTRS value, a reserve
-    width = n + n_large + n_large // 2 + 16
-    buf = np.zeros((m, int(width.max()) if m else 0))
-    for p in range(m):
-        uniforms(p, 0, buf[p, : width[p]])
-    flat = lam.ravel()
-    u = np.ascontiguousarray(buf[:, :n]).ravel()
-    out = np.empty(m * n)
-    small = np.flatnonzero(~large.ravel())
-    out[small] = _poisson_inversion(flat[small], u[small])
-    pending = np.flatnonzero(large.ravel())
-    if pending.size == 0:
-        return out.reshape(m, n)
-    point = pending // n
-    first = np.concatenate([[0], np.cumsum(n_large)[:-1]])
-    used = n + n_large  # next unread uniform of each point
-    v = buf.ravel()[point * buf.shape[1] + n + np.arange(pending.size) - first[point]]
-    k, ok = _poisson_ptrs(flat[pending], u[pending], v)
-    out[pending[ok]] = k[ok]
-    pending = pending[~ok]
-    while pending.size:
-        point = pending // n
-        count = np.bincount(point, minlength=m)
-        need = used + 2 * count
-        short = np.flatnonzero(need > width)
-        if short.size:  # the reserve ran out (rare): read further along those streams
-            grown = np.maximum(need, width + n // 4 + 16)
-            if grown.max() > buf.shape[1]:
-                wider = np.zeros((m, int(grown.max())))
-                wider[:, : buf.shape[1]] = buf
-                buf = wider
-            for p in short.tolist():
-                uniforms(p, int(width[p]), buf[p, width[p] : grown[p]])
-                width[p] = grown[p]
-        rank = np.arange(pending.size) - (np.cumsum(count) - count)[point]
-        at = point * buf.shape[1] + used[point] + 2 * rank
-        flat_buf = buf.ravel()
-        k, ok = _poisson_ptrs(flat[pending], flat_buf[at], flat_buf[at + 1])
-        out[pending[ok]] = k[ok]
-        pending = pending[~ok]
-        used = need
-    return out.reshape(m, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1335,7 +1094,6 @@ class NativeBackend(Backend):
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
         per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []
-        means: list[np.ndarray] = []
         for g in range(groups.shape[0]):
             members = np.flatnonzero((inverse == g) & ok)
             if members.size == 0:
@@ -1346,19 +1104,11 @@ class NativeBackend(Backend):
             if s.mode == "asimov":
                 data[members] = mu[:, None, :]
             else:
-                means.append(np.broadcast_to(mu[:, None, :], (members.size, n_real, n_chan)))
+                for p, row in zip(members.tolist(), mu, strict=True):
+                    rng = self._streams.generator(index[p], states[p])
+                    data[p] = rng.poisson(row, size=(n_real, n_chan))
+                self.work["poisson"] += members.size * n_real * n_chan
             per_theta.append((members, tt))
-        if means:
-            drawn = np.concatenate([group for group, _ in per_theta])
-            lam = np.concatenate(means).reshape(drawn.size, n_real * n_chan)
-            keys = index[drawn].tolist()
-            picked = [states[p] for p in drawn.tolist()]
-
-            def uniforms(p: int, start: int, out: np.ndarray) -> None:
-                self._streams.fill(keys[p], picked[p], start, out)
-
-            data[drawn] = _poisson_batch(lam, uniforms).reshape(drawn.size, n_real, n_chan)
-            self.work["poisson"] += lam.size
 
         totals, const = data_terms(data, integers=s.mode != "asimov")
         live = np.flatnonzero(ok)
