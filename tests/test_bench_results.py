@@ -297,6 +297,8 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     # absent: the part says how to produce it, the sections keep their numbers
     alone = results.render(_write(tmp_path / "alone", bench_backend=BACKEND), MACHINE)
     assert "Not measured yet: `.venv/bin/python benchmarks/bench_command.py`" in alone
+
+
 def test_backend_cost_model_is_rendered_when_present(results, tmp_path: Path) -> None:
     backend = json.loads(json.dumps(BACKEND))
     backend["cpu_limits"] = {

@@ -199,7 +199,8 @@ def test_job_scripts_refuse_missing_arguments(script, tmp_path):
 
 def test_container_command_line_is_built_from_environment(tmp_path, demo_config):
     """merge.sbatch outside Slurm, with XRM_IMAGE set and a stand-in ``apptainer`` on PATH:
-    the command it runs is ``apptainer exec ARGS IMAGE xrmodifier merge CONFIG``."""
+    the commands it runs are ``apptainer exec ARGS IMAGE xrmodifier merge CONFIG``, then the
+    same with ``simulate CONFIG`` (which only adds the off-grid check points)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "apptainer").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
@@ -217,13 +218,12 @@ def test_container_command_line_is_built_from_environment(tmp_path, demo_config)
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+    prefix = ["exec", "--bind", "/data", "--nv", "/img/x.sif", "xrmodifier"]
     assert proc.stdout.split("\n")[:-1] == [
-        "exec",
-        "--bind",
-        "/data",
-        "--nv",
-        "/img/x.sif",
-        "xrmodifier",
+        *prefix,
         "merge",
+        str(demo_config),
+        *prefix,
+        "simulate",
         str(demo_config),
     ]

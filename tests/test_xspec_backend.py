@@ -654,9 +654,9 @@ def test_simulate_prints_only_the_products_lines(fake_pyxspec, small_config):
     assert len(out_lines) == 1 and "points done" in out_lines[0], proc.stdout
     for line in proc.stderr.splitlines():
         # the stage's own progress and summary lines, nothing of XSPEC's
-        assert re.match(r"^(\d\d:\d\d:\d\d )?(simulate|\s*\d+/\d+|xrmodifier)", line) or (
-            "points" in line
-        ), proc.stderr
+        assert re.match(
+            r"^(\d\d:\d\d:\d\d )?(simulate|threads:|off-grid check|\s*\d+/\d+|xrmodifier)", line
+        ) or ("points" in line), proc.stderr
     for stray in ("Creating a $HOME/.xspec", "New best fit", "mv:", "xautosav", "Error"):
         assert stray not in proc.stdout + proc.stderr
     log = (config.parent / "run" / "logs" / "xspec-rank0.log").read_text()

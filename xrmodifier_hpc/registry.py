@@ -181,3 +181,10 @@ ACTIVATIONS = Registry(
         "tanh": "torch.nn:Tanh",
     },
 )
+
+#: source-model expression parsers of the native model language (``[source] model``): the
+#: config asks one for a temperature parameter's range without importing physics
+MODEL_PARSERS = Registry(
+    "model parser",
+    {"native": "xrmodifier_hpc.physics.spectra:parse_model"},
+)

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from xrmodifier_hpc.errors import ConfigError, UserError
-from xrmodifier_hpc.registry import ACTIVATIONS, BACKENDS, MODIFIER_FAMILIES, OBJECTIVES
+from xrmodifier_hpc.registry import (
+    ACTIVATIONS,
+    BACKENDS,
+    MODEL_PARSERS,
+    MODIFIER_FAMILIES,
+    OBJECTIVES,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -939,9 +945,8 @@ def _default_fit_tgrid(cfg: Config, t_lo: float, t_hi: float, default: Axis) -> 
     lo, hi = default.bounds
     lo, hi = min(lo, t_lo / 3.0), max(hi, 3.0 * t_hi)
     try:
-        from xrmodifier_hpc.physics.spectra import parse_model
-
-        model = parse_model(cfg.source.model, base=cfg.path.parent)
+        # the expression alone (no table file is read here: a table model keeps the default)
+        model = MODEL_PARSERS.get("native")(cfg.source.model)
         m_lo, m_hi = model.param_range(cfg.source.temperature)
     except Exception:  # an invalid model is reported by the source check with its reason
         return default
@@ -956,11 +961,9 @@ def _n_modifier_params(cfg: Config) -> int:
 
     0 for an invalid family, which the modifier check reports.
     """
-    from xrmodifier_hpc.physics.modifiers import ModifierError, get_modifier
-
     try:
-        return len(get_modifier(cfg.modifier.family, cfg.modifier.options).param_names)
-    except (ModifierError, TypeError, ValueError):
+        return len(make_modifier(cfg.modifier.family, cfg.modifier.options).param_names)
+    except (UserError, TypeError, ValueError):
         return 0
 
 

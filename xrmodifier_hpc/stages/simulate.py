@@ -228,19 +228,13 @@ def _simulate(
         summary.messages.append("nothing to do: every point is already done")
         _finish_message(summary, mode, shard)
         if mode != "array":
-            _write_offgrid(cfg, comm, grid)
+            _write_offgrid(cfg, comm, grid, configured=False)
         return summary
-    # thread pools before any heavy numpy or torch work (collective: ranks count their node)
-    uses_torch = cfg.simulation.backend == "native" and cfg.simulation.engine == "torch"
-    mpi.agree(
-        comm,
-        lambda: configure_threads(
-            comm, torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON
-        ),
-    )
     # the backend first: one that cannot start (XSPEC outside the container) is a one-line
-    # error before anything is announced
+    # error before anything is announced; then the thread pools, before any heavy numpy or
+    # torch work (collective: ranks count their node)
     backend = mpi.agree(comm, lambda: make_backend(cfg))
+    _size_threads(cfg, comm)
     if rank == 0:
         where = plan.targets[0].path if mode == "array" else cfg.grid_path
         resumed = plan.total - plan.pending
@@ -506,20 +500,41 @@ def _summary(
 # --------------------------------------------------------------------------------------------
 
 
-def _write_offgrid(cfg: Config, comm: Any, grid: Grid) -> None:
+def _size_threads(cfg: Config, comm: Any) -> None:
+    """Size every rank's thread pools (one log line each; collective over ``comm``)."""
+    uses_torch = cfg.simulation.backend == "native" and cfg.simulation.engine == "torch"
+    mpi.agree(
+        comm,
+        lambda: configure_threads(
+            comm, torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON
+        ),
+    )
+
+
+def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) -> None:
     """Fit the ``[emulator] offgrid_points`` check points noise-free and store them in grid.h5.
 
-    Collective: every rank fits a strided share, rank 0 gathers and writes. Does nothing
-    unless grid.h5 is complete and holds another number of check points than the config asks
-    (``offgrid_points`` is not part of the simulation fingerprint: changing it only redoes
-    this step).
+    Collective: whole chunks of points are dealt round-robin to the ranks (a point is always
+    fitted in the same batch, so the result is bitwise independent of the rank count), rank 0
+    gathers and writes. Does nothing unless grid.h5 is complete and holds another number of
+    check points than the config asks (``offgrid_points`` is not part of the simulation
+    fingerprint: changing it only redoes this step). ``configured`` is False when the thread
+    pools still need sizing (a run that found every grid point done).
     """
     n = cfg.emulator.offgrid_points
     if n == 0 or not mpi.on_root(comm, lambda: _offgrid_missing(cfg.grid_path, n)):
         return
+    if not configured:
+        _size_threads(cfg, comm)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     theta, t_true = offgrid_design(grid.bounds, grid.log_axes, n, cfg.simulation.seed)
-    mine = np.arange(rank, n, size)
+    # whole chunks dealt round-robin, as for the grid: a point is always fitted in the same
+    # batch, so the stored fits are bitwise the same whatever the number of ranks
+    chunks = chunk_ranges(n, max(1, cfg.simulation.chunk_size))
+    mine = np.concatenate(
+        [np.arange(a, b) for i, (a, b) in enumerate(chunks) if i % size == rank]
+        or [np.zeros(0, np.int64)]
+    ).astype(np.int64)
     progress = None
     if rank == 0:
         log.info("off-grid check: %d noise-free points over %d rank(s)", n, size)
