@@ -29,8 +29,8 @@ CONFIG="$DIR/config.toml"
 WORKDIR="$DIR/run"
 OBS="$WORKDIR/observations.csv"
 LOGS="$DIR/logs"
-# ranks give the parallelism; threads inside each would only compete for the same cores
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# no thread variables set here: every stage sizes its own thread pools from the cores it was
+# granted (runtime/threads.py), as it does for users
 
 if [ ! -x "$XRM" ]; then
     echo "[demo] $XRM not found: run \`make setup\` first (or set XRMODIFIER)" >&2
@@ -39,7 +39,7 @@ fi
 
 if [ -z "${DEMO_RANKS:-}" ]; then
     DEMO_RANKS=1
-    # nproc honours OMP_NUM_THREADS (set to 1 above): ask for the usable cores without it
+    # nproc honours OMP_NUM_THREADS: ask for the usable cores without it
     cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)"
     if [ "$cores" -ge 2 ] && command -v mpiexec >/dev/null 2>&1 \
         && "$PY" -c "import mpi4py.MPI" >/dev/null 2>&1; then
