@@ -113,3 +113,29 @@ def test_multiplier_draws_shape_for_a_spline_family() -> None:
     m = multiplier_draws(spline, ENERGY, thetas)
     assert m.shape == (2, ENERGY.size)
     np.testing.assert_allclose(m[1], 1.0)
+
+
+def test_nearest_theta_recovers_a_member_and_projects_the_median() -> None:
+    from xrmodifier_hpc.inference.arf_posterior import nearest_theta
+
+    lo, hi = np.array([0.8, 0.15, -0.3]), np.array([3.0, 0.8, 0.3])
+    truth = np.array([1.3, 0.3, -0.12])
+    starts = np.array([[2.0, 0.5, 0.1], [1.0, 0.2, -0.2]])
+    theta, err = nearest_theta(GAUSS, ENERGY, GAUSS.evaluate(ENERGY, truth), lo, hi, starts)
+    np.testing.assert_allclose(theta, truth, rtol=1e-5)
+    assert err < 1e-6
+    # the pointwise median of a ridge posterior is not a member: its projection is close
+    rng = np.random.default_rng(2)
+    sigma = np.exp(rng.normal(np.log(0.3), 0.25, 4000))
+    samples = np.column_stack([np.full(4000, 1.3), sigma, -0.036 / sigma])
+    band = pointwise_band(GAUSS, ENERGY, samples)
+    w = ((ENERGY > 0.5) & (ENERGY < 7.0)).astype(float)
+    theta, err = nearest_theta(GAUSS, ENERGY, band.median, lo, hi, samples[:4], weights=w)
+    assert 0 < err < 0.01
+    assert theta[0] == pytest.approx(1.3, abs=0.02) and theta[1] * theta[2] == pytest.approx(
+        -0.036, rel=0.1
+    )
+    # bounds hold even when the curve asks for more
+    deep = GAUSS.evaluate(ENERGY, np.array([1.3, 0.3, -0.6]))
+    theta, err = nearest_theta(GAUSS, ENERGY, deep, lo, hi, starts)
+    assert np.all(theta >= lo) and np.all(theta <= hi) and err > 0.1

@@ -274,3 +274,67 @@ def prior_band(
     rng = np.random.default_rng([int(seed), 13])
     thetas = lo + rng.random((int(n_draws), lo.size)) * (hi - lo)
     return pointwise_band(family, energy, thetas, max_draws=None)
+
+
+def nearest_theta(
+    family: Modifier,
+    energy: np.ndarray,
+    curve: np.ndarray,
+    theta_lo: np.ndarray,
+    theta_hi: np.ndarray,
+    starts: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """Find the theta whose m(E; theta) is closest to ``curve`` (e.g. the pointwise median).
+
+    The emulator takes theta, not a curve: to evaluate what the written (median) corrected
+    ARF implies for the temperatures (the seed loss "after"), the curve is projected onto the
+    family by weighted least squares, ``min_theta sum_E w(E) (m(E; theta) - curve(E))^2``
+    inside the prior's bounds (scipy's trust-region reflective ``least_squares``), from each
+    of ``starts`` (e.g. posterior draws); the best is kept.
+
+    Parameters
+    ----------
+    family : Modifier
+        The modifier family.
+    energy : ndarray, shape (n_E,)
+        Energies (keV).
+    curve : ndarray, shape (n_E,)
+        The multiplier to reproduce.
+    theta_lo, theta_hi : ndarray, shape (d,)
+        Bounds of theta.
+    starts : ndarray, shape (k, d)
+        Starting points inside the bounds.
+    weights : ndarray, shape (n_E,), optional
+        Non-negative weights, e.g. the ARF's area over the fitted band (zero outside it);
+        default uniform.
+
+    Returns
+    -------
+    theta : ndarray, shape (d,)
+        The closest member of the family.
+    max_abs : float
+        ``max |m(E; theta) - curve(E)|`` where the weight is positive: how well the family
+        reproduces the curve (0 when the curve is a member).
+    """
+    from scipy.optimize import least_squares
+
+    energy = np.asarray(energy, dtype=np.float64)
+    curve = np.asarray(curve, dtype=np.float64)
+    w = np.ones_like(energy) if weights is None else np.asarray(weights, dtype=np.float64)
+    sw = np.sqrt(np.clip(w, 0.0, None))
+    lo = np.asarray(theta_lo, dtype=np.float64)
+    hi = np.asarray(theta_hi, dtype=np.float64)
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        return sw * (family.evaluate(energy, theta) - curve)
+
+    best, best_cost = np.clip(np.atleast_2d(starts)[0], lo, hi), np.inf
+    for start in np.atleast_2d(starts):
+        x0 = np.clip(np.asarray(start, dtype=np.float64), lo, hi)
+        res = least_squares(residual, x0, bounds=(lo, hi), method="trf")
+        if res.cost < best_cost:
+            best, best_cost = res.x, res.cost
+    used = sw > 0
+    max_abs = float(np.max(np.abs(family.evaluate(energy, best) - curve)[used]))
+    return best, max_abs
