@@ -10,6 +10,7 @@ script. It runs nothing itself: it reads
 - ``bench_scaling.json``: ``xrmodifier simulate`` with 1 and 2 MPI ranks, peak memory;
 - ``bench_training.json``: emulator training time on 1e5 points, inference throughput;
 - ``bench_inversion.json``: 64 starts + posterior on 50 sources, 1 and 2 ranks;
+- ``bench_coverage.json``: coverage of the posterior's 68% and 95% intervals over injections;
 
 and writes a Markdown page with the machine it renders on (CPU model, cores, memory, load
 average, date: ``make bench`` renders right after the runs, on the same machine) and each
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "bench_scaling": ("simulate under MPI: 1 vs 2 ranks, memory", "bench_scaling.py"),
     "bench_training": ("Emulator training and inference", "bench_training.py"),
     "bench_inversion": ("Inversion", "bench_inversion.py"),
+    "bench_coverage": ("Coverage of the posterior intervals", "bench_coverage.py"),
 }
 #: benchmarks rendered inside another's section (as a ``###`` part): parent -> stem -> (title,
 #: script); the command's throughput sits beside the in-process one
@@ -512,12 +514,48 @@ def section_inversion(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def section_coverage(data: dict[str, Any]) -> list[str]:
+    st, summ = data["settings"], data["summary"]
+    lines = [
+        f"{summ['n_injections']} injections ({summ.get('n_failed', 0)} failed), theta_true drawn "
+        f"from the flat prior on the grid's bounds; {st['n_sources']} mock sources each, "
+        f"telescope-1 counts log-uniform over {st['counts'][0]:g}-{st['counts'][1]:g} "
+        f"({st['mocks']} mocks); emcee {st['walkers']} walkers x {st['steps']} steps "
+        f"({st['burn']} burn-in). Made by `{data.get('command', 'benchmarks/bench_coverage.py')}` "
+        f"in {data['wall_s'] / 60:.0f} min.",
+        "",
+    ]
+    rows = []
+    for level in ("68", "95"):
+        s = summ[level]
+        rows.append(
+            [
+                f"{level}%",
+                *(f"{v:.3f}" for v in s["per_param"].values()),
+                f"**{s['pooled']:.3f}**",
+                f"{s['target'][0]:.2f}-{s['target'][1]:.2f}",
+                "met" if s["met"] else "NOT met",
+            ]
+        )
+    names = list(summ["68"]["per_param"])
+    lines += _table(["interval", *names, "pooled", "target", ""], rows)
+    lines += [
+        "",
+        "Rank of the truth among the posterior samples, histogram in 5 bins (calibrated: "
+        f"{summ['n_injections'] / 5:.0f} each): "
+        + "; ".join(f"{p} {h}" for p, h in summ["rank_histogram"].items())
+        + f". Median max autocorrelation time {summ['max_tau_median']:.0f} steps.",
+    ]
+    return lines
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "bench_backend": section_backend,
     "bench_command": section_command,
     "bench_scaling": section_scaling,
     "bench_training": section_training,
     "bench_inversion": section_inversion,
+    "bench_coverage": section_coverage,
 }
 
 

@@ -143,6 +143,40 @@ INVERSION = {
     "met": True,
 }
 
+COVERAGE = {
+    "benchmark": "coverage of the posterior's 68% and 95% intervals",
+    "command": "benchmarks/bench_coverage.py",
+    "date": "2026-11-24 08:40:00",
+    "settings": {
+        "injections": 100,
+        "n_sources": 30,
+        "counts": [8000.0, 30000.0],
+        "mocks": "forward",
+        "walkers": 16,
+        "steps": 1500,
+        "burn": 500,
+    },
+    "summary": {
+        "n_injections": 100,
+        "n_failed": 0,
+        "68": {
+            "per_param": {"mu": 0.7, "sigma": 0.66, "A": 0.69},
+            "pooled": 0.6833,
+            "target": [0.61, 0.75],
+            "met": True,
+        },
+        "95": {
+            "per_param": {"mu": 0.95, "sigma": 0.92, "A": 0.93},
+            "pooled": 0.9333,
+            "target": [0.91, 0.99],
+            "met": True,
+        },
+        "rank_histogram": {"mu": [20, 20, 20, 20, 20]},
+        "max_tau_median": 21.0,
+    },
+    "wall_s": 1800.0,
+}
+
 
 @pytest.fixture(scope="module")
 def results():
@@ -169,6 +203,7 @@ def test_renders_every_section_from_the_json(results, tmp_path: Path) -> None:
         bench_scaling=SCALING,
         bench_training=TRAINING,
         bench_inversion=INVERSION,
+        bench_coverage=COVERAGE,
     )
     page = results.render(out, MACHINE)
     # machine details and the date
@@ -199,6 +234,9 @@ def test_renders_every_section_from_the_json(results, tmp_path: Path) -> None:
     # inversion
     assert "| 2 | **21.4** | 6.5 | 13.1 | 20.5 | 3 | 22.4 | 1.57 |" in page
     assert "Target: under 60 s on 2 cores: met" in page
+    # coverage
+    assert "| 68% | 0.700 | 0.660 | 0.690 | **0.683** | 0.61-0.75 | met |" in page
+    assert "Made by `benchmarks/bench_coverage.py` in 30 min" in page
     # the sections come in order, numbered
     heads = [line for line in page.splitlines() if line.startswith("## ")]
     assert heads == [
@@ -207,6 +245,7 @@ def test_renders_every_section_from_the_json(results, tmp_path: Path) -> None:
         "## 2. simulate under MPI: 1 vs 2 ranks, memory",
         "## 3. Emulator training and inference",
         "## 4. Inversion",
+        "## 5. Coverage of the posterior intervals",
     ]
 
 
@@ -214,7 +253,7 @@ def test_a_missing_benchmark_says_how_to_run_it(results, tmp_path: Path) -> None
     out = _write(tmp_path / "out", bench_training=TRAINING)
     page = results.render(out, MACHINE)
     assert "Not run: `.venv/bin/python benchmarks/bench_inversion.py` writes" in page
-    assert page.count("Not run:") == 3
+    assert page.count("Not run:") == 4
     assert "**33 s**" in page
 
 

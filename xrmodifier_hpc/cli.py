@@ -141,6 +141,41 @@ def _run_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="put the inferred correction (posterior of RESULT.json) on other ARFs of the "
+        "target instrument, each on its own energy grid",
+    )
+    p.add_argument("result", type=Path, help="result.json of `xrmodifier invert`")
+    p.add_argument("arfs", type=Path, nargs="+", metavar="ARF", help="ARFs to correct (.gz ok)")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for the outputs")
+    p.add_argument(
+        "--stat",
+        choices=("median", "p16", "p84", "ensemble"),
+        default="median",
+        help="pointwise posterior statistic of m(E), or an ensemble of posterior draws "
+        "(default median)",
+    )
+    p.add_argument("--draws", type=int, default=100, help="rows of an ensemble (default 100)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply even to an ARF whose TELESCOP/INSTRUME differ from the target's",
+    )
+    p.set_defaults(func=_run_apply)
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    from xrmodifier_hpc.stages.apply import apply
+
+    for item in apply(
+        args.result, args.arfs, args.output_dir, stat=args.stat, force=args.force, draws=args.draws
+    ):
+        print(item.describe())
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
@@ -447,6 +482,7 @@ PARSERS = (
     _check_parser,
     _mock_parser,
     _invert_parser,
+    _apply_parser,
     _fit_parser,
     _simulate_parser,
     _merge_parser,

@@ -11,7 +11,11 @@ and writes). In the order the inversion uses them:
   registered objectives (``registry.OBJECTIVES``: likelihood, seed_loss, gaussian_kl,
   wasserstein);
 * :mod:`.optimise`: the start design, L-BFGS-B from each start, merging the optima;
-* :mod:`.posterior`: Laplace approximations at the modes, emcee sampling, summaries.
+* :mod:`.posterior`: Laplace approximations at the modes, emcee sampling, summaries;
+* :mod:`.arf_posterior`: the pointwise posterior median and 16/84% bands of m(E) on any
+  energy grid, and ensembles of posterior draws (the corrected ARFs users take home);
+* :mod:`.identifiability`: parameters at a grid bound, posterior correlations, poorly
+  constrained directions, the energy range the data constrain.
 
 The names below are re-exported here for convenience.
 """
