@@ -430,7 +430,7 @@ def test_figures_without_input_are_skipped(
     written = sorted(p.name for p in (project / "run" / "figures").iterdir())
     assert written == sorted(
         ["fig1_arf_correction.png", "fig2_t1_vs_t0.png", "fig4_posterior_corner.png"]
-        + ["summary.txt"]
+        + ["fig6_arf_ensemble.png", "summary.txt"]
     )
     assert "skipped" in (project / "run" / "figures" / "summary.txt").read_text()
 
@@ -458,7 +458,7 @@ def test_without_a_mock_truth_nothing_is_marked(demo_run: DemoRun, tmp_path: Pat
     result["observations"] = str(run / "observations.csv")  # this copy's, without a sidecar
     (run / "result.json").write_text(json.dumps(result))
     summary = report(project / "config.toml")
-    assert not summary.skipped and len(summary.figures) == 5
+    assert not summary.skipped and len(summary.figures) == 6
     assert "no mock truth" in summary.notes["corner"]
     assert "theta_true" not in summary.notes["arf"]
     rows = summary.table.splitlines()[2:5]

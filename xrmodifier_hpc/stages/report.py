@@ -262,7 +262,8 @@ def load_artefacts(cfg: Config) -> Artefacts:
     truth, truth_path = read_truth(obs_path, names) if obs_path is not None else (None, None)
     from xrmodifier_hpc.io.arf_products import read_arf_ensemble
 
-    listed = {item.statistic: Path(item.path) for item in result.corrected_arfs}
+    # by name in this workdir (a project copied or moved keeps its files together)
+    listed = {item.statistic: wd.root / Path(item.path).name for item in result.corrected_arfs}
     for stat, path in listed.items():
         if not path.is_file():
             raise UserError(
