@@ -41,7 +41,20 @@ def _ridge_chain(steps: int = 150, walkers: int = 16, seed: int = 0) -> np.ndarr
 
 
 def write_result(folder: Path, chain: np.ndarray, burn: int, **fields: object) -> Path:
-    """result.json and posterior.npz with the keys ``xrmodifier invert`` writes."""
+    """Write result.json (an :class:`InversionResult`, as ``xrmodifier invert`` writes it)
+    and posterior.npz; ``fields`` override the record's fields (e.g. ``target``)."""
+    from xrmodifier_hpc.io.artefacts import provenance
+    from xrmodifier_hpc.io.result import (
+        EmulatorError,
+        IdentifiabilityReport,
+        InversionResult,
+        ModifierSpec,
+        ParamSummary,
+        PosteriorSummary,
+        SeedLoss,
+        Timing,
+    )
+
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(
         folder / "posterior.npz",
@@ -53,30 +66,72 @@ def write_result(folder: Path, chain: np.ndarray, burn: int, **fields: object) -
         tau=np.ones(3),
         acceptance=0.3,
     )
-    result = {
-        "modifier": {"family": "gaussian", "options": {}},
-        "param_names": list(GAUSS.param_names),
-        "seed": 7,
-        "posterior": {"samples_file": "posterior.npz"},
-        **fields,
-    }
-    path = folder / "result.json"
-    path.write_text(json.dumps(result))
-    return path
+    names = tuple(GAUSS.param_names)
+    flat = chain[burn:].reshape(-1, 3)
+    theta = dict(zip(names, np.median(flat, axis=0).tolist()))
+    record = dict(
+        provenance=provenance(stage="invert"),
+        config="",
+        observations="",
+        emulator="",
+        modifier=ModifierSpec("gaussian", {}),
+        param_names=names,
+        param_units=("keV", "keV", ""),
+        bounds={"mu": (0.5, 3.0), "sigma": (0.05, 1.0), "A": (-0.3, 0.3)},
+        t_true_range=(1.0, 12.0),
+        objective="likelihood",
+        posterior_objective="likelihood",
+        s_emu=EmulatorError(0.0, "config"),
+        n_sources=40,
+        n_starts=1,
+        start_design="sobol",
+        seed=7,
+        merge_tol=0.02,
+        ranks=1,
+        theta_best=theta,
+        objective_best=0.0,
+        optima=(),
+        starts=(),
+        posterior=PosteriorSummary(
+            samples_file="posterior.npz",
+            walkers=chain.shape[1],
+            steps=chain.shape[0],
+            burn=burn,
+            thin=1,
+            n_samples=flat.shape[0],
+            acceptance_fraction=0.3,
+            autocorr_time=dict.fromkeys(names, 1.0),
+            chains_too_short=False,
+            summary={n: ParamSummary.of(flat[:, j]) for j, n in enumerate(names)},
+        ),
+        seed_loss=SeedLoss(1.0, 0.5, 2.0),
+        sources=(),
+        corrected_arf=str(folder / "corrected.arf"),
+        target_arf="",
+        target={},
+        identifiability=IdentifiabilityReport(names, {}, (), (), ()),
+        corrected_arfs=(),
+        warnings=(),
+        timing=Timing(0.0, 0.0, 0.0),
+    )
+    record.update(fields)
+    return InversionResult(**record).write(folder / "result.json")
 
 
 @pytest.fixture(scope="module")
 def pn_result(tmp_path_factory) -> Path:
-    """A result whose config's target is the XMM EPIC-pn pair in ../shared/responses."""
+    """A result whose target is the XMM EPIC-pn ARF in ../shared/responses."""
     _need(RESPONSES / "xmm_epn_src.arf", PN_ARF)
-    from xrmodifier_hpc.stages.init import init
+    from xrmodifier_hpc.io.arf_products import arf_identity
 
-    config = init(tmp_path_factory.mktemp("pn") / "project")
-    text = config.read_text()
-    text = edit_config(text, "instruments.target", "arf", f'"{RESPONSES / "xmm_epn_src.arf"}"')
-    text = edit_config(text, "instruments.target", "rmf", f'"{RESPONSES / "xmm_epn_ff20_dY9.rmf"}"')
-    config.write_text(text)
-    return write_result(config.parent / "run", _ridge_chain(), burn=30, config=str(config))
+    target = RESPONSES / "xmm_epn_src.arf"
+    return write_result(
+        tmp_path_factory.mktemp("pn") / "run",
+        _ridge_chain(),
+        burn=30,
+        target_arf=str(target),
+        target=arf_identity(target),
+    )
 
 
 def _samples(result: Path) -> np.ndarray:
@@ -180,7 +235,7 @@ def test_another_instrument_is_refused_unless_forced(pn_result: Path, tmp_path: 
 def test_target_from_the_result_itself(tmp_path: Path) -> None:
     _need(PN_ARF)
     chain = _ridge_chain(steps=40)
-    result = write_result(tmp_path / "a", chain, 10, target={"telescop": "XMM", "instrume": "EPN"})
+    result = write_result(tmp_path / "a", chain, 10, target={"TELESCOP": "XMM", "INSTRUME": "EPN"})
     done = run_cli("apply", str(result), str(PN_ARF), "-o", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     # no way to tell the target: refused unless forced
@@ -201,6 +256,14 @@ def test_bad_inputs_end_with_one_line(pn_result: Path, tmp_path: Path) -> None:
     (lonely / "junk.json").write_text("[1, 2]")
     line = _one_error_line(run_cli("apply", str(lonely / "junk.json"), str(PN_ARF), "-o", out))
     assert "not an inversion result" in line
+    (lonely / "partial.json").write_text(json.dumps({"param_names": ["mu"]}))
+    line = _one_error_line(run_cli("apply", str(lonely / "partial.json"), str(PN_ARF), "-o", out))
+    assert "not an inversion result" in line
+    old = json.loads(pn_result.read_text())
+    old["schema_version"] = 1  # corrected.arf at theta_best: refused
+    (lonely / "v1.json").write_text(json.dumps(old))
+    line = _one_error_line(run_cli("apply", str(lonely / "v1.json"), str(PN_ARF), "-o", out))
+    assert "schema version 1" in line and "rerun invert" in line
     line = _one_error_line(run_cli("apply", str(tmp_path / "none.json"), str(PN_ARF), "-o", out))
     assert "not found" in line
     line = _one_error_line(run_cli("apply", str(pn_result), str(tmp_path / "x.arf"), "-o", out))
@@ -254,6 +317,16 @@ def test_apply_after_a_real_inversion(injection_project: Path, tmp_path: Path) -
     corrected = read_arf(tmp_path / "out" / "target.corrected.arf").specresp
     m = _median_multiplier(result, target)  # 8 x 200 samples: all of them set the median
     np.testing.assert_allclose(corrected, read_arf(target).specresp * m, rtol=2e-7)
+    # the same statistic, draws and seed as invert's own corrected.arf: the same file content
+    np.testing.assert_array_equal(corrected, read_arf(project / "run" / "corrected.arf").specresp)
+    done = run_cli(
+        "apply", str(result), str(target), "-o", str(tmp_path / "ens"), "--stat", "ensemble"
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(
+        fits.getdata(tmp_path / "ens" / "target.corrected_ensemble.fits", "ENSEMBLE")["SPECRESP"],
+        fits.getdata(project / "run" / "corrected_ensemble.fits", "ENSEMBLE")["SPECRESP"],
+    )
     # the synthetic telescope's correction is not the XMM pn's
     if PN_ARF.is_file():
         line = _one_error_line(run_cli("apply", str(result), str(PN_ARF), "-o", str(tmp_path)))

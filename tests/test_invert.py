@@ -348,18 +348,72 @@ def test_invert_stage_writes_result_posterior_and_corrected_arf(
         assert chain.shape == (800, 24, 3)
         flat = chain[int(npz["burn"]) :].reshape(-1, 3)
         assert np.median(flat[:, 2]) == pytest.approx(summary["A"]["median"])
-    # corrected ARF = target ARF x m(E; theta_best), with provenance
-    arf = read_arf(cfg.workdir / "corrected.arf")
+    # corrected.arf = target ARF x the pointwise posterior median of m(E) (not theta_best)
+    from xrmodifier_hpc.inference.arf_posterior import select_draws
+
+    gauss = get_modifier("gaussian")
     orig = read_arf(cfg.instruments.target.arf)
+    e_mid = 0.5 * (orig.energ_lo + orig.energ_hi)
+    curves = gauss.evaluate(e_mid, select_draws(flat, 4000, seed=7))
+    everything = gauss.evaluate(e_mid, flat[::4])
+    areas = {}
+    for stat, q in (("median", 50.0), ("p16", 16.0), ("p84", 84.0)):
+        path = cfg.workdir / ("corrected.arf" if stat == "median" else f"corrected_{stat}.arf")
+        areas[stat] = read_arf(path).specresp
+        m = np.percentile(curves, q, axis=0)
+        np.testing.assert_allclose(areas[stat], orig.specresp * m, rtol=2e-7)
+        # the 4000 draws stand for the whole chain
+        np.testing.assert_allclose(m, np.percentile(everything, q, axis=0), atol=3e-3)
+        with fits.open(path) as hdul:
+            hdr = hdul["SPECRESP"].header
+            assert hdr["XRMSTAT"] == stat and hdr["XRMNDRAW"] == 4000
+            assert hdr["XRMRESLT"] == str(cfg.result_path)
+            assert hdr["XRMFAMIL"] == "gaussian" and hdr["XRMOBJ"] == "likelihood"
+            assert hdr["XRMOBS"] == "obs.csv"
+    assert np.all(areas["p16"] <= areas["median"]) and np.all(areas["median"] <= areas["p84"])
     theta_best = np.array([result["theta_best"][n] for n in ("mu", "sigma", "A")])
-    mult = get_modifier("gaussian").evaluate(0.5 * (orig.energ_lo + orig.energ_hi), theta_best)
-    np.testing.assert_allclose(arf.specresp, orig.specresp * mult, rtol=1e-6)
-    with fits.open(cfg.workdir / "corrected.arf") as hdul:
-        hdr = hdul["SPECRESP"].header
-        assert hdr["XRMFAMIL"] == "gaussian" and hdr["XRMOBJ"] == "likelihood"
-        assert hdr["XRMPV3"] == pytest.approx(theta_best[2])
-        assert hdr["XRMOBS"] == "obs.csv"
-    assert "seed loss" in stage.format_summary(result)
+    assert not np.allclose(areas["median"], orig.specresp * gauss.evaluate(e_mid, theta_best))
+    with fits.open(cfg.workdir / "corrected_ensemble.fits") as hdul:
+        table = hdul["ENSEMBLE"].data
+        assert len(table) == 100 and hdul["ENSEMBLE"].header["XRMSTAT"] == "ensemble"
+        np.testing.assert_allclose(
+            table["SPECRESP"],
+            orig.specresp[None, :]
+            * gauss.evaluate(e_mid, np.column_stack([table["mu"], table["sigma"], table["A"]])),
+            rtol=1e-6,
+        )
+    listed = {f.statistic: Path(f.path).name for f in result.corrected_arfs}
+    assert listed == {
+        "median": "corrected.arf",
+        "p16": "corrected_p16.arf",
+        "p84": "corrected_p84.arf",
+        "ensemble": "corrected_ensemble.fits",
+    }
+    # the seed loss "after" uses the emulator at the family member nearest the written curve
+    sl = result.seed_loss
+    theta_w = np.array([sl.theta[n] for n in ("mu", "sigma", "A")])
+    median_m = areas["median"] / orig.specresp
+    band = (e_mid >= 0.5) & (e_mid <= 7.0) & (orig.specresp > 0)
+    dev = np.max(np.abs(gauss.evaluate(e_mid, theta_w) - median_m)[band])
+    assert dev == pytest.approx(sl.curve_mismatch, abs=1e-6) and dev < 0.02
+    t1p = inv.corrected_sources(inv.EmulatorView(emu, 24), theta_w, back).t1_corrected
+    assert sl.after == pytest.approx(float(np.sum((back.t0 - t1p) ** 2)), rel=1e-6)
+    assert on_disk["sources"][0]["t1_corrected"] == pytest.approx(float(t1p[0]), rel=1e-6)
+    # identifiability: correlation matrix, directions with width ratios, plain lines
+    ident = on_disk["identifiability"]
+    corr = np.array(ident["correlation"])
+    assert corr.shape == (3, 3) and np.allclose(np.diag(corr), 1.0)
+    np.testing.assert_allclose(corr, np.corrcoef(flat.T), atol=1e-9)
+    assert len(ident["directions"]) == 3
+    ratios = [d["posterior_over_prior"] for d in ident["directions"]]
+    assert ratios == sorted(ratios, reverse=True) and 0 < ratios[-1] < 1
+    assert ident["lines"] and any("best constrained" in line for line in ident["lines"])
+    assert result.identifiability.lines == tuple(ident["lines"])
+    from xrmodifier_hpc.io.arf_products import arf_identity
+
+    assert on_disk["target"] and on_disk["target"] == arf_identity(cfg.instruments.target.arf)
+    summary_text = stage.format_summary(result)
+    assert "seed loss" in summary_text and "corrected.arf: " in summary_text
 
 
 def test_chains_too_short_are_flagged(emu, view) -> None:
@@ -455,7 +509,12 @@ def _record(names=("mu", "sigma", "A")) -> InversionResult:
     """A small InversionResult with every part filled, a non-finite ratio and a NaN tau."""
     from xrmodifier_hpc.io.artefacts import provenance
     from xrmodifier_hpc.io.result import (
+        ConstrainedEnergy,
+        CorrectedArfFile,
+        DegeneracySummary,
+        DirectionSummary,
         EmulatorError,
+        IdentifiabilityReport,
         ModeSummary,
         ModifierSpec,
         Optimum,
@@ -508,9 +567,35 @@ def _record(names=("mu", "sigma", "A")) -> InversionResult:
         seed_loss=SeedLoss(before=1.0, after=0.0, ratio=math.inf, note="n"),
         sources=(SourceResult("s1", 5.0, 0.1, 0.2, 5.5, 0.1, 0.1, 5.01, 0.1, 0.11, 4.9, False),),
         corrected_arf="/c/run/corrected.arf",
+        target_arf="/c/target.arf",
+        target={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+        identifiability=IdentifiabilityReport(
+            param_names=names,
+            at_bound={"A": "lower"},
+            correlation=((1.0, 0.1, 0.0), (0.1, 1.0, -0.9), (0.0, -0.9, 1.0)),
+            directions=(DirectionSummary({"mu": 0.0, "sigma": 0.7, "A": 0.7}, 0.2, 0.69),),
+            degeneracies=(
+                DegeneracySummary(
+                    ("sigma", "A"), -0.9, "product", 1.0, "A*sigma", -0.04, -0.05, -0.03, 0.25
+                ),
+            ),
+            area={"median": -0.1, "p16": -0.12, "p84": -0.08},
+            area_band=(0.5, 7.0),
+            constrained=ConstrainedEnergy(0.8, 3.0, ((0.8, 3.0), (5.0, 6.0)), 0.1, 1.3, "c"),
+            lines=("A and sigma are degenerate",),
+        ),
+        corrected_arfs=(
+            CorrectedArfFile("/c/run/corrected.arf", "median", 4000, "use this"),
+            CorrectedArfFile("/c/run/corrected_ensemble.fits", "ensemble", 100),
+        ),
         warnings=("chains are short",),
         timing=Timing(1.0, 2.0, 3.5),
     )
+
+
+def back_ident(path: Path):
+    """The identifiability report of a result.json, read back."""
+    return InversionResult.read(path).identifiability
 
 
 def test_result_record_round_trips_through_strict_json(tmp_path: Path) -> None:
@@ -519,7 +604,12 @@ def test_result_record_round_trips_through_strict_json(tmp_path: Path) -> None:
     rec = _record()
     path = rec.write(tmp_path / "result.json")
     raw = json.loads(path.read_text())  # strict JSON: no NaN/Infinity tokens
-    assert raw["schema"] == "xrmodifier.result" and raw["schema_version"] == 1
+    assert raw["schema"] == "xrmodifier.result" and raw["schema_version"] == 2
+    assert back_ident(path) == rec.identifiability
+    assert raw["identifiability"]["constrained_energy_keV"]["intervals"][1] == [5.0, 6.0]
+    assert raw["identifiability"]["area_keV"]["p84"] == -0.08
+    assert raw["identifiability"]["directions"][0]["posterior_over_prior"] == 0.69
+    assert raw["corrected_arfs"][1]["statistic"] == "ensemble"
     assert raw["seed_loss"]["ratio"] is None and raw["posterior"]["autocorr_time"]["sigma"] is None
     summary = raw["posterior"]["summary"]["A"]
     assert set(summary) == {"median", "p16", "p84", "p2.5", "p97.5", "mean", "std"}
@@ -534,12 +624,19 @@ def test_result_record_round_trips_through_strict_json(tmp_path: Path) -> None:
     # indexing reads the JSON view, as scripts that used the dict do
     assert back["posterior"]["summary"]["A"]["p97.5"] == summary["p97.5"]
     assert "seed loss" in stage.format_summary(back)
-    # a file of another schema version, or a broken part, is a one-line user error
-    raw["schema_version"] = 2
-    (tmp_path / "v2.json").write_text(json.dumps(raw))
-    with pytest.raises(UserError, match="schema version 2"):
-        InversionResult.read(tmp_path / "v2.json")
+    assert back.corrected_file("ensemble").n_draws == 100 and back.target["INSTRUME"] == "EPN"
+    # an identifiability report without a constrained range reads back as None
+    raw_none = json.loads(path.read_text())
+    raw_none["identifiability"]["constrained_energy_keV"] = None
+    (tmp_path / "none.json").write_text(json.dumps(raw_none))
+    assert InversionResult.read(tmp_path / "none.json").identifiability.constrained is None
+    # a file of another schema version (v1 wrote corrected.arf at theta_best), or a broken
+    # part, is a one-line user error
     raw["schema_version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="schema version 1 .*rerun invert"):
+        InversionResult.read(tmp_path / "v1.json")
+    raw["schema_version"] = 2
     del raw["posterior"]["summary"]["A"]["p2.5"]
     (tmp_path / "broken.json").write_text(json.dumps(raw))
     with pytest.raises(UserError, match="ParamSummary lacks 'p2.5'"):

@@ -47,6 +47,7 @@ FIGURE_NAMES = (
     "fig3_emulator_parity.png",
     "fig4_posterior_corner.png",
     "fig5_profile_curves.png",
+    "fig6_arf_ensemble.png",
 )
 
 
@@ -159,7 +160,14 @@ def test_report_changes_no_artefact(demo_run: DemoRun) -> None:
         before
     )
     summary = report(demo_run.config)
-    assert set(summary.figures) == {"arf", "temperatures", "parity", "corner", "profiles"}
+    assert set(summary.figures) == {
+        "arf",
+        "temperatures",
+        "parity",
+        "corner",
+        "profiles",
+        "ensemble",
+    }
     assert not summary.skipped
     assert _hashes(demo_run.workdir) == before
     # and nothing was written beside the project either
@@ -177,7 +185,7 @@ def test_report_changes_no_artefact(demo_run: DemoRun) -> None:
 
 
 def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts) -> None:
-    from xrmodifier_hpc.figures.arf import MAX_BAND_SAMPLES, figure_data_arf
+    from xrmodifier_hpc.figures.arf import figure_data_arf
     from xrmodifier_hpc.io.ogip import read_arf
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
@@ -197,28 +205,66 @@ def test_arf_band_is_the_posterior_from_the_chains(demo_run: DemoRun, artefacts)
     target = read_arf(demo_run.config.parent / "instruments" / "target.arf")
     energy = 0.5 * (target.energ_lo + target.energ_hi)
     np.testing.assert_array_equal(data.energy, energy)
-    # the band: m(E) percentiles over evenly spaced posterior samples
-    assert flat.shape[0] > MAX_BAND_SAMPLES  # the thinned path is the one exercised
-    pick = flat[np.linspace(0, flat.shape[0] - 1, MAX_BAND_SAMPLES).round().astype(int)]
-    expected = np.percentile(family.evaluate(energy, pick), [16, 50, 84], axis=0)
-    np.testing.assert_allclose(data.m_band, expected, rtol=0, atol=1e-12)
-    assert data.n_band_samples == MAX_BAND_SAMPLES
-    # and within a small fraction of the band's width of the band from every sample
-    full = np.percentile(family.evaluate(energy, flat), [16, 50, 84], axis=0)
+    # fig1 draws the WRITTEN files: corrected.arf (median) and its p16/p84 envelopes
+    written = {
+        s: read_arf(demo_run.workdir / n).specresp
+        for s, n in (
+            ("median", "corrected.arf"),
+            ("p16", "corrected_p16.arf"),
+            ("p84", "corrected_p84.arf"),
+        )
+    }
+    np.testing.assert_array_equal(data.area_target, target.specresp)
+    np.testing.assert_array_equal(data.area_corrected, written["median"])
+    np.testing.assert_array_equal(data.area_band, [written["p16"], written["p84"]])
+    # whose m(E) is the pointwise posterior percentile of m over the chain (float32 files)
+    curves = family.evaluate(energy, flat)
+    full = np.percentile(curves, [16, 50, 84], axis=0)
     width = max(float(np.max(full[2] - full[0])), 1e-6)
     assert np.max(np.abs(data.m_band - full)) < 0.05 * width
-    assert np.all(data.m_band[0] <= data.m_band[1]) and np.all(data.m_band[1] <= data.m_band[2])
-
+    assert np.all(data.m_band[0] <= data.m_band[1] + 1e-6)
+    assert np.all(data.m_band[1] <= data.m_band[2] + 1e-6)
+    assert data.n_band_samples == min(4000, flat.shape[0])
+    # theta_best is a diagnostic line, not the written curve
     theta_best = np.array([result["theta_best"][n] for n in names])
     np.testing.assert_allclose(data.m_best, family.evaluate(energy, theta_best), rtol=1e-12)
-    np.testing.assert_array_equal(data.area_target, target.specresp)
-    corrected = read_arf(demo_run.workdir / "corrected.arf")
-    np.testing.assert_array_equal(data.area_corrected, corrected.specresp)
-    # the corrected ARF on disk is the target times the drawn m(E; theta_best) (float32 file)
-    np.testing.assert_allclose(data.area_corrected, target.specresp * data.m_best, rtol=1e-6)
     truth = json.loads((demo_run.workdir / "observations.truth.json").read_text())
     theta_true = np.array([truth["theta_true"][n] for n in names])
     np.testing.assert_allclose(data.m_true, family.evaluate(energy, theta_true), rtol=1e-12)
+
+
+def test_ensemble_figure_is_the_written_ensemble(demo_run: DemoRun, artefacts) -> None:
+    from astropy.io import fits
+
+    from xrmodifier_hpc.figures.arf import figure_data_ensemble
+    from xrmodifier_hpc.io.ogip import read_arf
+
+    data = figure_data_ensemble(artefacts)
+    table = fits.getdata(demo_run.workdir / "corrected_ensemble.fits", "ENSEMBLE")
+    target = read_arf(demo_run.config.parent / "instruments" / "target.arf").specresp
+    assert data.area_draws.shape == (100, target.size)
+    np.testing.assert_array_equal(data.area_draws, table["SPECRESP"])
+    good = target > 0
+    np.testing.assert_allclose(data.m_draws[:, good], table["SPECRESP"][:, good] / target[good])
+
+
+def test_summary_says_what_the_data_constrain_and_which_file_is_which(
+    demo_run: DemoRun,
+) -> None:
+    result = json.loads((demo_run.workdir / "result.json").read_text())
+    summary = (demo_run.workdir / "figures" / "summary.txt").read_text()
+    assert result["identifiability"]["lines"]
+    for line in result["identifiability"]["lines"]:
+        assert line in summary
+    for name, stat in (
+        ("corrected.arf", "median"),
+        ("corrected_p16.arf", "p16"),
+        ("corrected_p84.arf", "p84"),
+        ("corrected_ensemble.fits", "ensemble"),
+    ):
+        row = next(r for r in summary.splitlines() if r.strip().startswith(name + ":"))
+        assert f"XRMSTAT = {stat}" in row
+    assert "theta_best" in summary and "diagnostic" in summary
 
 
 def test_temperature_points_are_the_observations(demo_run: DemoRun, artefacts) -> None:
@@ -384,7 +430,7 @@ def test_figures_without_input_are_skipped(
     written = sorted(p.name for p in (project / "run" / "figures").iterdir())
     assert written == sorted(
         ["fig1_arf_correction.png", "fig2_t1_vs_t0.png", "fig4_posterior_corner.png"]
-        + ["summary.txt"]
+        + ["fig6_arf_ensemble.png", "summary.txt"]
     )
     assert "skipped" in (project / "run" / "figures" / "summary.txt").read_text()
 
@@ -412,7 +458,7 @@ def test_without_a_mock_truth_nothing_is_marked(demo_run: DemoRun, tmp_path: Pat
     result["observations"] = str(run / "observations.csv")  # this copy's, without a sidecar
     (run / "result.json").write_text(json.dumps(result))
     summary = report(project / "config.toml")
-    assert not summary.skipped and len(summary.figures) == 5
+    assert not summary.skipped and len(summary.figures) == 6
     assert "no mock truth" in summary.notes["corner"]
     assert "theta_true" not in summary.notes["arf"]
     rows = summary.table.splitlines()[2:5]

@@ -487,6 +487,7 @@ class InversionConfig:
     theta (a spline carries them to the quadrature nodes). ``error_level``: the confidence
     level of the observations' errors when the file does not declare it (default 0.683, 1
     sigma; XSPEC's ``error`` default is 0.90); they are converted to 1 sigma.
+    ``ensemble_draws``: rows (posterior draws) of ``corrected_ensemble.fits``.
 
     Attributes
     ----------
@@ -509,6 +510,8 @@ class InversionConfig:
         Posterior sampling settings.
     error_level : float or None
         Confidence level in (0, 1) of undeclared observation errors; None: 0.683 (1 sigma).
+    ensemble_draws : int
+        Posterior draws of the corrected ARF in the ensemble file, 1 to 100000.
     """
 
     objective: str = "likelihood"
@@ -520,6 +523,7 @@ class InversionConfig:
     n_tgrid: int = 24
     mcmc: McmcConfig = McmcConfig()
     error_level: float | None = None
+    ensemble_draws: int = 100
 
     def _check(self, at: Callable[[str], str]) -> None:
         _one_of(
@@ -538,6 +542,11 @@ class InversionConfig:
             raise ConfigError("merge_tol must be in (0, 1)", at("merge_tol"))
         if self.n_tgrid < 8:
             raise ConfigError("n_tgrid must be at least 8", at("n_tgrid"))
+        if not 1 <= self.ensemble_draws <= 100_000:
+            raise ConfigError(
+                "ensemble_draws must be between 1 and 100000 (rows of corrected_ensemble.fits)",
+                at("ensemble_draws"),
+            )
         if self.error_level is not None and not 0 < self.error_level < 1:
             hint = (
                 f" (a fraction: {self.error_level / 100:g} for {self.error_level:g}%)"

@@ -31,9 +31,16 @@ class Artefacts:
     offgrid : dict of str to ndarray, or None
         The emulator's off-grid check points (``emulator.load(...).offgrid``).
     target_arf, corrected_arf : Arf
-        The target ARF and ``corrected.arf`` (cm^2).
+        The target ARF and ``corrected.arf`` (cm^2): the target times the pointwise posterior
+        median of m(E), as written by ``invert``.
     corrected_arf_path : Path
         Where the corrected ARF was read.
+    corrected_p16, corrected_p84 : Arf or None
+        ``corrected_p16.arf`` and ``corrected_p84.arf`` (cm^2), the written envelopes.
+    ensemble : tuple of ndarray, or None
+        ``corrected_ensemble.fits`` as ``io.arf_products.read_arf_ensemble`` returns it:
+        ``(energ_lo, energ_hi, specresp (N, n_E) cm^2, thetas (N, d))``; None when none was
+        written.
     fit_band : (float, float)
         The fitted band (keV).
     truth : MockTruth or None
@@ -54,6 +61,9 @@ class Artefacts:
     truth: MockTruth | None = None
     truth_path: Path | None = None
     observations_path: Path | None = None
+    corrected_p16: Arf | None = None
+    corrected_p84: Arf | None = None
+    ensemble: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def theta_true(self) -> np.ndarray | None:

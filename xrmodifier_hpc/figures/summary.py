@@ -19,7 +19,8 @@ def summary_table(art: Artefacts, figures_dir: Path | None = None) -> str:
 
     theta_true against the recovered posterior (median, 68% interval) and theta_best; the
     seed's loss before and after the correction; the emulator's off-grid accuracy against
-    grid interpolation; where the figures are.
+    grid interpolation; the identifiability report's plain lines; which corrected-ARF file
+    holds which statistic; where the figures are.
 
     Parameters
     ----------
@@ -72,6 +73,19 @@ def summary_table(art: Artefacts, figures_dir: Path | None = None) -> str:
         )
     else:
         lines.append(f"emulator off-grid accuracy: not measured ({off.note or 'no points'})")
+    ident = res.identifiability
+    if ident.lines:
+        lines.append("what the data constrain:")
+        lines.extend(f"  {line}" for line in ident.lines)
+    if res.corrected_arfs:
+        lines.append("corrected ARFs (which file is which):")
+        lines.extend(
+            f"  {Path(item.path).name}: {item.description} [XRMSTAT = {item.statistic}]"
+            for item in res.corrected_arfs
+        )
+        lines.append(
+            "  theta_best (the likelihood maximum) is kept in result.json as a diagnostic only"
+        )
     for w in res.warnings:
         lines.append(f"warning: {w}")
     if figures_dir is not None:

@@ -109,7 +109,17 @@ class MultiplierBand:
     n_draws: int
 
     def statistic(self, name: str) -> np.ndarray:
-        """Return the curve of statistic ``name`` (a key of :data:`STATISTICS`), shape (n_E,).
+        """Return the curve of statistic ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A key of :data:`STATISTICS` (``median``, ``p16``, ``p84``).
+
+        Returns
+        -------
+        ndarray, shape (n_E,)
+            The pointwise percentile of m(E).
 
         Raises
         ------

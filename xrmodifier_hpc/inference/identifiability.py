@@ -73,6 +73,16 @@ class Direction:
         """Write the direction as text, e.g. ``"0.71 sigma - 0.70 A"``.
 
         Terms come in parameter order; weights below 0.1 are left out.
+
+        Parameters
+        ----------
+        digits : int
+            Decimals of the weights.
+
+        Returns
+        -------
+        str
+            The weighted sum of parameter names.
         """
         biggest = max(abs(w) for w in self.weights.values())
         parts = []
@@ -186,7 +196,13 @@ class Identifiability:
     lines: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (for result.json's ``identifiability``)."""
+        """Return the report as a JSON-ready dict (result.json's ``identifiability``).
+
+        Returns
+        -------
+        dict
+            Keys as :class:`~xrmodifier_hpc.io.result.IdentifiabilityReport` reads them.
+        """
         c = self.constrained
         return {
             "param_names": list(self.param_names),
@@ -273,10 +289,20 @@ def params_at_bound(
 
 
 def correlation_matrix(samples: np.ndarray) -> np.ndarray:
-    """Posterior correlation matrix of ``samples`` (n, d) -> (d, d).
+    """Posterior correlation matrix of ``samples``.
 
     A parameter that does not vary over the samples gets zero correlations (and 1 on the
     diagonal) instead of NaN.
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n, d)
+        Posterior samples.
+
+    Returns
+    -------
+    ndarray, shape (d, d)
+        The correlation matrix.
     """
     samples = np.asarray(samples, dtype=np.float64)
     cov = np.atleast_2d(np.cov(samples, rowvar=False))

@@ -294,3 +294,90 @@ def write_arf_ensemble(
     with replacing(path, suffix=".fits") as tmp:
         fits.HDUList([primary, table]).writeto(tmp, overwrite=True, checksum=True)
     return path
+
+
+#: keywords that name the instrument an ARF belongs to
+IDENTITY_KEYS = ("TELESCOP", "INSTRUME")
+
+
+def instrument_identity(header_list: Sequence[fits.Header]) -> dict[str, str]:
+    """Return TELESCOP and INSTRUME from the first header (in order) that has each, upper-cased.
+
+    Parameters
+    ----------
+    header_list : sequence of astropy.io.fits.Header
+        Headers to look in, e.g. the SPECRESP extension's then the primary's.
+
+    Returns
+    -------
+    dict of str to str
+        The keywords found (missing ones are absent).
+    """
+    out: dict[str, str] = {}
+    for key in IDENTITY_KEYS:
+        for header in header_list:
+            value = str(header.get(key, "") or "").strip()
+            if value:
+                out[key] = value.upper()
+                break
+    return out
+
+
+def arf_identity(path: str | Path) -> dict[str, str]:
+    """Return the TELESCOP and INSTRUME of an ARF file (SPECRESP header first, then primary).
+
+    Parameters
+    ----------
+    path : str or Path
+        An OGIP ARF (``.gz`` read transparently).
+
+    Returns
+    -------
+    dict of str to str
+        The keywords found, upper-cased (missing ones are absent).
+
+    Raises
+    ------
+    OSError
+        When the file cannot be opened as FITS.
+    """
+    with fits.open(path, memmap=False) as hdul:
+        headers = [h.header for h in hdul[1:] if h.name.upper() == "SPECRESP"] + [hdul[0].header]
+        return instrument_identity(headers)
+
+
+def read_arf_ensemble(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read an ensemble file written by :func:`write_arf_ensemble`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ensemble FITS file.
+
+    Returns
+    -------
+    energ_lo, energ_hi : ndarray, shape (n_E,)
+        Bin edges (keV).
+    specresp : ndarray, shape (N, n_E)
+        One corrected ARF per draw (cm^2).
+    thetas : ndarray, shape (N, d)
+        The draws' parameters (columns ``XRMPN1..d``).
+
+    Raises
+    ------
+    ResponseError
+        When the file has no ENSEMBLE table or lacks its columns.
+    """
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = hdul[ENSEMBLE_EXTNAME]
+            data, header = hdu.data, hdu.header
+            names = [str(header[f"XRMPN{k}"]) for k in range(1, int(header["XRMNPAR"]) + 1)]
+            lo = np.asarray(data["ENERG_LO"][0], dtype=np.float64)
+            hi = np.asarray(data["ENERG_HI"][0], dtype=np.float64)
+            area = np.atleast_2d(np.asarray(data["SPECRESP"], dtype=np.float64))
+            thetas = np.column_stack([np.asarray(data[n], dtype=np.float64) for n in names])
+    except (OSError, KeyError) as exc:
+        raise ResponseError(f"not an ARF ensemble file ({exc})", str(path)) from None
+    return lo, hi, area, thetas

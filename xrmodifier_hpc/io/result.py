@@ -4,12 +4,18 @@
 ``report`` (and users' scripts) read it back with :meth:`Record.read`. The JSON layout is the
 dataclasses' fields, nested parts as objects, keyed as listed in the README::
 
-    {"schema": "xrmodifier.result", "schema_version": 1, "provenance": {...},
+    {"schema": "xrmodifier.result", "schema_version": 2, "provenance": {...},
      "config": ..., "observations": ..., "emulator": ..., "modifier": {...},
      "param_names": [...], ..., "theta_best": {...}, "optima": [...], "starts": [...],
      "posterior": {"summary": {"mu": {"median": ..., "p16": ..., "p2.5": ...}}, ...},
-     "seed_loss": {...}, "sources": [...], "corrected_arf": ..., "warnings": [...],
+     "seed_loss": {...}, "sources": [...], "corrected_arf": ..., "target_arf": ...,
+     "target": {"TELESCOP": ..., "INSTRUME": ...}, "identifiability": {...},
+     "corrected_arfs": [{"path": ..., "statistic": "median", ...}, ...], "warnings": [...],
      "timing": {...}}
+
+Version 2 (issue 12) added ``target_arf``, ``target``, ``identifiability`` and
+``corrected_arfs``; ``corrected.arf`` became the posterior median. A version-1 file is refused
+with "rerun invert".
 
 Non-finite numbers are written as ``null`` (strict JSON) and read back as NaN. Temperatures
 are in keV, theta in each parameter's own unit (``param_units``).
@@ -48,6 +54,7 @@ _COERCE: dict[str, Any] = {
     "float": _float,
     "Any": lambda v: v,
     "dict[str, Any]": dict,
+    "dict[str, str]": lambda v: {str(k): str(x) for k, x in v.items()},
     "dict[str, float]": lambda v: {str(k): _float(x) for k, x in v.items()},
     "dict[str, tuple[float, float]]": lambda v: {
         str(k): (_float(x[0]), _float(x[1])) for k, x in v.items()
@@ -55,6 +62,9 @@ _COERCE: dict[str, Any] = {
     "tuple[str, ...]": lambda v: tuple(str(x) for x in v),
     "tuple[int, ...]": lambda v: tuple(int(x) for x in v),
     "tuple[float, float]": lambda v: (_float(v[0]), _float(v[1])),
+    "tuple[float, ...]": lambda v: tuple(_float(x) for x in v),
+    "tuple[tuple[float, float], ...]": lambda v: tuple((_float(a), _float(b)) for a, b in v),
+    "tuple[tuple[float, ...], ...]": lambda v: tuple(tuple(_float(x) for x in row) for row in v),
 }
 
 
@@ -64,6 +74,8 @@ def _convert(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     try:
         if nested is not None:
             kind, part = nested
+            if value is None and f.default is None:  # an optional part that is absent
+                return None
             if kind == "one":
                 return part.from_dict(value, where)
             if kind == "list":
@@ -378,17 +390,25 @@ class SeedLoss(Part):
     before : float
         With the uncorrected ARF (T1' = T1).
     after : float
-        With T1' emulated at theta_best.
+        With T1' emulated for the written ``corrected.arf``: at ``theta``, the member of the
+        modifier family nearest the written pointwise posterior median of m(E).
     ratio : float
         before / after (NaN when after is 0).
     note : str
         What before and after mean.
+    theta : dict of str to float
+        The theta the emulator was evaluated at for ``after`` (parameter units).
+    curve_mismatch : float
+        ``max |m(E; theta) - m_written(E)|`` over the fitted band, where the ARF is non-zero
+        (dimensionless): how faithfully ``theta`` stands for the written ARF.
     """
 
     before: float
     after: float
     ratio: float
     note: str = ""
+    theta: dict[str, float] = field(default_factory=dict)
+    curve_mismatch: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -402,9 +422,10 @@ class SourceResult(Part):
     t0, t0_err_lo, t0_err_hi, t1, t1_err_lo, t1_err_hi : float
         The observed values and 1-sigma errors (keV).
     t1_corrected, t1_corrected_err_lo, t1_corrected_err_hi : float
-        T1' at theta_best and its errors carried from T1's (keV).
+        T1' with the written corrected ARF (at :attr:`SeedLoss.theta`) and its errors carried
+        from T1's (keV).
     t_true_implied : float
-        The T_true that reproduces the observed T1 under theta_best (keV).
+        The T_true that reproduces the observed T1 under that theta (keV).
     clamped : bool
         Whether T1 lies outside what the emulator gives there (T_true clamped to its range).
     """
@@ -421,6 +442,157 @@ class SourceResult(Part):
     t1_corrected_err_hi: float
     t_true_implied: float
     clamped: bool
+
+
+@dataclass(frozen=True)
+class DirectionSummary(Part):
+    """One eigen-direction of the posterior covariance in normalised units ``u``.
+
+    ``u = (theta - lo) / (hi - lo)`` over the emulator's range (the prior's box).
+
+    Attributes
+    ----------
+    weights : dict of str to float
+        The unit eigenvector by parameter.
+    posterior_width : float
+        Posterior standard deviation along it (fractions of the ranges).
+    posterior_over_prior : float
+        That width over the flat prior's along it (1/sqrt(12)): near 1, the data do not
+        constrain the direction; much less than 1, they pin it down.
+    """
+
+    weights: dict[str, float]
+    posterior_width: float
+    posterior_over_prior: float
+
+
+@dataclass(frozen=True)
+class DegeneracySummary(Part):
+    """A strongly correlated pair of parameters and the combination the data constrain.
+
+    Attributes
+    ----------
+    params : tuple of str
+        The pair ``(p, q)``.
+    correlation : float
+        Their posterior correlation.
+    kind : str
+        ``"product"`` (``p * q^exponent``) or ``"linear"`` (``p + exponent * q``).
+    exponent : float
+        The exponent (product) or the coefficient (linear).
+    combination : str
+        The combination as text, e.g. ``"A*sigma"``.
+    median, p16, p84 : float
+        Its posterior median and 16/84 percentiles (units of the combination).
+    relative_width : float
+        Its 16-84% half-width over |median| (product) or over the prior's (linear).
+    """
+
+    params: tuple[str, ...]
+    correlation: float
+    kind: str
+    exponent: float
+    combination: str
+    median: float
+    p16: float
+    p84: float
+    relative_width: float
+
+
+@dataclass(frozen=True)
+class ConstrainedEnergy(Part):
+    """Where the data constrain m(E) (keV).
+
+    Attributes
+    ----------
+    low, high : float
+        The widest contiguous range (keV) where the posterior's 16-84% band of m(E) is
+        narrower than ``criterion`` says.
+    intervals : tuple of (float, float)
+        Every such range (keV), widest first.
+    min_ratio : float
+        Smallest posterior/prior band-width ratio.
+    energy_of_min : float
+        Where it is (keV).
+    criterion : str
+        The rule, e.g. ``"posterior 16-84% band < 0.5 x prior's"``.
+    """
+
+    low: float
+    high: float
+    intervals: tuple[tuple[float, float], ...]
+    min_ratio: float
+    energy_of_min: float
+    criterion: str = ""
+
+
+@dataclass(frozen=True)
+class IdentifiabilityReport(Part):
+    """What the data constrain (``inference.identifiability.analyse``), as in result.json.
+
+    Attributes
+    ----------
+    param_names : tuple of str
+        Order of the matrix rows and columns.
+    at_bound : dict of str to str
+        Parameters of theta_best on a bound of the emulator's range: ``"lower"``/``"upper"``.
+    correlation : tuple of tuple of float
+        The posterior correlation matrix, shape (d, d).
+    directions : tuple of DirectionSummary
+        Eigen-directions of the posterior covariance, least constrained first.
+    degeneracies : tuple of DegeneracySummary
+        Strongly correlated pairs, most correlated first.
+    area : dict of str to float
+        Posterior ``median``, ``p16``, ``p84`` of the integral of m(E) - 1 over ``area_band``
+        (keV; JSON key ``area_keV``); empty when not computed.
+    area_band : tuple of float
+        That band (keV; JSON key ``area_band_keV``); empty when not computed.
+    constrained : ConstrainedEnergy or None
+        Where the data constrain m(E) (JSON key ``constrained_energy_keV``); None: nowhere.
+    lines : tuple of str
+        The plain-language summary (printed in summary.txt).
+    """
+
+    NESTED: ClassVar[dict[str, tuple[str, type[Part]]]] = {
+        "directions": ("list", DirectionSummary),
+        "degeneracies": ("list", DegeneracySummary),
+        "constrained": ("one", ConstrainedEnergy),
+    }
+
+    param_names: tuple[str, ...]
+    at_bound: dict[str, str]
+    correlation: tuple[tuple[float, ...], ...]
+    directions: tuple[DirectionSummary, ...]
+    degeneracies: tuple[DegeneracySummary, ...]
+    area: dict[str, float] = field(default_factory=dict, metadata={"key": "area_keV"})
+    area_band: tuple[float, ...] = field(default=(), metadata={"key": "area_band_keV"})
+    constrained: ConstrainedEnergy | None = field(
+        default=None, metadata={"key": "constrained_energy_keV"}
+    )
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CorrectedArfFile(Part):
+    """One corrected-ARF file ``invert`` wrote, and what it holds.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path.
+    statistic : str
+        ``median``, ``p16``, ``p84`` (pointwise posterior percentile of m(E), keyword XRMSTAT)
+        or ``ensemble`` (one posterior draw per row).
+    n_draws : int
+        Posterior draws behind it.
+    description : str
+        One line for the user (summary.txt).
+    """
+
+    path: str
+    statistic: str
+    n_draws: int
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -489,7 +661,17 @@ class InversionResult(Record):
     sources : tuple of SourceResult
         Per source.
     corrected_arf : str
-        Path of the corrected ARF.
+        Path of ``corrected.arf``: the target ARF times the pointwise posterior median of
+        m(E) (the one to use).
+    target_arf : str
+        The target ARF that was corrected ("" for an instrument without an ARF).
+    target : dict of str to str
+        Its TELESCOP and INSTRUME (what ``apply`` checks other ARFs against); empty when the
+        file does not say.
+    identifiability : IdentifiabilityReport
+        What the data constrain.
+    corrected_arfs : tuple of CorrectedArfFile
+        Every corrected-ARF file written, with the statistic each holds.
     warnings : tuple of str
         Warnings for the user (short chains, ...).
     timing : Timing
@@ -497,8 +679,10 @@ class InversionResult(Record):
     """
 
     SCHEMA: ClassVar[str] = "xrmodifier.result"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     NESTED: ClassVar[dict[str, tuple[str, type[Part]]]] = {
+        "identifiability": ("one", IdentifiabilityReport),
+        "corrected_arfs": ("list", CorrectedArfFile),
         "modifier": ("one", ModifierSpec),
         "s_emu": ("one", EmulatorError),
         "optima": ("list", Optimum),
@@ -535,12 +719,73 @@ class InversionResult(Record):
     seed_loss: SeedLoss
     sources: tuple[SourceResult, ...]
     corrected_arf: str
+    target_arf: str
+    target: dict[str, str]
+    identifiability: IdentifiabilityReport
+    corrected_arfs: tuple[CorrectedArfFile, ...]
     warnings: tuple[str, ...]
     timing: Timing
 
     @classmethod
     def _build(cls, fields: dict[str, Any]) -> InversionResult:
         return cls(**build_fields(cls, fields, cls.SCHEMA))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> InversionResult:
+        """Build the result from :meth:`to_dict`'s output; other schema versions are refused.
+
+        Parameters
+        ----------
+        data : dict
+            The JSON object of ``result.json``.
+        where : str
+            The file it came from (for messages).
+
+        Returns
+        -------
+        InversionResult
+            The result.
+
+        Raises
+        ------
+        UserError
+            For another schema, another schema version (version 1 wrote ``corrected.arf`` at
+            theta_best: "rerun invert"), or missing or malformed fields.
+        """
+        if (
+            isinstance(data, Mapping)
+            and data.get("schema") == cls.SCHEMA
+            and data.get("schema_version") != cls.VERSION
+        ):
+            raise UserError(
+                f"{cls.SCHEMA} schema version {data.get('schema_version')} is not the "
+                f"supported {cls.VERSION}: rerun invert (`xrmodifier invert CONFIG OBS`)",
+                where or cls.SCHEMA,
+            )
+        return super().from_dict(data, where)
+
+    def corrected_file(self, statistic: str) -> CorrectedArfFile:
+        """Return the written corrected-ARF file that holds ``statistic``.
+
+        Parameters
+        ----------
+        statistic : str
+            ``median``, ``p16``, ``p84`` or ``ensemble``.
+
+        Returns
+        -------
+        CorrectedArfFile
+            Its entry in :attr:`corrected_arfs`.
+
+        Raises
+        ------
+        KeyError
+            When no such file was written.
+        """
+        for item in self.corrected_arfs:
+            if item.statistic == statistic:
+                return item
+        raise KeyError(statistic)
 
     def vector(self, theta: Mapping[str, float]) -> np.ndarray:
         """Order a theta dict as a vector in ``param_names`` order.

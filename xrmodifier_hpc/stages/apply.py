@@ -22,14 +22,11 @@ correction on every grid.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.inference.arf_posterior import (
@@ -38,16 +35,20 @@ from xrmodifier_hpc.inference.arf_posterior import (
     ensemble,
     pointwise_band,
 )
-from xrmodifier_hpc.io.arf_products import write_arf_ensemble, write_corrected_arf
+from xrmodifier_hpc.io.arf_products import (
+    IDENTITY_KEYS,
+    arf_identity,
+    write_arf_ensemble,
+    write_corrected_arf,
+)
 from xrmodifier_hpc.io.ogip import read_arf
+from xrmodifier_hpc.io.result import InversionResult
 from xrmodifier_hpc.physics.modifiers import Modifier, ModifierError, get_modifier
 
 log = logging.getLogger("xrmodifier.apply")
 
 #: what ``--stat`` accepts
 APPLY_STATISTICS = ("median", "p16", "p84", "ensemble")
-#: keywords that name the instrument an ARF belongs to
-IDENTITY_KEYS = ("TELESCOP", "INSTRUME")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class PosteriorCorrection:
     seed : int
         The inversion's seed (chooses the draws).
     target : dict of str to str or None
-        TELESCOP and INSTRUME of the target ARF; None when they cannot be found.
+        TELESCOP and INSTRUME of the target ARF; None when the result does not say.
     target_where : str
         Where they came from (for messages).
     """
@@ -79,42 +80,44 @@ class PosteriorCorrection:
     target_where: str
 
 
-def instrument_identity(header_list: list[fits.Header]) -> dict[str, str]:
-    """TELESCOP and INSTRUME from the first header (in order) that has each, upper-cased.
+def read_result(result_path: str | Path) -> InversionResult:
+    """Read ``result.json`` as an :class:`~xrmodifier_hpc.io.result.InversionResult`.
 
     Parameters
     ----------
-    header_list : list of astropy.io.fits.Header
-        Headers to look in, e.g. the SPECRESP extension's then the primary's.
+    result_path : str or Path
+        The inversion's result.json.
 
     Returns
     -------
-    dict of str to str
-        The keywords found (missing ones are absent).
+    InversionResult
+        The typed result.
+
+    Raises
+    ------
+    UserError
+        When the file is missing, is not an inversion result, or is of another schema
+        version (rerun invert).
     """
-    out: dict[str, str] = {}
-    for key in IDENTITY_KEYS:
-        for header in header_list:
-            value = str(header.get(key, "") or "").strip()
-            if value:
-                out[key] = value.upper()
-                break
-    return out
-
-
-def _arf_identity(path: Path) -> dict[str, str]:
-    with fits.open(path, memmap=False) as hdul:
-        headers = [h.header for h in hdul[1:] if h.name.upper() == "SPECRESP"] + [hdul[0].header]
-        return instrument_identity(headers)
+    try:
+        return InversionResult.read(result_path)
+    except UserError as exc:
+        if "file not found" in exc.message:
+            raise UserError(
+                "result file not found (made by `xrmodifier invert`)", exc.where
+            ) from None
+        if "schema version" in exc.message:
+            raise
+        raise UserError(
+            f"not an inversion result written by `xrmodifier invert` ({exc.message})", exc.where
+        ) from None
 
 
 def load_correction(result_path: str | Path) -> PosteriorCorrection:
     """Read what ``apply`` needs from ``result.json`` and the ``posterior.npz`` beside it.
 
-    This is the one function that knows today's result.json layout (written by ``invert``):
-    ``modifier.family``/``options``, ``param_names``, ``seed``, ``posterior.samples_file``,
-    and the target's TELESCOP/INSTRUME from ``target`` when present, else from the target
-    ARF named by the config the result was made with.
+    The result is read through :class:`~xrmodifier_hpc.io.result.InversionResult` (its
+    ``modifier``, ``param_names``, ``seed``, ``posterior.samples_file`` and ``target``).
 
     Parameters
     ----------
@@ -133,36 +136,19 @@ def load_correction(result_path: str | Path) -> PosteriorCorrection:
     """
     path = Path(result_path)
     where = str(path)
+    result = read_result(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError("result file not found (made by `xrmodifier invert`)", where) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"not a readable result.json ({exc})", where) from None
-    if not isinstance(data, dict):
-        raise UserError("not an inversion result (expected a JSON object)", where)
-    try:
-        family_name = data["modifier"]["family"]
-        options = data["modifier"].get("options", {})
-        names = tuple(data["param_names"])
-        samples_file = data["posterior"]["samples_file"]
-    except (KeyError, TypeError):
-        raise UserError(
-            "not an inversion result: needs modifier.family, param_names and "
-            "posterior.samples_file (written by `xrmodifier invert`)",
-            where,
-        ) from None
-    try:
-        family = get_modifier(family_name, options)
+        family = get_modifier(result.modifier.family, result.modifier.options)
     except ModifierError as exc:
         raise UserError(exc.message, f"{where} [modifier]") from None
+    names = result.param_names
     if tuple(family.param_names) != names:
         raise UserError(
-            f"param_names {names} are not those of family {family_name!r} "
+            f"param_names {names} are not those of family {family.name!r} "
             f"{tuple(family.param_names)}",
             where,
         )
-    npz = path.parent / str(samples_file)
+    npz = path.parent / result.posterior.samples_file
     try:
         with np.load(npz) as post:
             chain = np.asarray(post["chain"], dtype=np.float64)
@@ -185,46 +171,33 @@ def load_correction(result_path: str | Path) -> PosteriorCorrection:
     samples = chain[burn :: max(thin, 1)].reshape(-1, len(names))
     if samples.shape[0] == 0 or not np.all(np.isfinite(samples)):
         raise UserError("the posterior holds no usable samples after burn-in", str(npz))
-    target, target_where = _target_identity(data, where)
     return PosteriorCorrection(
         result_path=path,
         family=family,
         samples=samples,
-        seed=int(data.get("seed", 0)),
-        target=target,
-        target_where=target_where,
+        seed=result.seed,
+        target=dict(result.target) or None,
+        target_where=f"{where} [target]",
     )
 
 
-def _target_identity(data: dict[str, Any], where: str) -> tuple[dict[str, str] | None, str]:
-    """TELESCOP/INSTRUME of the target: ``data['target']`` or the config's target ARF."""
-    target = data.get("target")
-    if isinstance(target, dict):
-        ident = {
-            k: str(target[k.lower()]).strip().upper()
-            for k in IDENTITY_KEYS
-            if target.get(k.lower())
-        }
-        if ident:
-            return ident, f"{where} [target]"
-    config = data.get("config")
-    if not config:
-        return None, where
-    try:
-        from xrmodifier_hpc.config import load_config
-
-        cfg = load_config(config)
-        arf = cfg.instruments.target.arf
-        if arf is None:
-            return None, str(config)
-        return _arf_identity(Path(arf)), str(arf)
-    except (UserError, OSError) as exc:
-        log.debug("target identity from %s: %s", config, exc)
-        return None, str(config)
-
-
 def output_name(arf: Path, statistic: str) -> str:
-    """Return the file name ``apply`` writes for ``arf`` and ``statistic`` (module docstring)."""
+    """Return the file name ``apply`` writes for ``arf`` and ``statistic`` (module docstring).
+
+    Parameters
+    ----------
+    arf : Path
+        The input ARF.
+    statistic : str
+        ``median``, ``p16``, ``p84`` or ``ensemble``.
+
+    Returns
+    -------
+    str
+        ``<name>.corrected.arf``, ``<name>.corrected_<stat>.arf`` or
+        ``<name>.corrected_ensemble.fits``, ``<name>`` the input's name without ``.gz`` and
+        its FITS suffix.
+    """
     name = arf.name
     for suffix in (".gz", ".arf", ".fits", ".fit", ".fts"):
         if name.lower().endswith(suffix):
@@ -264,7 +237,13 @@ class AppliedArf:
     multiplier_range: tuple[float, float]
 
     def describe(self) -> str:
-        """One line for the terminal."""
+        """Describe the written file in one line for the terminal.
+
+        Returns
+        -------
+        str
+            Output path, statistic, bins, energy span (keV) and the range of m(E) applied.
+        """
         return (
             f"wrote {self.output} ({self.statistic}; {self.n_bins} bins, "
             f"{self.energy_range[0]:.3g}-{self.energy_range[1]:.3g} keV; m(E) "
@@ -278,10 +257,10 @@ def _check_identity(correction: PosteriorCorrection, arf: Path, force: bool) -> 
     if correction.target is None:
         raise UserError(
             "cannot tell which instrument the correction belongs to (no target TELESCOP/"
-            f"INSTRUME from {correction.target_where}); pass --force to apply it anyway",
+            f"INSTRUME in {correction.target_where}); pass --force to apply it anyway",
             str(arf),
         )
-    mine = _arf_identity(arf)
+    mine = arf_identity(arf)
     for key in IDENTITY_KEYS:
         want = correction.target.get(key)
         have = mine.get(key)

@@ -9,10 +9,25 @@ and writes the artefacts.
 Under ``mpiexec``/``srun`` every rank loads the inputs (a file missing on one node ends the
 job with that rank's message, see ``runtime.mpi``), the ``n_starts`` starts of the
 multi-start are dealt round-robin over the ranks, rank 0 gathers them, merges those that
-converged to the same point, samples the posterior and writes ``result.json``,
-``posterior.npz`` and ``corrected.arf`` (target ARF x m(E; theta_best)) in the workdir. An
-exception on any rank aborts every rank with its message (``runtime.mpi.fail_fast``): no
-rank waits forever in the gather.
+converged to the same point, samples the posterior and writes, in the workdir:
+
+* ``corrected.arf``: the target ARF times the pointwise posterior MEDIAN of m(E) over the
+  posterior draws, on the ARF's own energy grid (the file to use);
+* ``corrected_p16.arf``, ``corrected_p84.arf``: the same with the 16th and 84th pointwise
+  percentiles (the 68% envelope);
+* ``corrected_ensemble.fits``: ``[inversion] ensemble_draws`` posterior draws of the corrected
+  ARF, one per row (``io.arf_products``);
+* ``posterior.npz`` (the chains) and ``result.json`` (:class:`InversionResult`: theta_best as a
+  diagnostic, the identifiability report, the list of the corrected-ARF files).
+
+Every corrected ARF says which statistic it holds (XRMSTAT) and which result it came from
+(XRMRESLT). The seed loss "after" and the per-source T1' use the same corrected response as
+the written ``corrected.arf``: the emulator takes theta, not a curve, so it is evaluated at the
+member of the modifier family nearest the written median curve
+(``inference.arf_posterior.nearest_theta``: weighted least squares over the fitted band, weights
+the target's effective area); how far that member is from the written curve is recorded
+(``seed_loss.curve_mismatch``). An exception on any rank aborts every rank with its message
+(``runtime.mpi.fail_fast``): no rank waits forever in the gather.
 """
 
 from __future__ import annotations
@@ -29,6 +44,18 @@ import torch
 
 from xrmodifier_hpc.config import Config, load_config
 from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.inference.arf_posterior import (
+    MAX_BAND_DRAWS,
+    Ensemble,
+    MultiplierBand,
+    ensemble,
+    multiplier_draws,
+    nearest_theta,
+    pointwise_band,
+    prior_band,
+    select_draws,
+)
+from xrmodifier_hpc.inference.identifiability import analyse
 from xrmodifier_hpc.inference.objectives import CorrectedSources, Objectives, corrected_sources
 from xrmodifier_hpc.inference.optimise import merge_optima, run_starts, start_points
 from xrmodifier_hpc.inference.posterior import (
@@ -43,7 +70,9 @@ from xrmodifier_hpc.io.atomic import replacing
 from xrmodifier_hpc.io.metrics import offgrid_error
 from xrmodifier_hpc.io.observations import Observations, read_observations
 from xrmodifier_hpc.io.result import (
+    CorrectedArfFile,
     EmulatorError,
+    IdentifiabilityReport,
     InversionResult,
     ModeSummary,
     ModifierSpec,
@@ -444,9 +473,163 @@ def _finish(
         posterior_s=time.perf_counter() - t_post,
         total_s=time.perf_counter() - t_start,
     )
-    result = _assemble(problem, results, groups, posterior, size, timing)
-    _write_outputs(problem.cfg, result, posterior)
+    theta_best = problem.view.theta_of(groups[0]["u"])
+    products = posterior_arfs(problem, posterior.flat(), theta_best)
+    for note in products.warnings:
+        log.warning("%s", note)
+    result = _assemble(problem, results, groups, posterior, products, size, timing)
+    _write_outputs(problem.cfg, result, posterior, products)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# the corrected ARFs from the posterior
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PosteriorArfs:
+    """The corrected-ARF products of one posterior, on the target's own energy grid.
+
+    Attributes
+    ----------
+    target : Instrument
+        The target instrument (its ARF, or unit area without one), keV and cm^2.
+    band : MultiplierBand
+        Pointwise posterior median, 16/84 and 2.5/97.5 percentiles of m(E) on the target's
+        bin centres.
+    ensemble : Ensemble or None
+        The ensemble's draws and curves; None when the target has no ARF file to copy.
+    theta_written : ndarray, shape (d,)
+        The family member nearest ``band.median`` (what the emulator is evaluated at for the
+        seed loss "after" and T1').
+    curve_mismatch : float
+        ``max |m(E; theta_written) - band.median|`` over the fitted band (dimensionless).
+    identifiability : IdentifiabilityReport
+        What the data constrain.
+    files : tuple of CorrectedArfFile
+        What will be written, with the statistic each holds.
+    warnings : list of str
+        Notes for the user.
+    """
+
+    target: Any
+    band: MultiplierBand
+    ensemble: Ensemble | None
+    theta_written: np.ndarray
+    curve_mismatch: float
+    identifiability: IdentifiabilityReport
+    files: tuple[CorrectedArfFile, ...]
+    warnings: list[str]
+
+
+#: posterior draws used as starting points when projecting the median curve onto the family
+_PROJECTION_STARTS = 8
+
+
+def posterior_arfs(problem: Problem, samples: np.ndarray, theta_best: np.ndarray) -> PosteriorArfs:
+    """Compute the corrected ARFs' multipliers, the identifiability report and theta_written.
+
+    Parameters
+    ----------
+    problem : Problem
+        The inversion's inputs (config: target instrument, fitted band, seed, ensemble size).
+    samples : ndarray, shape (n_samples, d)
+        The flat posterior samples (theta units).
+    theta_best : ndarray, shape (d,)
+        The multi-start's best optimum (checked against the bounds, a diagnostic).
+
+    Returns
+    -------
+    PosteriorArfs
+        The pointwise band and ensemble of m(E) on the target's bins, the family member
+        nearest the median curve, the identifiability report and the files to write.
+    """
+    from xrmodifier_hpc.io.ogip import Instrument
+    from xrmodifier_hpc.physics.modifiers import get_modifier
+
+    cfg, view, seed = problem.cfg, problem.view, problem.settings.seed
+    family = get_modifier(cfg.modifier.family, cfg.modifier.options)
+    tcfg = cfg.instruments.target
+    target = Instrument.load(tcfg.arf, tcfg.rmf, tcfg.allow_double_area)
+    e_mid = 0.5 * (target.energ_lo + target.energ_hi)
+    notes: list[str] = []
+    band = pointwise_band(family, e_mid, samples, MAX_BAND_DRAWS, seed)
+    wanted = cfg.inversion.ensemble_draws
+    n_ens = min(wanted, samples.shape[0])
+    if n_ens < wanted:
+        notes.append(
+            f"the posterior holds {samples.shape[0]} samples, fewer than ensemble_draws = "
+            f"{wanted}: the ensemble has {n_ens} rows"
+        )
+    ens = None
+    if target.arf_path is not None:
+        ens = ensemble(family, e_mid, samples, n_ens, seed)
+    else:
+        notes.append("the target has no ARF file: no corrected_ensemble.fits is written")
+    # the emulator takes theta: project the written median curve onto the family, weighting
+    # each energy of the fitted band by the target's effective area there
+    fit_lo, fit_hi = (float(x) for x in cfg.simulation.band)
+    in_band = (e_mid >= fit_lo) & (e_mid <= fit_hi)
+    weights = np.where(in_band, target.area / max(float(target.area.max()), 1e-300), 0.0)
+    if not np.any(weights > 0):
+        weights = in_band.astype(np.float64) if in_band.any() else np.ones_like(e_mid)
+    starts = np.vstack(
+        [np.median(samples, axis=0), theta_best, select_draws(samples, _PROJECTION_STARTS, seed)]
+    )
+    theta_written, mismatch = nearest_theta(
+        family, e_mid, band.median, view.theta_lo, view.theta_hi, starts, weights
+    )
+    curves = multiplier_draws(family, e_mid, select_draws(samples, MAX_BAND_DRAWS, seed))
+    ident = analyse(
+        view.param_names,
+        samples,
+        view.theta_lo,
+        view.theta_hi,
+        theta_best=theta_best,
+        posterior_band=band,
+        prior=prior_band(family, e_mid, view.theta_lo, view.theta_hi, seed=seed),
+        energy_edges=(target.energ_lo, target.energ_hi),
+        curves=curves,
+        band=(fit_lo, fit_hi),
+    )
+    report = ident.to_dict()
+    report["area_keV"] = report["area_keV"] or {}
+    report["area_band_keV"] = report["area_band_keV"] or []
+    workdir = Workdir(cfg.workdir)
+    files = [
+        CorrectedArfFile(
+            str(workdir.corrected_arf_stat(stat)),
+            stat,
+            band.n_draws,
+            f"target ARF x pointwise posterior {what} of m(E) over {band.n_draws} draws",
+        )
+        for stat, what in (
+            ("median", "median (use this one)"),
+            ("p16", "16th percentile"),
+            ("p84", "84th percentile"),
+        )
+    ]
+    if ens is not None:
+        files.append(
+            CorrectedArfFile(
+                str(workdir.corrected_ensemble),
+                "ensemble",
+                ens.n_draws,
+                f"{ens.n_draws} posterior draws of the corrected ARF, one per row "
+                "(for propagating the calibration uncertainty)",
+            )
+        )
+    return PosteriorArfs(
+        target=target,
+        band=band,
+        ensemble=ens,
+        theta_written=np.asarray(theta_written, dtype=np.float64),
+        curve_mismatch=float(mismatch),
+        identifiability=IdentifiabilityReport.from_dict(report, "identifiability"),
+        files=tuple(files),
+        warnings=notes,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,21 +642,24 @@ def _assemble(
     results: list[dict[str, Any]],
     groups: list[dict[str, Any]],
     posterior: Posterior,
+    products: PosteriorArfs,
     size: int,
     timing: Timing,
 ) -> InversionResult:
     """Assemble the :class:`InversionResult` of one run (rank 0)."""
+    from xrmodifier_hpc.io.arf_products import arf_identity
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg, view, obs, settings = problem.cfg, problem.view, problem.obs, problem.settings
     names = view.param_names
     theta_best = view.theta_of(groups[0]["u"])
-    corrected = corrected_sources(view, theta_best, obs)
+    corrected = corrected_sources(view, products.theta_written, obs)
     if corrected.clamped.any():
         log.warning(
-            "%d source(s) have T1 outside what the emulator gives at theta_best",
+            "%d source(s) have T1 outside what the emulator gives for the corrected ARF",
             int(corrected.clamped.sum()),
         )
+    arf_path = products.target.arf_path
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
     workdir = Workdir(cfg.workdir)
     return InversionResult(
@@ -500,10 +686,16 @@ def _assemble(
         optima=_optima(problem, groups),
         starts=tuple(_start(view, r) for r in results),
         posterior=_posterior_summary(view, settings, posterior, workdir.posterior.name),
-        seed_loss=_seed_loss(obs, corrected.t1_corrected),
+        seed_loss=_seed_loss(
+            obs, corrected.t1_corrected, theta_dict(names, products.theta_written), products
+        ),
         sources=_sources(obs, corrected),
         corrected_arf=str(workdir.corrected_arf),
-        warnings=tuple(posterior.warnings),
+        target_arf="" if arf_path is None else str(arf_path),
+        target={} if arf_path is None else arf_identity(arf_path),
+        identifiability=products.identifiability,
+        corrected_arfs=products.files,
+        warnings=tuple(posterior.warnings) + tuple(products.warnings),
         timing=timing,
     )
 
@@ -566,15 +758,20 @@ def _posterior_summary(
     )
 
 
-def _seed_loss(obs: Observations, t1_corrected: np.ndarray) -> SeedLoss:
+def _seed_loss(
+    obs: Observations, t1_corrected: np.ndarray, theta: dict[str, float], products: PosteriorArfs
+) -> SeedLoss:
     before = float(np.sum((obs.t0 - obs.t1) ** 2))
     after = float(np.sum((obs.t0 - t1_corrected) ** 2))
     return SeedLoss(
         before=before,
         after=after,
         ratio=before / after if after > 0 else math.inf,
-        note="before: theta = identity, where T1' = T1 (the uncorrected ARF); "
-        "after: T1' emulated at theta_best",
+        note="before: theta = identity, where T1' = T1 (the uncorrected ARF); after: T1' "
+        "emulated for the written corrected.arf, at the modifier nearest its posterior-median "
+        f"m(E) (within {products.curve_mismatch:.2g} of it over the fitted band)",
+        theta=theta,
+        curve_mismatch=products.curve_mismatch,
     )
 
 
@@ -592,10 +789,12 @@ def _sources(obs: Observations, corrected: CorrectedSources) -> tuple[SourceResu
     )
 
 
-def _write_outputs(cfg: Config, result: InversionResult, posterior: Posterior) -> None:
-    """``posterior.npz``, ``corrected.arf`` (target ARF x m(E; theta_best)), ``result.json``."""
-    from xrmodifier_hpc.io.ogip import Instrument, write_modified_arf
-    from xrmodifier_hpc.physics.modifiers import get_modifier
+def _write_outputs(
+    cfg: Config, result: InversionResult, posterior: Posterior, products: PosteriorArfs
+) -> None:
+    """``posterior.npz``, the corrected ARFs (median, p16, p84, ensemble), ``result.json``."""
+    from xrmodifier_hpc.io.arf_products import write_arf_ensemble, write_corrected_arf
+    from xrmodifier_hpc.io.ogip import MULTIPLIER_KEY, write_arf
 
     workdir = Workdir(cfg.workdir)
     workdir.root.mkdir(parents=True, exist_ok=True)
@@ -610,23 +809,50 @@ def _write_outputs(cfg: Config, result: InversionResult, posterior: Posterior) -
             tau=posterior.tau,
             acceptance=posterior.acceptance,
         )
-    family = get_modifier(result.modifier.family, result.modifier.options)
-    tcfg = cfg.instruments.target
-    target = Instrument.load(tcfg.arf, tcfg.rmf, tcfg.allow_double_area)
-    theta_best = result.theta_best_vector
-    write_modified_arf(
-        workdir.corrected_arf,
-        target,
-        family.name,
-        result.param_names,
-        theta_best,
-        family.evaluate(target.e_mid, theta_best),
-        extra={
-            "XRMOBJ": (result.objective, "inversion objective"),
-            "XRMOBS": (Path(result.observations).name, "observations file"),
-            "XRMNSRC": (result.n_sources, "number of sources inverted"),
-        },
-    )
+    extra = {
+        "XRMFAMIL": (result.modifier.family, "ARF modifier family"),
+        "XRMOBJ": (result.objective, "inversion objective"),
+        "XRMOBS": (Path(result.observations).name, "observations file"),
+        "XRMNSRC": (result.n_sources, "number of sources inverted"),
+    }
+    target, band = products.target, products.band
+    for item in result.corrected_arfs:
+        ens = products.ensemble
+        if item.statistic == "ensemble" and ens is not None:  # listed only when drawn
+            write_arf_ensemble(
+                item.path,
+                target.arf_path,
+                ens.multipliers,
+                ens.thetas,
+                result.param_names,
+                workdir.result,
+                extra,
+            )
+        elif target.arf_path is not None:
+            write_corrected_arf(
+                item.path,
+                target.arf_path,
+                band.statistic(item.statistic),
+                item.statistic,
+                workdir.result,
+                band.n_draws,
+                extra,
+            )
+        else:  # no ARF: the file holds m(E) itself, for the instrument's own matrix
+            write_arf(
+                item.path,
+                target.energ_lo,
+                target.energ_hi,
+                target.area * band.statistic(item.statistic),
+                header=target.arf_header,
+                provenance={
+                    **extra,
+                    "XRMSTAT": (item.statistic, "statistic of m(E) over the posterior draws"),
+                    "XRMRESLT": (str(workdir.result), "inversion result this ARF comes from"),
+                    "XRMNDRAW": (band.n_draws, "posterior draws behind XRMSTAT"),
+                    MULTIPLIER_KEY: (True, "dimensionless multiplier of the RMF's area"),
+                },
+            )
     result.write(workdir.result)
 
 
@@ -642,7 +868,8 @@ def format_summary(result: InversionResult) -> str:
     -------
     str
         Objective and counts, one row per parameter (best, median, 16/84 percentiles,
-        autocorrelation time), the seed's loss before and after, the warnings.
+        autocorrelation time), the seed's loss before and after, the warnings, which
+        corrected-ARF file holds what.
     """
     lines = [
         f"objective {result.objective}, {result.n_sources} sources, "
@@ -663,4 +890,6 @@ def format_summary(result: InversionResult) -> str:
     )
     for w in result.warnings:
         lines.append(f"warning: {w}")
+    for item in result.corrected_arfs:
+        lines.append(f"{Path(item.path).name}: {item.description}")
     return "\n".join(lines)

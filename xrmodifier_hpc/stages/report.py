@@ -24,7 +24,12 @@ import numpy as np
 
 from xrmodifier_hpc.config import Config, load_config
 from xrmodifier_hpc.errors import UserError
-from xrmodifier_hpc.figures.arf import figure_data_arf, plot_arf
+from xrmodifier_hpc.figures.arf import (
+    figure_data_arf,
+    figure_data_ensemble,
+    plot_arf,
+    plot_ensemble,
+)
 from xrmodifier_hpc.figures.inputs import Artefacts
 from xrmodifier_hpc.figures.parity import figure_data_parity, plot_parity
 from xrmodifier_hpc.figures.posterior import CORNER_TAIL, figure_data_corner, plot_corner
@@ -48,6 +53,7 @@ FIGURES: dict[str, str] = {
     "parity": "fig3_emulator_parity.png",
     "corner": "fig4_posterior_corner.png",
     "profiles": "fig5_profile_curves.png",
+    "ensemble": "fig6_arf_ensemble.png",
 }
 SUMMARY_NAME = "summary.txt"
 
@@ -254,6 +260,17 @@ def load_artefacts(cfg: Config) -> Artefacts:
     module = load(wd.emulator)
     obs_path = Path(result.observations) if result.observations else None
     truth, truth_path = read_truth(obs_path, names) if obs_path is not None else (None, None)
+    from xrmodifier_hpc.io.arf_products import read_arf_ensemble
+
+    # by name in this workdir (a project copied or moved keeps its files together)
+    listed = {item.statistic: wd.root / Path(item.path).name for item in result.corrected_arfs}
+    for stat, path in listed.items():
+        if not path.is_file():
+            raise UserError(
+                f"the {stat} corrected ARF listed in {wd.result.name} is missing: rerun "
+                f"{_stage_hint('invert')}",
+                str(path),
+            )
     return Artefacts(
         result=result,
         samples=samples,
@@ -267,6 +284,9 @@ def load_artefacts(cfg: Config) -> Artefacts:
         truth=truth,
         truth_path=truth_path,
         observations_path=obs_path,
+        corrected_p16=read_arf(listed["p16"]) if "p16" in listed else None,
+        corrected_p84=read_arf(listed["p84"]) if "p84" in listed else None,
+        ensemble=read_arf_ensemble(listed["ensemble"]) if "ensemble" in listed else None,
     )
 
 
@@ -402,11 +422,24 @@ def report(config: Config | str | Path) -> ReportSummary | None:
         "arf",
         arf,
         plot_arf,
-        f"target and corrected ARF; m(E) at theta_best, posterior median and 16-84% band "
-        f"from {arf.n_band_samples} posterior samples"
+        f"target ARF and the written corrected.arf (pointwise posterior median of m(E) over "
+        f"{arf.n_band_samples} posterior draws) with its 16-84% band (corrected_p16/p84.arf); "
+        "m(E) at theta_best as a thin diagnostic line"
         + ("; m(E) at theta_true" if arf.m_true is not None else ""),
         out,
     )
+    ens = figure_data_ensemble(art)
+    if ens is None:
+        summary.skip("ensemble", "no corrected_ensemble.fits (the target has no ARF file)")
+    else:
+        summary.draw(
+            "ensemble",
+            ens,
+            plot_ensemble,
+            f"the {ens.m_draws.shape[0]} posterior draws of corrected_ensemble.fits: their "
+            "m(E) and corrected ARFs, with the written median",
+            out,
+        )
     temps = figure_data_temperatures(art.result)
     summary.draw(
         "temperatures",
