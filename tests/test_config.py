@@ -341,6 +341,19 @@ def test_written_values_that_conflict_are_still_refused(demo_config):
         _load(demo_config, MINIMAL + "[inversion.mcmc]\nsteps = 500\nburn = 600\n")
 
 
+@pytest.mark.parametrize("thin", ["0", "-2"])
+def test_thin_below_one_is_refused_on_the_command_line(demo_config, thin):
+    """thin = 0 crashed invert; a negative thin silently sampled the burn-in backwards."""
+    text = demo_config.read_text() + f"\n[inversion.mcmc]\nthin = {thin}\n"
+    if "[inversion.mcmc]" in demo_config.read_text():
+        text = edit_config(demo_config.read_text(), "inversion.mcmc", "thin", thin)
+    demo_config.write_text(text)
+    done = run_cli("check", str(demo_config))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[inversion.mcmc.thin]" in lines[0] and ">= 1" in lines[0]
+
+
 @pytest.mark.parametrize(
     "value, message",
     [("90", "(a fraction: 0.9 for 90%)"), ("0", "between 0 and 1"), ("1.0", "between 0 and 1")],

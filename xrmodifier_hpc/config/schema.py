@@ -474,6 +474,8 @@ class McmcConfig:
             raise ConfigError("walkers must be an even number >= 4", at("walkers"))
         if self.steps < 1 or not 0 <= self.burn < self.steps:
             raise ConfigError("need steps >= 1 and 0 <= burn < steps", at("burn"))
+        if self.thin < 1:
+            raise ConfigError(f"thin must be an integer >= 1, got {self.thin}", at("thin"))
 
 
 @dataclass(frozen=True)

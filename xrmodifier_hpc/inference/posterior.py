@@ -101,6 +101,11 @@ class Posterior:
         return self.chain[self.burn :: self.thin].reshape(-1, self.chain.shape[-1])
 
 
+#: precision (1 / variance) of the flat prior on a unit axis: walkers start from the Laplace
+#: approximation times a Gaussian of the prior's variance (:func:`start_walkers`)
+PRIOR_PRECISION = 12.0
+
+
 def log_posterior_fn(lik: Likelihood) -> Callable[[torch.Tensor], torch.Tensor]:
     """Log posterior in unit coordinates up to a constant.
 
@@ -215,21 +220,29 @@ def start_walkers(modes: list[Mode], rng: np.random.Generator) -> np.ndarray:
     Returns
     -------
     ndarray, shape (sum of walkers, d)
-        Drawn from each mode's N(u, cov) (a small ball when cov is unknown), redrawn until
-        inside the prior's support.
+        Drawn from each mode's N(u, C) with ``C = (cov^-1 + PRIOR_PRECISION I)^-1``: the
+        Laplace approximation times a Gaussian of the flat prior's variance (1/12 per unit
+        axis), redrawn until inside the prior's support. Along a direction the data do not
+        constrain (cov huge or unknown: e.g. mu and sigma of a dip whose amplitude is near
+        zero) the walkers start spread over the prior, not in a small ball from which the
+        ensemble needs many autocorrelation times to expand: started in a ball, the burn-in
+        did not undo it and the intervals came out too narrow (benchmarks/bench_coverage.py).
     """
     rows = []
     for m in modes:
         d = m.u.size
-        cov = m.cov if m.cov is not None else np.eye(d) * 1e-6
-        chol = np.linalg.cholesky(cov + np.eye(d) * 1e-14)
+        precision = PRIOR_PRECISION * np.eye(d)
+        if m.cov is not None:
+            precision = precision + np.linalg.inv(m.cov)
+        cov = np.linalg.inv(precision)
+        chol = np.linalg.cholesky(0.5 * (cov + cov.T) + np.eye(d) * 1e-14)
         for _ in range(m.walkers):
-            for _ in range(100):
+            for _ in range(1000):
                 p = m.u + chol @ rng.standard_normal(d)
                 if np.all((p > 0) & (p < 1)):
                     break
             else:
-                p = np.clip(m.u + 1e-4 * rng.standard_normal(d), 1e-6, 1 - 1e-6)
+                p = np.clip(m.u + chol @ rng.standard_normal(d), 1e-6, 1 - 1e-6)
             rows.append(p)
     return np.array(rows)
 

@@ -102,7 +102,7 @@ def _cards(
 ) -> list[tuple[str, Any, str]]:
     prov: dict[str, tuple[Any, str]] = {
         "XRMSTAT": (statistic, "statistic of m(E) over the posterior draws"),
-        "XRMRESLT": (str(result), "inversion result this ARF comes from"),
+        "XRMRESLT": (str(Path(result).resolve()), "inversion result this ARF comes from"),
         "XRMNDRAW": (int(n_draws), "posterior draws behind XRMSTAT"),
         "XRMSRC": (str(source), "ARF that was corrected"),
     }
