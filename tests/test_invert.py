@@ -362,8 +362,9 @@ def test_invert_stage_writes_result_posterior_and_corrected_arf(
         areas[stat] = read_arf(path).specresp
         m = np.percentile(curves, q, axis=0)
         np.testing.assert_allclose(areas[stat], orig.specresp * m, rtol=2e-7)
-        # the 4000 draws stand for the whole chain
-        np.testing.assert_allclose(m, np.percentile(everything, q, axis=0), atol=3e-3)
+        # the 4000 draws stand for the whole chain: percentiles agree within their sampling
+        # noise (this short chain has ~1,000 effective samples; m spans up to ~0.3)
+        np.testing.assert_allclose(m, np.percentile(everything, q, axis=0), atol=1.5e-2)
         with fits.open(path) as hdul:
             hdr = hdul["SPECRESP"].header
             assert hdr["XRMSTAT"] == stat and hdr["XRMNDRAW"] == 4000
