@@ -112,6 +112,7 @@ def _settings() -> SimulationSettings:
         counts=COUNTS,
         source_params={"nH": NH},
         curves=True,
+        t_true_axis=T_TRUE,  # as simulate's settings carry the grid's axis
     )
 
 

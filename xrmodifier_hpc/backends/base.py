@@ -99,6 +99,10 @@ class SimulationSettings:
         XSPEC's abundance and photoelectric cross-section tables.
     stream : int
         Random stream of the points (``GRID_STREAM`` for the grid).
+    t_true_axis : numpy.ndarray or None
+        The grid's true temperatures, shape ``(n_t_true,)`` (keV), when known: a backend may
+        prepare them together (the native backend folds them per modifier key in one
+        product). Any temperature can still be simulated.
     """
 
     exposure: float
@@ -118,6 +122,7 @@ class SimulationSettings:
     abund: str = "angr"
     xsect: str = "vern"
     stream: int = GRID_STREAM
+    t_true_axis: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, role: str = "target", **overrides) -> SimulationSettings:
@@ -156,6 +161,7 @@ class SimulationSettings:
             temperature_param=cfg.source.temperature,
             abund=sim.abund,
             xsect=sim.xsect,
+            t_true_axis=cfg.temperatures.t_true.array,
         )
         values.update(overrides)
         return cls(**values)

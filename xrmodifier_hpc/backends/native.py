@@ -24,8 +24,9 @@ How a batch is computed (see backends/base.py for the contract):
   first half is shared with the original fit.
 - fakeit: expected counts through the modified response at T_true (the original fold plus
   ``a_j`` times the basis folds at T_true, float64, cached per key and T_true), Poisson draws
-  from the point's own generator (``grid.point_rng``, seeded here without building a
-  SeedSequence per point: :class:`_PointStreams`), or the expectation itself in asimov mode.
+  (physics.poisson: exact, compiled) from the uniforms of the point's own generator
+  (``grid.point_rng``, seeded here without building a SeedSequence per point:
+  :class:`_PointStreams`), or the expectation itself in asimov mode.
 - Each spectrum is fitted twice (original and modified templates): the norm-profiled C-stat
   on the grid is one matrix product (fitstat), then the minimum and the delta-C = 1 interval
   come from the local-polynomial interpolant of the profile in ln T (fitstat).
@@ -37,8 +38,9 @@ per-key fold of a temperature row at a position fixed by that temperature, so a 
 do not depend on which other points share its batch.
 
 Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson draws (one per
-noticed channel: numpy's sampler, ~60 ns each, is the largest single cost on EPIC-pn's 1305
-channels), the two profile products (2 x channels x fit temperatures multiply-adds), the
+noticed channel: ~30 ns each with physics.poisson, numpy's sampler took 40-80 ns, on
+EPIC-pn's 1305 channels), the two profile products (2 x channels x fit temperatures
+multiply-adds), the
 per-key basis folds shared by the points of one (mu, sigma), one float32 log per channel and
 fit temperature per theta shared by its T_true points, and the fit refinement.
 """
@@ -79,6 +81,7 @@ from xrmodifier_hpc.physics.fitstat import (
     fit_profiles,
 )
 from xrmodifier_hpc.physics.modifiers import Modifier
+from xrmodifier_hpc.physics.poisson import poisson_rows
 from xrmodifier_hpc.physics.spectra import Model, ModelError
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,11 @@ MIN_RATIO = 0.5
 #: templates below this, or |delta / s| above RATIO_MAX, always take the float64 path
 REGULAR_MIN = 1e-290
 RATIO_MAX = 1e6
+#: the basis folds on the fit grid are float32 (rows scaled to a peak of 1): templates below
+#: this fraction of their row's peak take the float64 path (float32's normal range is 1e-38)
+FLOAT32_REACH = 1e-25
+#: channels per float64 product of the exact path (bounds the memory)
+EXACT_CHUNK = 256
 
 
 class _LRU(OrderedDict):
@@ -759,17 +767,17 @@ class _KeyTerms:
     """Per-key quantities (one (mu, sigma) of the Gaussian family).
 
     The energy-row span where a basis function is not negligible, ``weights`` = area x basis
-    on it (J, span) cm^2, the basis folds on the fit grid ``delta`` (J, n_T, n_chan), the
-    split of template elements into the float32 path (``ratio`` = delta / s, float32, zero
-    elsewhere) and the float64 one (``irregular``), and the folds at T_true (``folds``: T ->
-    (J, n_chan)).
+    on it (J, span) cm^2, the split of the basis folds on the fit grid (delta, (J, n_T,
+    n_chan)) into the float32 path (``ratio`` = delta / s, float32, zero elsewhere) and the
+    float64 one (``irregular``, delta folded exactly there), and the folds at T_true
+    (``folds``: T -> (J, n_chan)).
     """
 
     span: slice
     weights: np.ndarray
-    delta: np.ndarray
     chan: slice
     ratio: np.ndarray
+    ratio_range: tuple[np.ndarray, np.ndarray]  # (J,) least and greatest ``ratio``
     totals_base: np.ndarray  # (n_T,) sum of the (floored) templates off ``irregular``
     delta_totals_base: np.ndarray  # (J, n_T) sum of ``delta`` off ``irregular``
     irregular: np.ndarray  # flat indices into (n_T, n_chan)
@@ -841,6 +849,13 @@ class NativeBackend(Backend):
         f = self.fitter
         self._safe_templates = np.maximum(f.templates, TEMPLATE_FLOOR)
         self._log_safe_templates = np.log(self._safe_templates)
+        #: the response's row sums over the noticed channels: a fold's total is a dot product
+        self._row_sums = f._response.sum(axis=1)
+        #: template elements the float32 path may take (see ``_make_key``)
+        s = f.templates
+        self._float32_ok = (s > REGULAR_MIN) & (s > FLOAT32_REACH * s.max(axis=1)[:, None])
+        #: the response by channel (n_chan, K), for the exact path's channel gathers
+        self._response_t = np.ascontiguousarray(f._response.T)
         self._theta_cache = _LRU(THETA_CACHE_SIZE)
         self._key_cache = _LRU(KEY_CACHE_SIZE)
         self._streams = _PointStreams(settings.seed, settings.stream)
@@ -849,6 +864,9 @@ class NativeBackend(Backend):
         #: products (``profile``), float32 logarithms (``log_ratio``), Poisson draws
         self.work: Counter[str] = Counter()
         self.t_range = model.param_range(settings.temperature_param)
+        #: the grid's true temperatures (keV), folded together per key (see ``_folds``)
+        axis = () if settings.t_true_axis is None else np.unique(settings.t_true_axis).tolist()
+        self._t_axis = dict.fromkeys(axis) if len(axis) <= T_CACHE_SIZE // 2 else {}
 
     def version(self) -> str:
         """Give the version string recorded in artefacts' provenance.
@@ -876,39 +894,53 @@ class NativeBackend(Backend):
         span = slice(int(moved[0]), int(moved[-1]) + 1) if moved.size else slice(0, 0)
         weights = np.ascontiguousarray(w[:, span])
         n_t, n_chan = f.templates.shape
-        delta = np.zeros((n_j, n_t, n_chan))
+        s = f.templates
+        # the basis folds in float32, each row scaled to a peak of 1 (so float32's range
+        # never matters); their sums over the channels exactly, in float64, from the
+        # matrix's row sums
+        delta32 = np.zeros((n_j, n_t, n_chan), dtype=np.float32)
+        scale = np.ones((n_j, n_t))
+        delta_totals = np.zeros((n_j, n_t))
         if moved.size:
             for j in range(n_j):
                 x = f.grid_flux[:, span] * weights[j]
-                delta[j] = f.band_response.fold(x, span)
+                peak = np.abs(x).max(axis=1)
+                scale[j] = np.where(peak > 0, peak, 1.0)
+                delta32[j] = f.band_response.fold(x / scale[j][:, None], span, single=True)
+                delta_totals[j] = x @ self._row_sums[span]
             self.work["fold_grid"] += n_j * n_t * f.band_response.multiply_adds(span)
-        if not np.all(np.isfinite(delta)):
+        if not (np.all(np.isfinite(delta32)) and np.all(np.isfinite(delta_totals))):
             raise ModelError("non-finite templates for the modified response")
-        s = f.templates
-        changed = delta[0] != 0
+        changed = delta32[0] != 0
         for j in range(1, n_j):
-            changed |= delta[j] != 0
+            changed |= delta32[j] != 0
         reached = np.flatnonzero(changed.any(axis=0))
         chan = slice(int(reached[0]), int(reached[-1]) + 1) if reached.size else slice(0, 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = delta[:, :, chan] / s[:, chan]
-        regular = s[:, chan] > REGULAR_MIN
+        s_chan = s[:, chan]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratio = delta32[:, :, chan] * (scale[:, :, None] / s_chan)
+        # float32 keeps ~7 digits of each fold relative to its row's peak: templates far
+        # below their row's peak, not safely positive, or moved by huge factors take the
+        # exact float64 path
+        regular = self._float32_ok[:, chan].copy()
         for j in range(n_j):
             regular &= np.abs(ratio[j]) <= RATIO_MAX
-        # elements outside the float32 path that the modifier changes: float64 per theta
         rows, cols = np.nonzero(changed[:, chan] & ~regular)
         flat = rows * n_chan + cols + chan.start
         safe_irr = self._safe_templates.ravel()[flat]
-        delta_irr = delta.reshape(n_j, -1)[:, flat]
+        delta_irr = self._exact_delta(span, weights, rows, cols + chan.start)
+        ratio32 = np.where(regular, ratio, 0.0).astype(np.float32)
         return _KeyTerms(
             span=span,
             weights=weights,
-            delta=delta,
             chan=chan,
-            ratio=np.where(regular, ratio, 0.0).astype(np.float32),
+            ratio=ratio32,
+            ratio_range=(ratio32.min(axis=(1, 2)), ratio32.max(axis=(1, 2)))
+            if ratio32.size
+            else (np.zeros(n_j), np.zeros(n_j)),
             totals_base=self._safe_templates.sum(axis=1)
             - np.bincount(rows, weights=safe_irr, minlength=n_t),
-            delta_totals_base=delta.sum(axis=2)
+            delta_totals_base=delta_totals
             - np.stack([np.bincount(rows, weights=d, minlength=n_t) for d in delta_irr]),
             irregular=flat,
             irregular_rows=rows,
@@ -918,6 +950,33 @@ class NativeBackend(Backend):
             irregular_logs=self._log_safe_templates.ravel()[flat],
             folds=_LRU(T_CACHE_SIZE),
         )
+
+    def _exact_delta(
+        self, span: slice, weights: np.ndarray, t_index: np.ndarray, channel: np.ndarray
+    ) -> np.ndarray:
+        """Fold the basis functions at single (fit temperature, channel) elements, in float64.
+
+        Returns (J, n): element i is sum_e flux_e(T[t_index[i]]) weights[j, e] R[e, channel[i]]
+        over the energy rows ``span``.
+        """
+        f = self.fitter
+        n_j = weights.shape[0]
+        out = np.zeros((n_j, t_index.size))
+        if span.stop == span.start or t_index.size == 0:
+            return out
+        # the elements gather in a few channels and temperatures (EPIC-pn's negative RMF
+        # elements: 190 channels at the 17 lowest fit temperatures): fold those temperatures
+        # onto those channels, in float64, then pick
+        temps, t_at = np.unique(t_index, return_inverse=True)
+        columns, where = np.unique(channel, return_inverse=True)
+        flux = f.grid_flux[temps][:, span]  # (t, span)
+        for a in range(0, columns.size, EXACT_CHUNK):
+            cols = self._response_t[columns[a : a + EXACT_CHUNK], span]  # (c, span)
+            pick = np.flatnonzero((where >= a) & (where < a + EXACT_CHUNK))
+            for j in range(n_j):
+                folded = (flux * weights[j]) @ cols.T  # (t, c)
+                out[j, pick] = folded[t_at[pick], where[pick] - a]
+        return out
 
     def _theta(self, theta: np.ndarray) -> _ThetaTerms:
         return self._theta_cache.get_or(theta.tobytes(), lambda: self._make_theta(theta))
@@ -939,25 +998,26 @@ class NativeBackend(Backend):
         f = self.fitter
         n_t, n_chan = f.templates.shape
         ratio = kt.ratio
-        log_ratio = np.zeros(ratio.shape[1:]) if not ratio.size else np.empty(ratio.shape[1:])
+        log_ratio = np.zeros(ratio.shape[1:])
         totals = kt.totals_base + amps @ kt.delta_totals_base
         low = np.zeros(0, dtype=np.int64)
         if ratio.size:
-            z = np.float32(amps[0]) * ratio[0]
+            z = np.multiply(ratio[0], np.float32(amps[0]))
             for j in range(1, amps.size):
                 z += np.float32(amps[j]) * ratio[j]
+            # the lowest 1 + z can reach, from the key's extremes of each ratio
+            lowest = 1.0 + sum(min(a * lo, a * hi) for a, lo, hi in zip(amps, *kt.ratio_range))
             u = z + np.float32(1.0)
-            low_any = bool(u.min() <= MIN_RATIO)
             # ln(1 + z) = ln(u) - e / u to ~1 ulp, where u = fl(1 + z) and e = (u - 1) - z is
-            # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1
+            # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1.
+            # e / u is taken as e: the difference, e z / u, is within 1 ulp of ln(1 + z) ~ z
             e = u - np.float32(1.0)
             e -= z
-            e /= u
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.log(u, out=u)
             np.subtract(u, e, out=log_ratio)
             self.work["log_ratio"] += u.size
-            if low_any:
+            if lowest <= MIN_RATIO:
                 at = np.flatnonzero(z <= MIN_RATIO - 1.0)
                 low = (at // z.shape[1]) * n_chan + at % z.shape[1] + kt.chan.start
         if kt.irregular.size:
@@ -967,10 +1027,12 @@ class NativeBackend(Backend):
             totals = totals + np.bincount(kt.irregular_rows, weights=safe, minlength=n_t)
         if low.size:
             s = f.templates.ravel()[low]
-            mod = s + amps @ kt.delta.reshape(amps.size, -1)[:, low]
+            rows, channels = low // n_chan, low % n_chan
+            mod = s + amps @ self._exact_delta(kt.span, kt.weights, rows, channels)
             safe = np.maximum(mod, TEMPLATE_FLOOR)
-            rows, cols = low // n_chan, low % n_chan - kt.chan.start
-            log_ratio[rows, cols] = np.log(safe) - self._log_safe_templates.ravel()[low]
+            log_ratio[rows, channels - kt.chan.start] = (
+                np.log(safe) - self._log_safe_templates.ravel()[low]
+            )
             # these were counted unclamped in ``totals``: swap in their floored values
             totals = totals + np.bincount(rows, weights=safe - mod, minlength=n_t)
         return log_ratio, np.log(totals)
@@ -978,8 +1040,11 @@ class NativeBackend(Backend):
     def _folds(self, kt: _KeyTerms, temps: np.ndarray) -> None:
         """Fill ``kt.folds`` for the temperatures ``temps`` (keV): the basis folds at T.
 
-        Row (T, j) goes into a fixed-shape block at a slot fixed by (T, j) (see the module
-        docstring), so its bits never depend on which temperatures share its block.
+        A temperature on the grid's true-temperature axis (``settings.t_true_axis``) brings
+        the whole axis, folded in one product of a fixed shape with each temperature at its
+        axis position. Any other row (T, j) goes into a fixed-shape block of BLOCK_ROWS at a
+        slot fixed by (T, j). Either way (see the module docstring) its bits never depend on
+        which temperatures share its batch.
         """
         f = self.fitter
         missing = [t for t in dict.fromkeys(temps.tolist()) if t not in kt.folds]
@@ -991,6 +1056,22 @@ class NativeBackend(Backend):
             for t in missing:
                 kt.folds.get_or(t, lambda: np.zeros((n_j, n_chan)))
             return
+        if self._t_axis and any(t in self._t_axis for t in missing):
+            # the grid's true temperatures: all of them in one product of a fixed shape, each
+            # at its position on the axis, so a point's folds never depend on its batch
+            axis = list(self._t_axis)
+            block = np.zeros((len(axis) * n_j, kt.weights.shape[1]))
+            for a, t in enumerate(axis):
+                flux = f.flux(t)[kt.span]
+                for j in range(n_j):
+                    np.multiply(flux, kt.weights[j], out=block[a * n_j + j])
+            folded = f.band_response.fold(block, kt.span)
+            self.work["fold_true"] += block.shape[0] * f.band_response.multiply_adds(kt.span)
+            for a, t in enumerate(axis):
+                kt.folds.get_or(t, lambda a=a: folded[a * n_j : (a + 1) * n_j].copy())
+            missing = [t for t in missing if t not in self._t_axis]
+            if not missing:
+                return
         rows = [(t, j) for t in missing for j in range(n_j)]
         slots = np.array([zlib.crc32(struct.pack("<dq", t, j)) % BLOCK_ROWS for t, j in rows])
         block_of = _occurrence(slots)
@@ -1104,9 +1185,14 @@ class NativeBackend(Backend):
             if s.mode == "asimov":
                 data[members] = mu[:, None, :]
             else:
-                for p, row in zip(members.tolist(), mu, strict=True):
-                    rng = self._streams.generator(index[p], states[p])
-                    data[p] = rng.poisson(row, size=(n_real, n_chan))
+                points = members.tolist()
+
+                def uniforms(r: int, out: np.ndarray, points: list[int] = points) -> None:
+                    p = points[r]
+                    self._streams.generator(index[p], states[p]).random(out=out)
+
+                lam = np.repeat(mu, n_real, axis=0).reshape(members.size, n_real * n_chan)
+                data[members] = poisson_rows(lam, uniforms).reshape(-1, n_real, n_chan)
                 self.work["poisson"] += members.size * n_real * n_chan
             per_theta.append((members, tt))
 
