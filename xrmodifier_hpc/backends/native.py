@@ -86,9 +86,10 @@ from xrmodifier_hpc.physics.spectra import Model, ModelError
 
 log = logging.getLogger(__name__)
 
-#: rows per fixed-shape block of the per-point products (see the module docstring): per-theta
-#: groups (a few dozen points) and per-key temperature folds use BLOCK_ROWS, the profiles of a
-#: whole batch against the original templates WIDE_BLOCK_ROWS (a larger product is faster)
+#: rows per fixed-shape block of the per-point products (see the module docstring): per-key
+#: temperature folds and the per-theta profiles of points off the grid's T_true axis use
+#: BLOCK_ROWS (on the axis: one row per axis temperature), the profiles of a whole batch
+#: against the original templates WIDE_BLOCK_ROWS (a larger product is faster)
 BLOCK_ROWS = 16
 WIDE_BLOCK_ROWS = 64
 #: response rows per block of :class:`BandResponse`
@@ -190,6 +191,25 @@ class BandResponse:
             a, b = max(r0, lo), min(r1, hi)
             if a < b:
                 yield a, b, c0, c1, sub[a - r0 : b - r0]
+
+    def reach(self, rows: slice) -> slice:
+        """Give the channels that the energy rows ``rows`` can reach.
+
+        Parameters
+        ----------
+        rows : slice
+            Contiguous energy rows.
+
+        Returns
+        -------
+        slice
+            The channel range (of the noticed channels) the blocks holding those rows span;
+            empty when ``rows`` is.
+        """
+        parts = [(c0, c1) for _, _, c0, c1, _ in self._parts(rows.start, rows.stop)]
+        if not parts:
+            return slice(0, 0)
+        return slice(min(p[0] for p in parts), max(p[1] for p in parts))
 
     def multiply_adds(self, rows: slice | None = None) -> int:
         """Count the multiply-adds of folding one row over some energy rows.
@@ -787,6 +807,7 @@ class _KeyTerms:
     irregular_delta: np.ndarray  # (J, n_irregular) delta there
     irregular_logs: np.ndarray  # ln max(s, floor) there
     folds: _LRU
+    axis_folds: np.ndarray | None = None  # (n_axis, J, n_chan) the folds at the grid's T_true
 
 
 @dataclass
@@ -851,9 +872,13 @@ class NativeBackend(Backend):
         self._log_safe_templates = np.log(self._safe_templates)
         #: the response's row sums over the noticed channels: a fold's total is a dot product
         self._row_sums = f._response.sum(axis=1)
-        #: template elements the float32 path may take (see ``_make_key``)
+        #: template elements the float32 path may take (see ``_make_key``): 1/s there, 0 at
+        #: the others, whose (T index, channel) are listed
         s = f.templates
-        self._float32_ok = (s > REGULAR_MIN) & (s > FLOAT32_REACH * s.max(axis=1)[:, None])
+        float32_ok = (s > REGULAR_MIN) & (s > FLOAT32_REACH * s.max(axis=1)[:, None])
+        with np.errstate(divide="ignore"):
+            self._inv_templates32 = np.where(float32_ok, 1.0 / s, 0.0).astype(np.float32)
+        self._irregular_t, self._irregular_c = np.nonzero(~float32_ok)
         #: the response by channel (n_chan, K), for the exact path's channel gathers
         self._response_t = np.ascontiguousarray(f._response.T)
         self._theta_cache = _LRU(THETA_CACHE_SIZE)
@@ -866,7 +891,9 @@ class NativeBackend(Backend):
         self.t_range = model.param_range(settings.temperature_param)
         #: the grid's true temperatures (keV), folded together per key (see ``_folds``)
         axis = () if settings.t_true_axis is None else np.unique(settings.t_true_axis).tolist()
-        self._t_axis = dict.fromkeys(axis) if len(axis) <= T_CACHE_SIZE // 2 else {}
+        #: temperature -> its position on the axis
+        self._t_axis = {t: a for a, t in enumerate(axis)} if len(axis) <= T_CACHE_SIZE // 2 else {}
+        self._axis_original_folds: np.ndarray | None = None
 
     def version(self) -> str:
         """Give the version string recorded in artefacts' provenance.
@@ -894,50 +921,63 @@ class NativeBackend(Backend):
         span = slice(int(moved[0]), int(moved[-1]) + 1) if moved.size else slice(0, 0)
         weights = np.ascontiguousarray(w[:, span])
         n_t, n_chan = f.templates.shape
-        s = f.templates
         # the basis folds in float32, each row scaled to a peak of 1 (so float32's range
         # never matters); their sums over the channels exactly, in float64, from the
         # matrix's row sums
-        delta32 = np.zeros((n_j, n_t, n_chan), dtype=np.float32)
-        scale = np.ones((n_j, n_t))
+        chan = f.band_response.reach(span)
+        delta32 = np.zeros((n_j, n_t, chan.stop - chan.start), dtype=np.float32)
+        scale = np.ones((n_j, n_t), dtype=np.float32)
         delta_totals = np.zeros((n_j, n_t))
         if moved.size:
             for j in range(n_j):
                 x = f.grid_flux[:, span] * weights[j]
                 peak = np.abs(x).max(axis=1)
-                scale[j] = np.where(peak > 0, peak, 1.0)
-                delta32[j] = f.band_response.fold(x / scale[j][:, None], span, single=True)
+                peak[peak == 0] = 1.0
+                scale[j] = peak
+                folded = f.band_response.fold(x / peak[:, None], span, single=True)
+                delta32[j] = folded[:, chan]
                 delta_totals[j] = x @ self._row_sums[span]
             self.work["fold_grid"] += n_j * n_t * f.band_response.multiply_adds(span)
-        if not (np.all(np.isfinite(delta32)) and np.all(np.isfinite(delta_totals))):
+        # ratio = delta / s in float32 where float32 keeps ~7 digits of the fold relative to
+        # its row's peak; templates far below their row's peak or not safely positive
+        # (``_float32_ok``, 0 in ``_inv_templates32``) take the exact float64 path
+        with np.errstate(over="ignore", invalid="ignore"):
+            ratio = delta32 * self._inv_templates32[:, chan]
+            ratio *= scale[:, :, None]
+        lo, hi = ratio.min(axis=(1, 2)), ratio.max(axis=(1, 2))
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             raise ModelError("non-finite templates for the modified response")
-        changed = delta32[0] != 0
-        for j in range(1, n_j):
-            changed |= delta32[j] != 0
-        reached = np.flatnonzero(changed.any(axis=0))
-        chan = slice(int(reached[0]), int(reached[-1]) + 1) if reached.size else slice(0, 0)
-        s_chan = s[:, chan]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ratio = delta32[:, :, chan] * (scale[:, :, None] / s_chan)
-        # float32 keeps ~7 digits of each fold relative to its row's peak: templates far
-        # below their row's peak, not safely positive, or moved by huge factors take the
-        # exact float64 path
-        regular = self._float32_ok[:, chan].copy()
+        if not np.all(np.isfinite(delta_totals)):
+            raise ModelError("non-finite templates for the modified response")
+        # the float64 elements: the static ones the basis reaches, and (rare) any ratio
+        # beyond RATIO_MAX
+        t_idx, c_idx = self._irregular_t, self._irregular_c
+        inside = (c_idx >= chan.start) & (c_idx < chan.stop)
+        t_idx, c_idx = t_idx[inside], c_idx[inside]
+        reached = np.zeros(t_idx.size, dtype=bool)
         for j in range(n_j):
-            regular &= np.abs(ratio[j]) <= RATIO_MAX
-        rows, cols = np.nonzero(changed[:, chan] & ~regular)
-        flat = rows * n_chan + cols + chan.start
+            reached |= delta32[j][t_idx, c_idx - chan.start] != 0
+        t_idx, c_idx = t_idx[reached], c_idx[reached]
+        if np.any(np.maximum(-lo, hi) > RATIO_MAX):
+            huge = np.zeros(ratio.shape[1:], dtype=bool)
+            for j in range(n_j):
+                huge |= np.abs(ratio[j]) > RATIO_MAX
+            ht, hc = np.nonzero(huge)
+            t_idx, c_idx = np.concatenate([t_idx, ht]), np.concatenate([c_idx, hc + chan.start])
+            order = np.unique(t_idx * n_chan + c_idx, return_index=True)[1]
+            t_idx, c_idx = t_idx[order], c_idx[order]
+            ratio[:, t_idx, c_idx - chan.start] = 0.0
+            lo, hi = ratio.min(axis=(1, 2)), ratio.max(axis=(1, 2))
+        rows, cols = t_idx, c_idx - chan.start
+        flat = rows * n_chan + c_idx
         safe_irr = self._safe_templates.ravel()[flat]
-        delta_irr = self._exact_delta(span, weights, rows, cols + chan.start)
-        ratio32 = np.where(regular, ratio, 0.0).astype(np.float32)
+        delta_irr = self._exact_delta(span, weights, rows, c_idx)
         return _KeyTerms(
             span=span,
             weights=weights,
             chan=chan,
-            ratio=ratio32,
-            ratio_range=(ratio32.min(axis=(1, 2)), ratio32.max(axis=(1, 2)))
-            if ratio32.size
-            else (np.zeros(n_j), np.zeros(n_j)),
+            ratio=ratio,
+            ratio_range=(lo, hi),
             totals_base=self._safe_templates.sum(axis=1)
             - np.bincount(rows, weights=safe_irr, minlength=n_t),
             delta_totals_base=delta_totals
@@ -945,7 +985,7 @@ class NativeBackend(Backend):
             irregular=flat,
             irregular_rows=rows,
             irregular_cols=cols,
-            irregular_templates=s.ravel()[flat],
+            irregular_templates=f.templates.ravel()[flat],
             irregular_delta=delta_irr,
             irregular_logs=self._log_safe_templates.ravel()[flat],
             folds=_LRU(T_CACHE_SIZE),
@@ -1067,8 +1107,9 @@ class NativeBackend(Backend):
                     np.multiply(flux, kt.weights[j], out=block[a * n_j + j])
             folded = f.band_response.fold(block, kt.span)
             self.work["fold_true"] += block.shape[0] * f.band_response.multiply_adds(kt.span)
+            kt.axis_folds = folded.reshape(len(axis), n_j, -1)
             for a, t in enumerate(axis):
-                kt.folds.get_or(t, lambda a=a: folded[a * n_j : (a + 1) * n_j].copy())
+                kt.folds.get_or(t, lambda a=a: kt.axis_folds[a])
             missing = [t for t in missing if t not in self._t_axis]
             if not missing:
                 return
@@ -1090,11 +1131,29 @@ class NativeBackend(Backend):
         for t in missing:
             kt.folds.get_or(t, lambda t=t: result[t])
 
+    def _axis_original(self) -> np.ndarray:
+        """Fold the model at the grid's true temperatures (original response), once.
+
+        Returns (n_axis, n_chan) float64, the rows of :meth:`SpectrumFitter.fold_original`.
+        """
+        if self._axis_original_folds is None:
+            f = self.fitter
+            self._axis_original_folds = np.stack([f.fold_original(t) for t in self._t_axis])
+        return self._axis_original_folds
+
     def _expected(self, tt: _ThetaTerms, temps: np.ndarray) -> np.ndarray:
         """Fold the model at ``temps`` through the modified response: (m, n_chan), numpy."""
         f = self.fitter
         self._folds(tt.key, temps)
         ts = temps.tolist()
+        if tt.key.axis_folds is not None and all(t in self._t_axis for t in ts):
+            # the grid's temperatures: gathered from the per-key table of the whole axis
+            at = [self._t_axis[t] for t in ts]
+            out = self._axis_original()[at]
+            folds = tt.key.axis_folds[at]  # (m, J, n_chan)
+            for j, a in enumerate(tt.amplitudes.tolist()):
+                out += a * folds[:, j]
+            return out
         out = np.stack([f.fold_original(t) for t in ts])
         folds = np.stack([tt.key.folds[t] for t in ts])  # (m, J, n_chan)
         for j, a in enumerate(tt.amplitudes.tolist()):
@@ -1158,15 +1217,20 @@ class NativeBackend(Backend):
         norms = np.full(n, np.nan)
         if norm is not None:
             norms[:] = np.broadcast_to(np.asarray(norm, dtype=np.float64), (n,))
-        for i in np.flatnonzero(ok):
+        temps, at = np.unique(t_true[ok], return_inverse=True)
+        totals_t = np.full(temps.size, np.nan)
+        for u, t in enumerate(temps.tolist()):
             try:
-                total = f.total_original(t_true[i])
+                totals_t[u] = f.total_original(t)
             except ModelError as exc:
-                log.warning("point %d: %s", index[i], exc.message)
-                ok[i] = False
-                continue
-            if norm is None:
-                norms[i] = s.counts / total if s.counts is not None else s.norm
+                for i in np.flatnonzero(ok)[at.ravel() == u]:
+                    log.warning("point %d: %s", index[i], exc.message)
+        total = np.full(n, np.nan)
+        total[ok] = totals_t[at.ravel()]
+        ok &= np.isfinite(total)
+        if norm is None:
+            with np.errstate(divide="ignore"):
+                norms[ok] = s.counts / total[ok] if s.counts is not None else s.norm
         ok &= np.isfinite(norms) & (norms >= 0)
 
         # fakeit, one theta at a time (a batch of grid points shares few thetas)
@@ -1199,7 +1263,10 @@ class NativeBackend(Backend):
         totals, const = data_terms(data, integers=s.mode != "asimov")
         live = np.flatnonzero(ok)
         cross = np.zeros((n, n_real, n_t))
-        self._blocked_cross(data, index, live, f.log_templates, slice(None), cross, WIDE_BLOCK_ROWS)
+        wide = max(1, WIDE_BLOCK_ROWS // n_real)
+        self._blocked_cross(
+            data, live, index[live] % wide, wide, f.log_templates, slice(None), cross
+        )
         curves_orig = np.full((n, n_real, n_t), np.nan)
         curves_mod = np.full((n, n_real, n_t), np.nan)
         log_totals = f.to_numpy(f.log_totals)
@@ -1211,7 +1278,17 @@ class NativeBackend(Backend):
             ).reshape(-1, n_real, n_t)
         extra = np.zeros((n, n_real, n_t))
         for members, tt in per_theta:
-            self._blocked_cross(data, index, members, tt.log_ratio, tt.key.chan, extra, BLOCK_ROWS)
+            # a point on the grid's T_true axis sits at its temperature's axis position (a
+            # theta's points then share one product), any other at its index modulo the block
+            on_axis = np.array([t in self._t_axis for t in t_true[members].tolist()], bool)
+            grid_points, others = members[on_axis], members[~on_axis]
+            axis_slots = np.array([self._t_axis[t] for t in t_true[grid_points].tolist()], int)
+            narrow = max(1, BLOCK_ROWS // n_real)
+            for group, slots, per_block in (
+                (grid_points, axis_slots, len(self._t_axis)),
+                (others, index[others] % narrow, narrow),
+            ):
+                self._blocked_cross(data, group, slots, per_block, tt.log_ratio, tt.key.chan, extra)
             curves_mod[members] = cstat_from_cross(
                 (cross[members] + extra[members]).reshape(-1, n_t),
                 f.to_numpy(tt.log_totals),
@@ -1244,18 +1321,19 @@ class NativeBackend(Backend):
     def _blocked_cross(
         self,
         data: np.ndarray,
-        index: np.ndarray,
         members: np.ndarray,
+        slots: np.ndarray,
+        per_block: int,
         log_values: Any,
         chan: slice,
         out: np.ndarray,
-        block_rows: int,
     ) -> None:
         """Write sum_j d_j v_j(T) of the points ``members`` into ``out`` (n, n_real, n_T).
 
         ``log_values`` (n_T, channels ``chan``) is an engine array. Spectra go through
-        fixed-shape blocks of ``block_rows`` spectra, point p at block row index[p] %
-        per_block.
+        fixed-shape blocks of ``per_block`` points (x n_real spectra), point ``members[i]``
+        at block row ``slots[i]`` (a position that depends on the point alone; points that
+        share a slot go to further blocks), so its bits never depend on the batch.
         """
         if members.size == 0:
             return
@@ -1265,8 +1343,6 @@ class NativeBackend(Backend):
         n_t = out.shape[2]
         sub = data[:, :, chan]
         width = sub.shape[2]
-        per_block = max(1, block_rows // n_real)
-        slots = index[members] % per_block
         block_of = _occurrence(slots)
         values_t = xp.permute_dims(log_values, (1, 0))
         rows = per_block * n_real
