@@ -1348,8 +1348,17 @@ class NativeBackend(Backend):
         rows = per_block * n_real
         for b in range(int(block_of.max()) + 1):
             sel = np.flatnonzero(block_of == b)
-            block = np.zeros((per_block, n_real, width))
-            block[slots[sel]] = sub[members[sel]]
+            first = int(members[sel[0]])
+            if (
+                sel.size == per_block
+                and np.array_equal(members[sel], np.arange(first, first + per_block))
+                and np.array_equal(slots[sel], np.arange(per_block))
+            ):
+                # the block is a run of the batch, in slot order: the same rows, no copy
+                block = sub[first : first + per_block]
+            else:
+                block = np.zeros((per_block, n_real, width))
+                block[slots[sel]] = sub[members[sel]]
             product = f.to_engine(block.reshape(rows, width)) @ values_t
             self.work["profile"] += rows * width * n_t
             cross = f.to_numpy(product).reshape(per_block, n_real, n_t)
