@@ -223,7 +223,7 @@ def poisson_rows(lam: np.ndarray, uniforms: Callable[[int, np.ndarray], None]) -
     status = _rows(lam, u, starts, out, big)
     if status.size and status.min() < 0:
         bad = lam.ravel()[-1 - int(status.min())]
-        raise ValueError(f"Poisson mean {bad!r} is not a finite value in [0, {LAM_MAX:g}]")
+        raise ValueError(f"Poisson mean {float(bad)!r} is not a finite value in [0, {LAM_MAX:g}]")
     for r in np.flatnonzero(status).tolist():  # rare: the rejections needed more uniforms
         size = int(sizes[r])
         while True:
