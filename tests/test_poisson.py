@@ -14,8 +14,23 @@ from scipy import stats
 from xrmodifier_hpc.physics import poisson
 
 N_DRAWS = 200_000
+#: a mean the rejection (PTRS) draws
+BIG = 1.5 * poisson.PTRS_MIN
 #: both sides of the inversion/PTRS boundary, the boundary itself and the far tail of lam
-LAMS = [0.0, 1e-3, 0.7, 3.0, 9.99, 10.0, 10.5, 37.0, 1e3, 1e6]
+LAMS = [
+    0.0,
+    1e-3,
+    0.7,
+    3.0,
+    9.99,
+    10.0,
+    37.0,
+    float(np.nextafter(poisson.PTRS_MIN, 0.0)),
+    poisson.PTRS_MIN,
+    BIG,
+    1e3,
+    1e6,
+]
 
 
 def _row_stream(seed: int):
@@ -230,7 +245,7 @@ def test_source_reads_the_budget_only_in_python():
 
 @pytest.mark.parametrize("spare", [0, 1])
 def test_exhausted_rows_are_redrawn_from_a_longer_stream(spare, monkeypatch):
-    lam = np.stack([np.full(20, 2.0), np.full(20, 30.0), np.linspace(0.0, 60.0, 20)])
+    lam = np.stack([np.full(20, 2.0), np.full(20, BIG), np.linspace(0.0, 2 * BIG, 20)])
     keys = [11, 22, 33]
     default = poisson.poisson_rows(lam, _keyed_stream(keys))
 
@@ -252,22 +267,22 @@ def test_exhausted_rows_are_redrawn_from_a_longer_stream(spare, monkeypatch):
 
 
 def test_exhausted_draws_follow_the_distribution(monkeypatch):
-    lam = np.full(N_DRAWS // 2, 30.0)
+    lam = np.full(N_DRAWS // 2, BIG)
     default = poisson.poisson_counts(np.random.default_rng(77), lam)
     monkeypatch.setattr(poisson, "PTRS_UNIFORMS", 0)
     monkeypatch.setattr(poisson, "SPARE_UNIFORMS", 0)
     x = poisson.poisson_counts(np.random.default_rng(77), lam)
     np.testing.assert_array_equal(x, default)  # the same generator stream, the same counts
-    assert abs(_pull_mean(x, 30.0)) < 5
-    assert abs(_pull_var(x, 30.0)) < 5
-    assert _chi2_p(x, 30.0) > 1e-4
+    assert abs(_pull_mean(x, BIG)) < 5
+    assert abs(_pull_var(x, BIG)) < 5
+    assert _chi2_p(x, BIG) > 1e-4
 
     # and many rows each redrawn from its own stream
     calls = []
-    rows = poisson.poisson_rows(np.full((500, 40), 30.0), _keyed_stream(list(range(500)), calls))
+    rows = poisson.poisson_rows(np.full((500, 40), BIG), _keyed_stream(list(range(500)), calls))
     assert len(calls) >= 2 * 500
-    assert abs(_pull_mean(rows.ravel(), 30.0)) < 5
-    assert abs(_pull_var(rows.ravel(), 30.0)) < 5
+    assert abs(_pull_mean(rows.ravel(), BIG)) < 5
+    assert abs(_pull_var(rows.ravel(), BIG)) < 5
 
 
 # --- 6. errors ------------------------------------------------------------------------------
