@@ -380,13 +380,21 @@ def test_modified_fits_match_a_direct_float64_fold(request, bremss_model, name, 
     assert np.all(res.status == 0)
 
 
-def test_results_do_not_depend_on_batching_within_a_key(acis, bremss_model):
+@pytest.mark.parametrize("axis_known", [False, True])
+def test_results_do_not_depend_on_batching_within_a_key(acis, bremss_model, axis_known):
     """Two amplitudes of one (mu, sigma) over 40 temperatures (the temperature folds share
-    fixed-shape blocks), then subsets in another order: bitwise the same."""
-    st = settings(realisations=2, fit_tgrid=np.geomspace(0.5, 40.0, 64))
+    fixed-shape blocks), then subsets in another order: bitwise the same. With the grid's
+    T_true axis known (as simulate passes it) the axis is folded in one product and a
+    theta's points share one profile block; two off-axis temperatures ride along."""
     t_axis = np.geomspace(1.0, 12.0, 40)
-    theta = np.repeat([[1.5, 0.3, 0.2], [1.5, 0.3, -0.1]], t_axis.size, axis=0)
-    t_true = np.tile(t_axis, 2)
+    st = settings(
+        realisations=2,
+        fit_tgrid=np.geomspace(0.5, 40.0, 64),
+        t_true_axis=t_axis if axis_known else None,
+    )
+    theta = np.repeat([[1.5, 0.3, 0.2], [1.5, 0.3, -0.1]], t_axis.size + 1, axis=0)
+    t_true = np.tile(np.append(t_axis, 5.55), 2)
+    t_true[-1] = 2.22
     index = np.arange(t_true.size) + 77
     full = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(theta, t_true, index)
     take = np.random.default_rng(3).permutation(t_true.size)[:23]
