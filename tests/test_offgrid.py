@@ -18,13 +18,13 @@ from conftest import XRMODIFIER, copy_project, edit_config, mpiexec, run_cli, sh
 from xrmodifier_hpc.backends import make_backend
 from xrmodifier_hpc.backends.offgrid import simulate_offgrid
 from xrmodifier_hpc.config import load_config
-from xrmodifier_hpc.config.grid import Grid, offgrid_design
+from xrmodifier_hpc.config.grid import Grid
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import store
 from xrmodifier_hpc.io.artefacts import Workdir
 from xrmodifier_hpc.io.metrics import EmulatorMetrics
 from xrmodifier_hpc.stages.merge import merge
-from xrmodifier_hpc.stages.simulate import simulate
+from xrmodifier_hpc.stages.simulate import OFFGRID_GROUP, offgrid_points, simulate
 from xrmodifier_hpc.stages.train import train_process
 
 
@@ -58,9 +58,19 @@ def test_simulate_stores_the_design_points_fitted_noise_free(emulator_grid_proje
     points = store.load_offgrid(cfg.grid_path)
     assert points is not None and points.n_points == 24
     grid = Grid.from_config(cfg)
-    theta, t_true = offgrid_design(grid.bounds, grid.log_axes, 24, cfg.simulation.seed)
+    theta, t_true = offgrid_points(cfg, grid)
     np.testing.assert_array_equal(points.theta, theta)
     np.testing.assert_array_equal(points.t_true, t_true)
+    # groups of OFFGRID_GROUP share the Gaussian's (mu, sigma), one modified response each,
+    # and differ in A and T_true; every value lies strictly inside the grid
+    groups = np.arange(24) // OFFGRID_GROUP
+    for g in np.unique(groups):
+        own = theta[groups == g]
+        assert np.unique(own[:, :2], axis=0).shape[0] == 1
+        assert np.unique(own[:, 2]).size == own.shape[0]
+        assert np.unique(t_true[groups == g]).size == own.shape[0]
+    assert np.unique(theta[:, :2], axis=0).shape[0] == 24 // OFFGRID_GROUP
+    assert np.all((theta > grid.bounds[:-1, 0]) & (theta < grid.bounds[:-1, 1]))
     # the configured backend's asimov fits of three points alone (the stored ones come in
     # chunks: another batch sums in another order in BLAS, ~1e-12 relative)
     direct = simulate_offgrid(cfg, theta[[0, 5, 17]], t_true[[0, 5, 17]], np.array([0, 5, 17]))

@@ -258,13 +258,22 @@ def is_geometric(axis: np.ndarray) -> bool:
 
 
 def offgrid_design(
-    bounds: np.ndarray, log_axes: Sequence[bool], n: int, seed: int
+    bounds: np.ndarray,
+    log_axes: Sequence[bool],
+    n: int,
+    seed: int,
+    shared: Sequence[bool] | None = None,
+    group: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the off-grid check points: ``n`` scrambled-Sobol points strictly inside the grid.
 
     Uniform in the emulator's input coordinates (log for T_true and geometric axes), drawn
     from the ``OFFGRID_STREAM`` of ``seed`` so they never share a stream with grid points or
-    mock observations, and the same for the same arguments.
+    mock observations, and the same for the same arguments. With ``shared`` axes and
+    ``group > 1``, consecutive points come in groups of ``group`` that share their values on
+    those axes (a second Sobol' sequence over them, one point per group), the other axes
+    still one Sobol' point each: the modifier's non-linear parameters (the Gaussian's mu and
+    sigma), so a backend folds one modified response per group (``Modifier.linear_form``).
 
     Parameters
     ----------
@@ -277,6 +286,10 @@ def offgrid_design(
         Number of points (>= 0).
     seed : int
         The simulation seed (``[simulation] seed``).
+    shared : sequence of bool, optional
+        (d + 1,) the axes a group shares (never T_true, the last); None: none.
+    group : int
+        Points per group (1: no groups).
 
     Returns
     -------
@@ -299,6 +312,13 @@ def offgrid_design(
         return np.empty((0, dim - 1)), np.empty(0)
     sobol = qmc.Sobol(dim, scramble=True, seed=np.random.default_rng([seed, OFFGRID_STREAM]))
     u = sobol.random_base2(max(1, math.ceil(math.log2(n))))[:n]
+    common = np.flatnonzero(np.asarray(shared, bool)) if shared is not None else np.zeros(0)
+    if group > 1 and common.size:
+        n_groups = math.ceil(n / group)
+        rng = np.random.default_rng([seed, OFFGRID_STREAM, 1])
+        per_group = qmc.Sobol(common.size, scramble=True, seed=rng)
+        shared_u = per_group.random_base2(max(1, math.ceil(math.log2(n_groups))))[:n_groups]
+        u[:, common] = shared_u[np.arange(n) // group]
     u = np.clip(u, 1e-6, 1 - 1e-6)
     mask = np.asarray(log_axes, bool)
     lo, hi = bounds[:, 0].copy(), bounds[:, 1].copy()

@@ -29,6 +29,7 @@ computes, ``store`` writes, ``shards`` knows which files belong together.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +44,16 @@ from xrmodifier_hpc.config.grid import Grid, chunk_ranges, offgrid_design, pendi
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import shards as shard_files
 from xrmodifier_hpc.io import store
+from xrmodifier_hpc.physics.modifiers import get_modifier
 from xrmodifier_hpc.runtime import mpi
 from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
 from xrmodifier_hpc.runtime.progress import Progress, ProgressChannel
 from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.simulate")
+#: off-grid check points per modified response (they share the family's non-linear
+#: parameters, e.g. the Gaussian's mu and sigma, and differ in the rest and in T_true)
+OFFGRID_GROUP = 8
 
 T = TypeVar("T")
 
@@ -527,10 +532,12 @@ def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) 
     if not configured:
         _size_threads(cfg, comm)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
-    theta, t_true = offgrid_design(grid.bounds, grid.log_axes, n, cfg.simulation.seed)
-    # whole chunks dealt round-robin, as for the grid: a point is always fitted in the same
-    # batch, so the stored fits are bitwise the same whatever the number of ranks
-    chunks = chunk_ranges(n, max(1, cfg.simulation.chunk_size))
+    theta, t_true = offgrid_points(cfg, grid)
+    # chunks dealt round-robin, whole groups each, small enough that every rank gets a
+    # share; a point's fit never depends on its batch (the backends' contract), so the
+    # stored fits are bitwise the same whatever the number of ranks
+    per_rank = OFFGRID_GROUP * math.ceil(n / size / OFFGRID_GROUP)
+    chunks = chunk_ranges(n, max(1, min(cfg.simulation.chunk_size, per_rank)))
     mine = np.concatenate(
         [np.arange(a, b) for i, (a, b) in enumerate(chunks) if i % size == rank]
         or [np.zeros(0, np.int64)]
@@ -546,6 +553,48 @@ def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) 
     mpi.wait_politely(comm)
     parts = comm.gather((mine, fits), root=0) if comm is not None else [(mine, fits)]
     mpi.on_root(comm, lambda: _store_offgrid(cfg.grid_path, theta, t_true, parts))
+
+
+def offgrid_points(cfg: Config, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the ``[emulator] offgrid_points`` check points that simulate fits and stores.
+
+    :func:`~xrmodifier_hpc.config.grid.offgrid_design` in groups of OFFGRID_GROUP points
+    sharing the modifier family's non-linear parameters (one modified response per group).
+
+    Parameters
+    ----------
+    cfg : Config
+        The loaded config (modifier family, seed, number of points).
+    grid : Grid
+        Its grid (bounds and log axes).
+
+    Returns
+    -------
+    theta : numpy.ndarray
+        (n, d) modifier parameters, in the units of the grid axes.
+    t_true : numpy.ndarray
+        (n,) true temperatures, keV.
+    """
+    n = cfg.emulator.offgrid_points
+    shared = _key_axes(cfg, grid)
+    return offgrid_design(grid.bounds, grid.log_axes, n, cfg.simulation.seed, shared, OFFGRID_GROUP)
+
+
+def _key_axes(cfg: Config, grid: Grid) -> list[bool]:
+    """Mark the grid axes a modified response depends on (the family's non-linear ones).
+
+    The rest, and T_true, vary within an off-grid group; a family with no linear parameter
+    marks none (its groups would be copies of one point).
+    """
+    modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
+    centre = grid.bounds.mean(axis=1)[:-1]
+    key = modifier.linear_form(centre)[0]
+    axes = []
+    for d in range(centre.size):
+        moved = centre.copy()
+        moved[d] = 0.5 * (moved[d] + grid.bounds[d, 1])
+        axes.append(modifier.linear_form(moved)[0] != key)
+    return axes + [False] if not all(axes) else [False] * (centre.size + 1)
 
 
 def _offgrid_missing(path: Path, n: int) -> bool:
