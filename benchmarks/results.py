@@ -244,7 +244,8 @@ def section_backend_cost_model(data: dict[str, Any]) -> list[str]:
         "workload: Cartesian mu x sigma x A x T_true in simulate's chunks, fresh backend, best "
         "of the repeats), and the time that work alone takes at this CPU's single-thread "
         f"limits: dgemm {limits['dgemm_macs_per_s'] / 1e9:.1f} G multiply-adds/s (1024^3), "
-        "numpy's Poisson sampler on the response's own expected counts, float32 logarithms. "
+        "the Poisson sampler (physics.poisson) on the response's own expected counts, fresh "
+        "uniforms per spectrum, float32 logarithms. "
         "The rest of the measured time is memory traffic, the fit refinement and Python.",
         "",
     ]
@@ -301,7 +302,11 @@ def section_command(data: dict[str, Any]) -> list[str]:
         "The ratio is the command's points/s per rank over the in-process points/s (target "
         f"≥ {target:g}); the CPU ratio uses the CPU seconds of all the command's processes "
         "instead of the wall time (a shared machine's lost time slices do not lower it; "
-        "threads spinning against each other do).",
+        "threads spinning against each other do). In the run: the points/s per rank between "
+        "the start of `simulate()` and its summary line (building the backend and writing "
+        "grid.h5 included); outside: the fixed seconds around it (interpreter start-up and "
+        "imports, reading the config, the off-grid check points), which a longer grid "
+        "spreads thinner.",
         "",
     ]
     rows = []
@@ -311,7 +316,7 @@ def section_command(data: dict[str, Any]) -> list[str]:
         label = f"{e['reference']} ref, {e['target']} target"
         rows.append(
             [label, "in process, 1 thread", str(ip["points"]), "–", _num(ip["points_per_s"], ".0f")]
-            + ["–", "–", "–"]
+            + ["–", "–", "–", "–", "–"]
         )
         for ranks, run in e["command"].items():
             how = "1 process" if ranks == "1" else f"mpiexec -n {ranks}"
@@ -326,6 +331,8 @@ def section_command(data: dict[str, Any]) -> list[str]:
                     _num(run["points_per_s_per_rank"], ".0f"),
                     _num(ratio, ".2f") + mark,
                     _num(run.get("cpu_ratio_to_in_process"), ".2f"),
+                    _num(run.get("points_per_s_in_run_per_rank"), ".0f"),
+                    _num(run.get("outside_run_s"), ".1f"),
                     _num(run.get("load_average_before"), ".1f"),
                 ]
             )
@@ -340,6 +347,8 @@ def section_command(data: dict[str, Any]) -> list[str]:
             "points/s per rank",
             "ratio",
             "CPU ratio",
+            "in the run: points/s per rank",
+            "outside the run s",
             "load avg before",
         ],
         rows,

@@ -347,3 +347,28 @@ def test_rows_accepts_any_layout_and_dtype():
     a = poisson.poisson_rows(strided, _row_stream(2))
     b = poisson.poisson_rows(np.ascontiguousarray(lam[:, ::-1]), _row_stream(2))
     np.testing.assert_array_equal(a, b)
+
+
+def test_without_a_writable_cache_the_kernels_compile_per_process():
+    """Where numba finds no writable cache place it refuses ``cache=True`` at decoration
+    (a read-only image and home): the module still imports and draws, compiling instead."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba\n"
+        "real = numba.njit\n"
+        "def njit(*a, cache=False, **k):\n"
+        "    if cache:\n"
+        "        raise RuntimeError('cannot cache function: no locator available')\n"
+        "    return real(*a, **k)\n"
+        "numba.njit = njit\n"
+        "import numpy as np\n"
+        "from xrmodifier_hpc.physics import poisson\n"
+        "x = poisson.poisson_counts(np.random.default_rng(1), np.full(20000, 5.0))\n"
+        "assert abs(x.mean() - 5.0) < 0.1, x.mean()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"

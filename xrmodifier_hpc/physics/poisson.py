@@ -22,11 +22,15 @@ depend on its batch, but they are not the numbers ``Generator.poisson`` would gi
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: lam from which the transformed rejection (PTRS, valid from 10) is used; inversion below.
 #: Measured here (uniforms included, fresh per draw): inversion 21, 26, 34, 43, 49, 59 ns per
@@ -48,11 +52,30 @@ LANES = 16
 #: LLVM may reassociate and contract the inversion's sums (values are checked finite first)
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
+
+def _compiled(**options: Any) -> Callable[[Callable], Callable]:
+    """Compile with numba, cached on disk where numba finds a writable place for its cache.
+
+    numba caches beside the module, else in the user's cache directory (``NUMBA_CACHE_DIR``
+    overrides); where neither is writable (a read-only image and home) it refuses to cache:
+    the kernels are then compiled in each process instead (~1.5 s) rather than failing.
+    """
+
+    def decorate(function: Callable) -> Callable:
+        try:
+            return numba.njit(cache=True, nogil=True, **options)(function)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            log.debug("numba cannot cache %s here (%s): compiling per process", function, exc)
+            return numba.njit(cache=False, nogil=True, **options)(function)
+
+    return decorate
+
+
 _INV_K = np.array([0.0] + [1.0 / k for k in range(1, K_MAX + 1)])
 _LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(LOG_FACTORIAL_TABLE)])
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def _settle(mean, uu, p, f, k):  # pragma: no cover - compiled
     # inversion of LANES channels: k = the number of j with F(j) <= u, that is the
     # smallest k with u < F(k)
@@ -73,7 +96,7 @@ def _settle(mean, uu, p, f, k):  # pragma: no cover - compiled
             break
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _inversion(lam, u, out, big):  # pragma: no cover - compiled
     # draws every lam < PTRS_MIN by inversion (u[i]: channel i's uniform), LANES channels
     # at a time; lists the others in ``big``; returns their number, or -1 - i for an
@@ -113,7 +136,7 @@ def _inversion(lam, u, out, big):  # pragma: no cover - compiled
     return n_big
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _ptrs(lam, big, n_big, start, u, pos, out):  # pragma: no cover - compiled
     # returns (next big index to draw, next uniform): next < n_big when u ran out
     log_factorial = _LOG_FACTORIAL
@@ -147,7 +170,7 @@ def _ptrs(lam, big, n_big, start, u, pos, out):  # pragma: no cover - compiled
     return n_big, pos
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _rows(lam, u, starts, out, big):  # pragma: no cover - compiled
     # row r draws from u[starts[r]:starts[r + 1]]: its inversion uniforms, then the
     # rejection's; status[r] = 1 where those ran out; -1 - (flat index) for an invalid lam
