@@ -289,6 +289,8 @@ def _command_run(ranks: int, wall: float, ratio: float) -> dict:
         "points": 20480,
         "wall_s": wall,
         "in_run_s": wall - 1.5,
+        "outside_run_s": 1.5,
+        "points_per_s_in_run_per_rank": 20480 / (wall - 1.5) / ranks,
         "cpu_s": 2 * wall,
         "points_per_s": 20480 / wall,
         "points_per_s_per_rank": 20480 / wall / ranks,
@@ -325,8 +327,12 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     part = page.split("### The simulate command as users type it")[1].split("## 2.")[0]
     assert page.index("## 1. Backend throughput") < page.index("### The simulate command")
     assert "| acis ref, epn target | in process, 1 thread | 3840 | – | 2600 |" in part
-    assert "| acis ref, epn target | 1 process | 20480 | 9.1 | 2251 | 0.87 | 0.78 | 0.4 |" in part
-    assert "| mpiexec -n 2 | 20480 | 5.6 | 1829 | 0.70 (below) | 0.63 |" in part
+    # the in-run rate and the fixed seconds outside the run beside the whole command's
+    assert (
+        "| acis ref, epn target | 1 process | 20480 | 9.1 | 2251 | 0.87 | 0.78 | 2695 | 1.5 | 0.4 |"
+        in part
+    )
+    assert "| mpiexec -n 2 | 20480 | 5.6 | 1829 | 0.70 (below) | 0.63 | 2498 | 1.5 |" in part
     assert (
         "- acis ref, epn target, mpiexec -n 2: `threads: 1 per rank (2 cores granted by "
         "affinity, 2 ranks on this node); BLAS openblas 1`" in part
