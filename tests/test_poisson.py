@@ -372,3 +372,44 @@ def test_without_a_writable_cache_the_kernels_compile_per_process():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def _pcg64_words(bit_generator: np.random.PCG64) -> list[int]:
+    state = bit_generator.state["state"]
+    m64 = (1 << 64) - 1
+    return [state["state"] >> 64, state["state"] & m64, state["inc"] >> 64, state["inc"] & m64]
+
+
+@pytest.mark.parametrize("spare", [None, 0])
+def test_pcg64_rows_draw_what_the_generator_callback_draws(spare, monkeypatch):
+    """The compiled PCG64 stream is numpy's, bit for bit, and the counts are poisson_rows'
+    with each row's Generator as its uniforms (also when the rejections need more)."""
+    rng = np.random.default_rng(5)
+    lam = np.abs(rng.normal(8.0, 20.0, (12, 300)))
+    lam[:, :5] = 0.0
+    lam[:, 5:40] = 3 * BIG  # many rejection draws
+    seeds = [1000 + r for r in range(lam.shape[0])]
+    words = np.array([_pcg64_words(np.random.PCG64(s)) for s in seeds], dtype=np.uint64)
+    before = words.copy()
+    if spare is not None:  # the compiled batches start short: the stream continues
+        monkeypatch.setattr(poisson, "SPARE_UNIFORMS", spare)
+
+    def uniforms(r: int, out: np.ndarray) -> None:
+        np.random.Generator(np.random.PCG64(seeds[r])).random(out=out)
+
+    ours = poisson.poisson_rows_pcg64(lam, words)
+    np.testing.assert_array_equal(ours, poisson.poisson_rows(lam, uniforms))
+    np.testing.assert_array_equal(words, before)  # the caller's states are not advanced
+    # the raw stream
+    state = words[0].copy()
+    u = np.empty(1000)
+    poisson._pcg64_fill(state, u)
+    np.testing.assert_array_equal(u, np.random.Generator(np.random.PCG64(seeds[0])).random(1000))
+
+
+def test_pcg64_rows_refuse_bad_input():
+    words = np.zeros((2, 4), dtype=np.uint64)
+    with pytest.raises(ValueError, match="states"):
+        poisson.poisson_rows_pcg64(np.ones((3, 5)), words)
+    with pytest.raises(ValueError, match="-1.0"):
+        poisson.poisson_rows_pcg64(np.array([[1.0, 2.0], [3.0, -1.0]]), words)

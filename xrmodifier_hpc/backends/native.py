@@ -81,7 +81,7 @@ from xrmodifier_hpc.physics.fitstat import (
     fit_profiles,
 )
 from xrmodifier_hpc.physics.modifiers import Modifier
-from xrmodifier_hpc.physics.poisson import poisson_rows
+from xrmodifier_hpc.physics.poisson import poisson_rows, poisson_rows_pcg64
 from xrmodifier_hpc.physics.spectra import Model, ModelError
 
 log = logging.getLogger(__name__)
@@ -590,8 +590,10 @@ class SpectrumFitter:
         t_fit[bad] = np.nan
         err[bad] = np.nan
         cstat[bad] = np.nan
-        curves_np = np.array(npy(curves), dtype=np.float64, copy=True)
-        curves_np[bad] = np.nan
+        curves_np = np.asarray(npy(curves), dtype=np.float64)
+        if bad.any():  # NaN where not fitted, on a copy (the caller's array stays as it was)
+            curves_np = curves_np.copy()
+            curves_np[bad] = np.nan
         return Fits(t_fit, err, cstat, curves_np, status)
 
     def fit(self, counts: np.ndarray) -> Fits:
@@ -751,6 +753,19 @@ class _PointStreams:
         if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
             return [None] * index.size
         return self._states(index)
+
+    def words(self, states: list[tuple[int, int] | None]) -> np.ndarray | None:
+        """Split :meth:`states` into uint64 words for the compiled sampler.
+
+        Returns (n, 4) uint64 [state >> 64, state mod 2^64, inc >> 64, inc mod 2^64], or
+        None when any point takes point_rng itself (see :meth:`states`).
+        """
+        if any(st is None for st in states):
+            return None
+        m64 = (1 << 64) - 1
+        return np.array(
+            [(st >> 64, st & m64, inc >> 64, inc & m64) for st, inc in states], dtype=np.uint64
+        ).reshape(len(states), 4)
 
     def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
         """Return the generator of point ``k`` from its :meth:`states` entry.
@@ -1236,6 +1251,7 @@ class NativeBackend(Backend):
         # fakeit, one theta at a time (a batch of grid points shares few thetas)
         data = np.zeros((n, n_real, n_chan))
         states = self._streams.states(index) if s.mode != "asimov" else None
+        words = self._streams.words(states) if states is not None else None
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
         per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []
@@ -1256,7 +1272,11 @@ class NativeBackend(Backend):
                     self._streams.generator(index[p], states[p]).random(out=out)
 
                 lam = np.repeat(mu, n_real, axis=0).reshape(members.size, n_real * n_chan)
-                data[members] = poisson_rows(lam, uniforms).reshape(-1, n_real, n_chan)
+                if words is not None:  # the same draws, the stream generated in compiled code
+                    counts = poisson_rows_pcg64(lam, words[members])
+                else:
+                    counts = poisson_rows(lam, uniforms)
+                data[members] = counts.reshape(-1, n_real, n_chan)
                 self.work["poisson"] += members.size * n_real * n_chan
             per_theta.append((members, tt))
 
@@ -1267,8 +1287,9 @@ class NativeBackend(Backend):
         self._blocked_cross(
             data, live, index[live] % wide, wide, f.log_templates, slice(None), cross
         )
-        curves_orig = np.full((n, n_real, n_t), np.nan)
-        curves_mod = np.full((n, n_real, n_t), np.nan)
+        # both fits' curves in one array: the original's, then the modified ones
+        curves_both = np.full((2, n, n_real, n_t), np.nan)
+        curves_orig, curves_mod = curves_both[0], curves_both[1]
         log_totals = f.to_numpy(f.log_totals)
         if live.size:
             curves_orig[live] = cstat_from_cross(
@@ -1297,7 +1318,7 @@ class NativeBackend(Backend):
 
         m = n * n_real
         both = f.finish(
-            f.to_engine(np.concatenate([curves_orig.reshape(m, n_t), curves_mod.reshape(m, n_t)])),
+            f.to_engine(curves_both.reshape(2 * m, n_t)),
             np.concatenate([totals.ravel(), totals.ravel()]),
         )
         status = np.stack([both.status[:m], both.status[m:]], axis=-1).reshape(n, n_real, 2)

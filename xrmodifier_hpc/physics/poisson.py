@@ -188,6 +188,101 @@ def _rows(lam, u, starts, out, big):  # pragma: no cover - compiled
     return status
 
 
+_MASK32 = np.uint64(0xFFFFFFFF)
+_PCG_MULT_HI = np.uint64(2549297995355413924)
+_PCG_MULT_LO = np.uint64(4865540595714422341)
+
+
+@_compiled()
+def _mulhi(a, b):  # pragma: no cover - compiled
+    # the high 64 bits of the 128-bit product of two uint64
+    a0, a1 = a & _MASK32, a >> np.uint64(32)
+    b0, b1 = b & _MASK32, b >> np.uint64(32)
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> np.uint64(32)) + (p10 & _MASK32) + (p01 & _MASK32)
+    return p11 + (p10 >> np.uint64(32)) + (p01 >> np.uint64(32)) + (mid >> np.uint64(32))
+
+
+@_compiled()
+def _pcg64_fill(state, out):  # pragma: no cover - compiled
+    # numpy's PCG64 (XSL-RR 128/64, O'Neill 2014) doubles from state = [state_hi, state_lo,
+    # inc_hi, inc_lo], advanced in place: step state = state * mult + inc (mod 2^128), output
+    # rotr(hi ^ lo, state >> 122), double = (output >> 11) / 2^53, as Generator.random
+    hi, lo, inc_hi, inc_lo = state[0], state[1], state[2], state[3]
+    one, zero = np.uint64(1), np.uint64(0)
+    for i in range(out.size):
+        new_lo = lo * _PCG_MULT_LO
+        new_hi = hi * _PCG_MULT_LO + lo * _PCG_MULT_HI + _mulhi(lo, _PCG_MULT_LO)
+        lo = new_lo + inc_lo
+        hi = new_hi + inc_hi + (one if lo < new_lo else zero)
+        x = hi ^ lo
+        rot = hi >> np.uint64(58)
+        r = (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+        out[i] = np.float64(r >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    state[0], state[1] = hi, lo
+
+
+@_compiled()
+def _rows_pcg64(lam, states, out, big, u):  # pragma: no cover - compiled
+    # as _rows, each row's uniforms drawn here from its PCG64 state (``u``: even-sized
+    # scratch): n for the inversion, then even batches for the rejection, consumed in pairs
+    # as one continuous stream; -1 - (flat index) for an invalid lam
+    m, n = lam.shape
+    status = np.zeros(m, dtype=np.int64)
+    for r in range(m):
+        state = states[r]
+        _pcg64_fill(state, u[:n])
+        n_big = _inversion(lam[r], u[:n], out[r], big)
+        if n_big < 0:
+            status[r] = -1 - (r * n - 1 - n_big)
+            return status
+        start = 0
+        while start < n_big:
+            need = min(u.size, 2 * (n_big - start) + SPARE_UNIFORMS)
+            _pcg64_fill(state, u[:need])
+            start, _ = _ptrs(lam[r], big, n_big, start, u[:need], 0, out[r])
+    return status
+
+
+def poisson_rows_pcg64(lam: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Draw one Poisson count per element of ``lam``, row r from numpy's PCG64 at ``states[r]``.
+
+    The same counts as :func:`poisson_rows` given row r's ``numpy.random.Generator`` (a
+    ``PCG64`` set to that state) as its uniforms, with the stream generated in the compiled
+    code (no Python per row).
+
+    Parameters
+    ----------
+    lam : numpy.ndarray
+        (m, n) expected counts, finite and in [0, LAM_MAX].
+    states : numpy.ndarray
+        (m, 4) uint64: each row's PCG64 state and increment as [state >> 64, state mod 2^64,
+        inc >> 64, inc mod 2^64] (``bit_generator.state["state"]``); not modified.
+
+    Returns
+    -------
+    numpy.ndarray
+        (m, n) float64 counts, exactly Poisson(lam) distributed and independent.
+
+    Raises
+    ------
+    ValueError
+        A negative, non-finite or too large ``lam``, or states of the wrong shape.
+    """
+    lam = np.ascontiguousarray(lam, dtype=np.float64)
+    states = np.array(states, dtype=np.uint64, copy=True)
+    if lam.ndim != 2 or states.shape != (lam.shape[0], 4):
+        raise ValueError(f"lam must be (m, n) and states (m, 4), not {lam.shape}, {states.shape}")
+    m, n = lam.shape
+    out = np.empty((m, n))
+    scratch = np.empty(2 * n + SPARE_UNIFORMS + (SPARE_UNIFORMS % 2))
+    status = _rows_pcg64(lam, states, out, np.empty(n, dtype=np.int64), scratch)
+    if status.size and status.min() < 0:
+        bad = lam.ravel()[-1 - int(status.min())]
+        raise ValueError(f"Poisson mean {float(bad)!r} is not a finite value in [0, {LAM_MAX:g}]")
+    return out
+
+
 def uniforms_needed(lam: np.ndarray) -> np.ndarray:
     """Count the uniforms each row's draws take (more only if the rejections need them).
 
