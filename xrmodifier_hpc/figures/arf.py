@@ -202,7 +202,8 @@ def plot_arf(data: ArfFigureData) -> Any:
     ax_a.set_ylabel(r"effective area [cm$^2$]")
     ax_a.set_title("Telescope 1: original and corrected effective area (as written)")
     ax_a.legend(loc="upper right", fontsize=9)
-    ax_a.set_ylim(bottom=0)
+    # headroom above the peak for the legend (it covered the corrected ARF's peak)
+    ax_a.set_ylim(0, 1.35 * max(np.nanmax(data.area_corrected), np.nanmax(data.area_target)))
     ax_a.text(
         data.fit_band[0] * 1.04,
         0.96,
@@ -364,7 +365,8 @@ def plot_ensemble(data: EnsembleFigureData) -> Any:
     )
     ax_a.set_ylabel(r"effective area [cm$^2$]")
     ax_a.set_xlabel("energy [keV]")
-    ax_a.set_ylim(bottom=0)
+    # headroom above the peak for the legend (it covered the corrected ARF's peak)
+    ax_a.set_ylim(0, 1.35 * max(np.nanmax(data.area_draws), np.nanmax(data.area_target)))
     ax_a.set_xlim(data.energy[0], data.energy[-1])
     ax_a.legend(loc="upper right", fontsize=9)
     plain_log_axis(ax_a, "x")

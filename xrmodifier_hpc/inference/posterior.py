@@ -101,6 +101,12 @@ class Posterior:
         return self.chain[self.burn :: self.thin].reshape(-1, self.chain.shape[-1])
 
 
+#: a mode with less than this share of the Laplace mass gets no walkers (allocate_walkers)
+MIN_MODE_WEIGHT = 1e-3
+#: a walker whose median log posterior after burn-in lies this far below the ensemble's
+#: median walker is stuck (in a region of negligible mass) and left out (stuck_walkers)
+STUCK_DELTA = 15.0
+
 #: precision (1 / variance) of the flat prior on a unit axis: walkers start from the Laplace
 #: approximation times a Gaussian of the prior's variance (:func:`start_walkers`)
 PRIOR_PRECISION = 12.0
@@ -166,11 +172,18 @@ def laplace_mode(lik: Likelihood, u: np.ndarray) -> Mode:
 
 
 def allocate_walkers(
-    modes: list[Mode], walkers: int, max_delta: float = 20.0, min_walkers: int = 2
+    modes: list[Mode],
+    walkers: int,
+    max_delta: float = 20.0,
+    min_walkers: int = 2,
+    min_weight: float = MIN_MODE_WEIGHT,
 ) -> list[Mode]:
     """Share ``walkers`` among the modes within ``max_delta`` of the best log posterior.
 
-    Each gets ``min_walkers`` (while there are enough), so that the gamma = 1 move can carry
+    Modes holding less than ``min_weight`` of the Laplace mass get none: a walker started
+    there has nowhere to go (a differential-evolution move needs two walkers in its mode to
+    jump out of it) and would stay, putting a negligible mode into the samples. Each other
+    mode gets ``min_walkers`` (while there are enough), so that the gamma = 1 move can carry
     walkers between every pair of modes and correct the weights; the rest go in proportion
     to the Laplace masses (largest remainder), which are rough for ridges and modes at the
     bounds.
@@ -185,6 +198,8 @@ def allocate_walkers(
         Modes more than this below the best log posterior get none.
     min_walkers : int
         The floor per live mode.
+    min_weight : float
+        Least share of the total Laplace mass a mode needs to get walkers.
 
     Returns
     -------
@@ -193,10 +208,20 @@ def allocate_walkers(
     """
     best = max(m.log_post for m in modes)
     live = sorted((m for m in modes if m.log_post > best - max_delta), key=lambda m: -m.log_mass)
-    floor = min_walkers if min_walkers * len(live) <= walkers // 2 else 0
     log_w = np.array([m.log_mass for m in live])
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
+    for m, wj in zip(live, w):
+        if wj < min_weight:
+            m.walkers = 0
+            log.info(
+                "posterior: no walkers for the optimum at unit %s (%.1e of the Laplace mass)",
+                np.round(m.u, 4).tolist(),
+                wj,
+            )
+    live, w = [m for m, wj in zip(live, w) if wj >= min_weight], w[w >= min_weight]
+    w /= w.sum()
+    floor = min_walkers if min_walkers * len(live) <= walkers // 2 else 0
     rest = walkers - floor * len(live)
     share = w * rest
     counts = np.floor(share).astype(int)
@@ -205,6 +230,37 @@ def allocate_walkers(
     for m, c in zip(live, counts):
         m.walkers = int(c) + floor
     return [m for m in live if m.walkers > 0]
+
+
+def stuck_walkers(log_prob: np.ndarray, burn: int, delta: float = STUCK_DELTA) -> np.ndarray:
+    """Find the walkers that stayed where the posterior is negligible.
+
+    A walker alone in a far-below mode cannot leave it under the differential-evolution
+    moves, and its samples would widen every interval (a walker at a grid-bound optimum
+    e^-18 below the best one made up 3% of a demo's samples).
+
+    Parameters
+    ----------
+    log_prob : ndarray, shape (steps, walkers)
+        log posterior of every step.
+    burn : int
+        Steps discarded as burn-in.
+    delta : float
+        How far below the median walker's median log posterior (after burn-in) a walker's
+        own median must lie to be stuck.
+
+    Returns
+    -------
+    ndarray, shape (walkers,)
+        bool, True for a stuck walker (never all of them).
+    """
+    kept = log_prob[burn:] if log_prob.shape[0] > burn else log_prob
+    typical = np.median(kept, axis=0)
+    finite = np.isfinite(typical)
+    if not finite.any():
+        return np.zeros(log_prob.shape[1], dtype=bool)
+    stuck = ~finite | (typical < np.median(typical[finite]) - delta)
+    return stuck if not stuck.all() else np.zeros_like(stuck)
 
 
 def start_walkers(modes: list[Mode], rng: np.random.Generator) -> np.ndarray:
@@ -354,9 +410,18 @@ def sample_posterior(
         if progress is not None:
             progress(1)
     chain_u = sampler.get_chain()
+    log_prob_all = sampler.get_log_prob()
+    notes: list[str] = []
+    stuck = stuck_walkers(log_prob_all, burn)
+    if stuck.any():
+        notes.append(
+            f"{int(stuck.sum())} of {walkers} walkers stayed where the posterior is negligible "
+            f"(median log posterior more than {STUCK_DELTA:g} below the others'): left out "
+            "of the samples"
+        )
+        chain_u, log_prob_all = chain_u[:, ~stuck], log_prob_all[:, ~stuck]
     chain = view.theta_of(chain_u)
     kept = chain_u[burn:]
-    notes: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tau = np.asarray(emcee.autocorr.integrated_time(kept, tol=0, quiet=True), dtype=float)
@@ -374,7 +439,7 @@ def sample_posterior(
         )
     return Posterior(
         chain=chain,
-        log_prob=sampler.get_log_prob(),
+        log_prob=log_prob_all,
         burn=burn,
         thin=thin,
         acceptance=float(np.mean(sampler.acceptance_fraction)),

@@ -85,7 +85,7 @@ from xrmodifier_hpc.io.result import (
     theta_dict,
 )
 from xrmodifier_hpc.runtime import mpi
-from xrmodifier_hpc.runtime.environment import detect
+from xrmodifier_hpc.runtime.environment import JobEnvironment, detect
 from xrmodifier_hpc.runtime.progress import Progress
 from xrmodifier_hpc.runtime.threads import configure_threads
 
@@ -367,11 +367,10 @@ def invert(
     # synchronisation than they gain, badly so on a loaded machine; ranks give parallelism
     threads = torch.get_num_threads()
     env = detect()
-    configure_threads(ranks=env.size, torch=True, torch_threads=1)  # BLAS: granted cores
     comm = mpi.world_comm(env) if comm == "auto" else comm
     try:
         with mpi.fail_fast(comm):
-            return _invert(config, observations, module, comm, env.interactive)
+            return _invert(config, observations, module, comm, env)
     finally:
         torch.set_num_threads(threads)
 
@@ -381,10 +380,13 @@ def _invert(
     observations: str | Path,
     module: torch.nn.Module | None,
     comm: Any,
-    interactive: bool,
+    env: JobEnvironment,
 ) -> InversionResult | None:
     t_start = time.perf_counter()
     problem = mpi.agree(comm, lambda: prepare(config, observations, module))
+    # pools sized once the inputs are known good (a bad one is one line, nothing before it)
+    configure_threads(ranks=env.size, torch=True, torch_threads=1)  # BLAS: granted cores
+    interactive = env.interactive
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     settings = problem.settings
     if rank == 0:

@@ -294,8 +294,6 @@ def mock(
     from xrmodifier_hpc.physics.modifiers import get_modifier
 
     cfg = config if isinstance(config, Config) else load_config(config)
-    uses_torch = cfg.simulation.engine == "torch"  # pools sized before any heavy numpy work
-    configure_threads(torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON)
     n = cfg.mock.n_sources if n_sources is None else int(n_sources)
     seed = cfg.mock.seed if seed is None else int(seed)
     if n < 1:
@@ -305,6 +303,10 @@ def mock(
     path = Path(output) if output is not None else Workdir(cfg.workdir).observations
     theta_true = resolve_theta(cfg, theta)
     family = get_modifier(cfg.modifier.family, cfg.modifier.options)
+    # pools sized once the options are known good (a bad one is one line, nothing before it)
+    # and before any heavy numpy work
+    uses_torch = cfg.simulation.engine == "torch"
+    configure_threads(torch=uses_torch, max_threads=1, max_reason=FORWARD_MODEL_REASON)
     t_true, level = draw_sources(n, cfg.mock.t_range, cfg.mock.counts, seed)
     norm = norms_for_counts(cfg, t_true, level)
     log.info("mock: %d sources, theta_true %s, seed %d", n, family.describe(theta_true), seed)
