@@ -478,10 +478,14 @@ def test_allocate_walkers_follows_laplace_masses() -> None:
     ]  # 30 below the best: dropped
     live = inv.allocate_walkers(modes, 16, min_walkers=0)
     assert [m.walkers for m in live] == [12, 4]
-    # by default every live mode keeps two walkers, so walkers can hop between the modes
-    modes.append(inv.Mode(np.ones(2) / 3, -11.0, None, math.log(1e-6)))
+    # by default every live mode keeps two walkers, so walkers can hop between the modes,
+    # except one holding a negligible share of the mass (a lone walker there never leaves)
+    negligible = inv.Mode(np.ones(2) / 3, -11.0, None, math.log(1e-6))
+    small = inv.Mode(np.ones(2) / 4, -11.0, None, math.log(0.05))
+    modes += [negligible, small]
     live = inv.allocate_walkers(modes, 18)
     assert [m.walkers for m in live] == [2 + 9, 2 + 3, 2]
+    assert live[-1] is small and negligible.walkers == 0
 
 
 def test_posterior_covers_both_modes_of_a_bimodal_likelihood() -> None:
