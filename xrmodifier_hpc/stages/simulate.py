@@ -154,13 +154,20 @@ class SimulateSummary:
         -------
         str
             One line ``PATH: D/N points done (C computed now in S s, R points/s, K ranks,
-            MODE)``, then one line per message.
+            HOW)`` (no rate when nothing was computed; HOW: one file, per-rank shards or array
+            shard), then one line per message.
         """
-        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        rate = (
+            f", {self.computed / self.seconds:.1f} points/s"
+            if self.computed and self.seconds > 0
+            else ""
+        )
+        written = {"single": "one file", "shards": "per-rank shards", "array": "array shard"}
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
-            f"({self.computed} computed now in {self.seconds:.1f} s, {rate:.1f} points/s, "
-            f"{self.n_ranks} rank{'s' if self.n_ranks != 1 else ''}, {self.mode})"
+            f"({self.computed} computed now in {self.seconds:.1f} s{rate}, "
+            f"{self.n_ranks} rank{'s' if self.n_ranks != 1 else ''}, "
+            f"{written.get(self.mode, self.mode)})"
         )
         return "\n".join([head, *self.messages])
 
