@@ -298,6 +298,32 @@ def test_checkpoint_from_other_settings_is_not_resumed(emulator_grid_project, tm
     assert result.completed and result.epochs_run == 6
 
 
+def test_rerunning_train_on_an_up_to_date_emulator_does_nothing(
+    emulator_grid_project, tmp_path, caplog
+):
+    """A finished emulator trained on this grid with these settings: `train` says so and
+    keeps it; other settings or --restart train again."""
+    from xrmodifier_hpc.stages.train import train
+
+    config = copy_project(emulator_grid_project, tmp_path / "p")
+    text = edit_config(config.read_text(), "emulator", "epochs", "6")
+    config.write_text(edit_config(text, "emulator", "offgrid_points", "0"))
+    cfg = load_config(config)
+    first = train(cfg)
+    assert first.primary["completed"] and first.primary["epochs_run"] == 6
+    stamp = cfg.emulator_path.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="xrmodifier"):
+        again = train(cfg)
+    assert "is up to date" in caplog.text and "--restart" in caplog.text
+    assert again.primary["completed"] and again.primary["epochs_run"] == 0
+    assert again.metrics.to_dict() == first.metrics.to_dict()
+    assert cfg.emulator_path.stat().st_mtime_ns == stamp
+    # --restart trains again; so do other settings
+    assert train(cfg, restart=True).primary["epochs_run"] == 6
+    config.write_text(edit_config(config.read_text(), "emulator", "epochs", "7"))
+    assert train(load_config(config)).primary["epochs_run"] == 7
+
+
 # --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def save(model: Emulator, path: str | Path) -> Path:
         "state": nets_state,
         "metrics": json.dumps(model.metrics),
         "config_text": model.config_text,
+        "training_fingerprint": getattr(model, "training_fingerprint", None),
         "offgrid": (
             {k: torch.as_tensor(v) for k, v in model.offgrid.items()}
             if model.offgrid is not None
@@ -104,6 +105,7 @@ def load(
     model.load_state_dict(payload["state"])
     model.metrics = json.loads(payload["metrics"])
     model.config_text = payload["config_text"]
+    model.training_fingerprint = payload.get("training_fingerprint")
     if payload.get("offgrid") is not None:
         model.offgrid = {k: v.numpy() for k, v in payload["offgrid"].items()}
     model.to(device=torch.device(device), dtype=dtype)

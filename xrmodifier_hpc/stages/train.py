@@ -41,6 +41,7 @@ from xrmodifier_hpc.emulator import (
     set_threads,
     training_fingerprint,
 )
+from xrmodifier_hpc.emulator.persist import load as load_emulator
 from xrmodifier_hpc.emulator.training import FitOutcome
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import store
@@ -315,12 +316,17 @@ def train_process(
         best_val_loss=outcome.best_val_loss,
     )
     if outcome.completed and rank == 0:
-        _measure_and_write(cfg, data, trainer, outcome, result)
+        _measure_and_write(cfg, data, trainer, outcome, result, fingerprint)
     return result
 
 
 def _measure_and_write(
-    cfg: Config, data: TrainingData, trainer: Trainer, outcome: FitOutcome, result: TrainResult
+    cfg: Config,
+    data: TrainingData,
+    trainer: Trainer,
+    outcome: FitOutcome,
+    result: TrainResult,
+    fingerprint: str,
 ) -> None:
     """Measure the emulator on rank 0 after training; write ``emulator.pt`` and its metrics."""
     wd = Workdir(cfg.workdir)
@@ -341,6 +347,7 @@ def _measure_and_write(
     model.metrics = metrics.to_dict()
     model.config_text = cfg.text
     model.offgrid = arrays
+    model.training_fingerprint = fingerprint  # a rerun on the same data and settings is a no-op
     save(model, wd.emulator)
     metrics.write(wd.emulator_metrics)
     discard_checkpoint(wd.emulator_checkpoint)
@@ -519,6 +526,9 @@ def train(
     check_grid(cfg)
     if restart and discard_checkpoint(Workdir(cfg.workdir).emulator_checkpoint):
         log.info("discarded the previous training checkpoint")
+    done = None if restart else _up_to_date(cfg)
+    if done is not None:
+        return TrainOutcome(None, results=[done])
     if executor is None:
         here = launch.run_here(_train_here, cfg, epochs_this_run, device=cfg.emulator.device)
         return TrainOutcome(None, results=[here.as_dict()])
@@ -531,6 +541,39 @@ def train(
     results = launch.wait_for(job, follow, what="training")
     outcome.results = sorted(results, key=lambda r: r.get("rank", 0))
     return outcome
+
+
+def _up_to_date(cfg: Config) -> dict[str, Any] | None:
+    """Rank 0's result of the training that made ``emulator.pt``, when rerunning would redo it.
+
+    That is when no checkpoint waits and the emulator was trained on this grid's data with
+    these ``[emulator]`` settings (:func:`training_fingerprint`); otherwise None.
+    """
+    wd = Workdir(cfg.workdir)
+    if not wd.emulator.is_file() or wd.emulator_checkpoint.exists():
+        return None
+    try:
+        model = load_emulator(wd.emulator)
+    except Exception:  # noqa: BLE001 - unreadable or foreign: training makes a new one
+        return None
+    stored = getattr(model, "training_fingerprint", None)
+    if not stored or stored != training_fingerprint(load_training_data(cfg), cfg.emulator):
+        return None
+    log.info(
+        f"{wd.emulator} is up to date: trained on this grid with these [emulator] settings; "
+        "nothing to do (`xrmodifier train --restart` trains again)"
+    )
+    return TrainResult(
+        completed=True,
+        rank=0,
+        world_size=1,
+        epochs_run=0,
+        weights_digest="",
+        device="none",
+        emulator_path=wd.emulator,
+        metrics_path=wd.emulator_metrics,
+        metrics=model.metrics,
+    ).as_dict()
 
 
 def _train_here(cfg: Config, epochs_this_run: int | None) -> TrainResult:
