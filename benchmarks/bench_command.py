@@ -18,7 +18,7 @@ with the settings and grid shape of ``bench_backend.py`` (1 realisation, 128 fit
    slices lost to others, but raised by threads that spin against each other).
 
 The grid is sized from the in-process rate so that the 1-rank command computes for about
-``--seconds`` (default 30 s: a command also pays a fixed ~3 s, interpreter start-up and imports,
+``--seconds`` (default 30 s: a command also pays a fixed 2–4 s, interpreter start-up and imports,
 reading the responses, the 500 off-grid check points, recorded as ``outside_run_s``, which a
 real grid of hours spreads thin); the whole benchmark takes about 4 minutes on 2 free cores.
 Each rank's ``threads:`` log line is recorded. Writes ``benchmarks/out/bench_command.json``.
