@@ -186,6 +186,11 @@ def test_apply_to_a_gzip_copy(pn_result: Path, tmp_path: Path) -> None:
     corrected = read_arf(tmp_path / "out" / "PN.corrected.arf")
     m = _median_multiplier(pn_result, PN_ARF)
     np.testing.assert_allclose(corrected.specresp, read_arf(PN_ARF).specresp * m, rtol=2e-7)
+    with fits.open(tmp_path / "out" / "PN.corrected.arf") as f:  # where it came from, absolute
+        assert f["SPECRESP"].header["XRMSRC"] == str(gz.resolve())
+    # applied again: the earlier output is replaced, and the log says so
+    again = run_cli("apply", str(pn_result), str(gz), "-o", str(tmp_path / "out"))
+    assert again.returncode == 0 and "replacing" in again.stderr, again.stderr
 
 
 def test_apply_envelopes_and_ensemble(pn_result: Path, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def _cards(
         "XRMSTAT": (statistic, "statistic of m(E) over the posterior draws"),
         "XRMRESLT": (str(Path(result).resolve()), "inversion result this ARF comes from"),
         "XRMNDRAW": (int(n_draws), "posterior draws behind XRMSTAT"),
-        "XRMSRC": (str(source), "ARF that was corrected"),
+        "XRMSRC": (str(Path(source).resolve()), "ARF that was corrected"),
     }
     prov.update(extra or {})
     return provenance_cards(prov)

@@ -354,6 +354,8 @@ def apply(
     extra = {"XRMFAMIL": (family.name, "ARF modifier family")}
     done = []
     for arf_path, arf, out in plans:
+        if out.exists():
+            log.info("replacing %s (written by an earlier apply)", out)
         e_mid = 0.5 * (arf.energ_lo + arf.energ_hi)
         if stat == "ensemble":
             ens = ensemble(family, e_mid, correction.samples, draws, correction.seed)
