@@ -475,7 +475,27 @@ def test_compiled_streams_draw_what_the_point_generators_draw(acis, bremss_model
     fast = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(theta, t_true, index)
     from xrmodifier_hpc.backends.native import _PointStreams
 
-    monkeypatch.setattr(_PointStreams, "words", lambda self, states: None)
+    monkeypatch.setattr(_PointStreams, "words", lambda self, index: None)
     slow = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(theta, t_true, index)
     for name in ("counts", "t_fit_orig", "t_fit_mod", "curve_mod"):
         assert getattr(fast, name).tobytes() == getattr(slow, name).tobytes(), name
+
+
+@pytest.mark.parametrize(
+    "family, options, expected",
+    [
+        ("gaussian", {}, (True, True, False)),
+        ("multi_gaussian", {"n_components": 2}, (True, True, False, True, True, False)),
+        ("spline", {}, (True,) * 6),
+    ],
+)
+def test_key_params_are_the_non_linear_ones(family, options, expected):
+    """What off-grid groups share: the parameters the folded basis depends on."""
+    modifier = get_modifier(family, options)
+    n = modifier.n_params
+    if family == "spline":
+        low, high = np.full(n, -0.2), np.full(n, 0.2)
+    else:
+        low = np.tile([0.8, 0.15, -0.3], n // 3)
+        high = np.tile([3.0, 0.8, 0.3], n // 3)
+    assert modifier.key_params(low, high) == expected

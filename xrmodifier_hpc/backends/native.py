@@ -754,12 +754,13 @@ class _PointStreams:
             return [None] * index.size
         return self._states(index)
 
-    def words(self, states: list[tuple[int, int] | None]) -> np.ndarray | None:
-        """Split :meth:`states` into uint64 words for the compiled sampler.
+    def words(self, index: np.ndarray) -> np.ndarray | None:
+        """Give the PCG64 states of the points ``index`` as words for the compiled sampler.
 
         Returns (n, 4) uint64 [state >> 64, state mod 2^64, inc >> 64, inc mod 2^64], or
-        None when any point takes point_rng itself (see :meth:`states`).
+        None when the points take point_rng itself (see :meth:`states`).
         """
+        states = self.states(index)
         if any(st is None for st in states):
             return None
         m64 = (1 << 64) - 1
@@ -1250,8 +1251,10 @@ class NativeBackend(Backend):
 
         # fakeit, one theta at a time (a batch of grid points shares few thetas)
         data = np.zeros((n, n_real, n_chan))
-        states = self._streams.states(index) if s.mode != "asimov" else None
-        words = self._streams.words(states) if states is not None else None
+        # each point's PCG64 state, as words for the compiled sampler; the generators
+        # themselves only where those cannot be had (a seed beyond 32 bits)
+        words = self._streams.words(index) if s.mode != "asimov" else None
+        states = self._streams.states(index) if s.mode != "asimov" and words is None else None
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
         per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []

@@ -148,6 +148,11 @@ def figure_data_arf(art: Artefacts) -> ArfFigureData:
     )
 
 
+def _area_limits(ax: Any, *areas: np.ndarray) -> None:
+    """Start the area axis at 0 with headroom above the highest curve for the legend."""
+    ax.set_ylim(0, 1.35 * max(float(np.nanmax(a)) for a in areas))
+
+
 def _shade_band(ax: Any, fit_band: tuple[float, float]) -> None:
     ax.axvspan(fit_band[0], fit_band[1], color="0.94", zorder=0, lw=0)
     ax.set_xscale("log")
@@ -202,8 +207,7 @@ def plot_arf(data: ArfFigureData) -> Any:
     ax_a.set_ylabel(r"effective area [cm$^2$]")
     ax_a.set_title("Telescope 1: original and corrected effective area (as written)")
     ax_a.legend(loc="upper right", fontsize=9)
-    # headroom above the peak for the legend (it covered the corrected ARF's peak)
-    ax_a.set_ylim(0, 1.35 * max(np.nanmax(data.area_corrected), np.nanmax(data.area_target)))
+    _area_limits(ax_a, data.area_corrected, data.area_target)
     ax_a.text(
         data.fit_band[0] * 1.04,
         0.96,
@@ -365,8 +369,7 @@ def plot_ensemble(data: EnsembleFigureData) -> Any:
     )
     ax_a.set_ylabel(r"effective area [cm$^2$]")
     ax_a.set_xlabel("energy [keV]")
-    # headroom above the peak for the legend (it covered the corrected ARF's peak)
-    ax_a.set_ylim(0, 1.35 * max(np.nanmax(data.area_draws), np.nanmax(data.area_target)))
+    _area_limits(ax_a, data.area_draws, data.area_target)
     ax_a.set_xlim(data.energy[0], data.energy[-1])
     ax_a.legend(loc="upper right", fontsize=9)
     plain_log_axis(ax_a, "x")

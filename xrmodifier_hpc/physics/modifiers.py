@@ -235,6 +235,32 @@ class Modifier(ABC):
         theta = np.asarray(theta, dtype=np.float64).reshape(self.n_params)
         return tuple(float(v) for v in theta), np.ones(1)
 
+    def key_params(self, low: np.ndarray, high: np.ndarray) -> tuple[bool, ...]:
+        """Tell which parameters the key of :meth:`linear_form` depends on.
+
+        Found by moving each parameter from the middle of ``[low, high]`` to three quarters
+        of it: the key changes for the non-linear ones (the Gaussian's mu and sigma), not for
+        the amplitudes; every parameter for a family that is not linear in any.
+
+        Parameters
+        ----------
+        low, high : numpy.ndarray
+            (d,) a box of valid parameter sets, ordered as ``param_names``.
+
+        Returns
+        -------
+        tuple of bool
+            (d,) True for a parameter the key depends on.
+        """
+        centre = 0.5 * (np.asarray(low, np.float64) + np.asarray(high, np.float64))
+        key = self.linear_form(centre)[0]
+        marks = []
+        for d in range(centre.size):
+            moved = centre.copy()
+            moved[d] = 0.5 * (moved[d] + float(high[d]))
+            marks.append(self.linear_form(moved)[0] != key)
+        return tuple(marks)
+
     def linear_basis(self, energy: np.ndarray, key: tuple[float, ...]) -> np.ndarray:
         """Evaluate the basis functions ``b_j(E; key)`` of :meth:`linear_form`.
 

@@ -244,6 +244,13 @@ def _rows_pcg64(lam, states, out, big, u):  # pragma: no cover - compiled
     return status
 
 
+def _refuse_invalid(lam: np.ndarray, status: np.ndarray) -> None:
+    """Raise the kernels' verdict on an invalid mean (status -1 - flat index) as ValueError."""
+    if status.size and status.min() < 0:
+        bad = lam.ravel()[-1 - int(status.min())]
+        raise ValueError(f"Poisson mean {float(bad)!r} is not a finite value in [0, {LAM_MAX:g}]")
+
+
 def poisson_rows_pcg64(lam: np.ndarray, states: np.ndarray) -> np.ndarray:
     """Draw one Poisson count per element of ``lam``, row r from numpy's PCG64 at ``states[r]``.
 
@@ -277,9 +284,7 @@ def poisson_rows_pcg64(lam: np.ndarray, states: np.ndarray) -> np.ndarray:
     out = np.empty((m, n))
     scratch = np.empty(2 * n + SPARE_UNIFORMS + (SPARE_UNIFORMS % 2))
     status = _rows_pcg64(lam, states, out, np.empty(n, dtype=np.int64), scratch)
-    if status.size and status.min() < 0:
-        bad = lam.ravel()[-1 - int(status.min())]
-        raise ValueError(f"Poisson mean {float(bad)!r} is not a finite value in [0, {LAM_MAX:g}]")
+    _refuse_invalid(lam, status)
     return out
 
 
@@ -339,9 +344,7 @@ def poisson_rows(lam: np.ndarray, uniforms: Callable[[int, np.ndarray], None]) -
     out = np.empty((m, n))
     big = np.empty(n, dtype=np.int64)
     status = _rows(lam, u, starts, out, big)
-    if status.size and status.min() < 0:
-        bad = lam.ravel()[-1 - int(status.min())]
-        raise ValueError(f"Poisson mean {float(bad)!r} is not a finite value in [0, {LAM_MAX:g}]")
+    _refuse_invalid(lam, status)
     for r in np.flatnonzero(status).tolist():  # rare: the rejections needed more uniforms
         size = int(sizes[r])
         while True:

@@ -594,14 +594,8 @@ def _key_axes(cfg: Config, grid: Grid) -> list[bool]:
     marks none (its groups would be copies of one point).
     """
     modifier = get_modifier(cfg.modifier.family, cfg.modifier.options)
-    centre = grid.bounds.mean(axis=1)[:-1]
-    key = modifier.linear_form(centre)[0]
-    axes = []
-    for d in range(centre.size):
-        moved = centre.copy()
-        moved[d] = 0.5 * (moved[d] + grid.bounds[d, 1])
-        axes.append(modifier.linear_form(moved)[0] != key)
-    return axes + [False] if not all(axes) else [False] * (centre.size + 1)
+    axes = list(modifier.key_params(grid.bounds[:-1, 0], grid.bounds[:-1, 1]))
+    return axes + [False] if not all(axes) else [False] * (len(axes) + 1)
 
 
 def _offgrid_missing(path: Path, n: int) -> bool:
