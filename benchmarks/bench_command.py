@@ -6,24 +6,32 @@ with the settings and grid shape of ``bench_backend.py`` (1 realisation, 128 fit
 0.3–40 keV, band 0.5–7 keV, 2e4 counts, curves on, 6 sigma x 6 A per mu value, T_true 40 values
 1–12 keV fastest; the number of mu values sizes the grid):
 
-1. in process: the configured backend on a sample of the grid's chunks, one thread
-   (threadpoolctl), CPU time after a warm-up chunk: points per second per core, as
-   ``bench_backend.py`` measures them;
+1. in process: the configured backend on a sample of the same grid's chunks (a chunk every
+   few, spread over the grid), one thread (threadpoolctl), CPU time after a warm-up chunk:
+   points per second per core, as ``bench_backend.py`` measures them;
 2. the command: ``xrmodifier simulate CONFIG --overwrite`` as one process and under
    ``mpiexec -n 2``, with NO thread variables set (OMP_/OPENBLAS_/MKL_NUM_THREADS removed from
    the environment), timed whole (interpreter start-up, reading the responses, writing
-   grid.h5 included). Its points/s per rank over the in-process rate is the ratio that issue
-   14 asks to be at least 0.8 (wall clock, which a machine shared with other work lowers);
-   the same with the CPU seconds of all its processes is recorded too (not lowered by time
-   slices lost to others, but raised by threads that spin against each other).
+   grid.h5 and the 500 off-grid check points included). Its points/s per rank over the
+   in-process rate is the ratio that issue 14 asks to be at least 0.8 (wall clock, which a
+   machine shared with other work lowers); the same with the CPU seconds of all its
+   processes is recorded too (not lowered by time slices lost to others, but raised by
+   threads that spin against each other).
 
-The grid is sized from the in-process rate so that the 1-rank command computes for about
-``--seconds`` (default 30 s: a command also pays a fixed 2–4 s, interpreter start-up and imports,
-reading the responses, the 500 off-grid check points, recorded as ``outside_run_s``, which a
-real grid of hours spreads thin); the whole benchmark takes about 4 minutes on 2 free cores.
-Each rank's ``threads:`` log line is recorded. Writes ``benchmarks/out/bench_command.json``.
+A virtual machine's speed drifts by 10-20% from one minute to the next (measured here: the
+same in-process run at 5,900 and 7,200 points/s a minute apart), so the two are measured in
+``--rounds`` rounds (default 3), each in-process sample just before its commands, and each
+ratio is taken within its round; the table gives the median round (``rounds`` in the JSON
+holds them all).
 
-    .venv/bin/python benchmarks/bench_command.py [--seconds S] [--quick]
+The grid is sized from a first in-process probe so that the 1-rank command computes for
+about ``--seconds`` (default 30 s: a command also pays fixed seconds, interpreter start-up and
+imports, reading the responses, the off-grid check points, recorded as ``outside_run_s``,
+which a real grid of hours spreads thin); the whole benchmark takes about 7 minutes on 2
+free cores. Each rank's ``threads:`` log line is recorded. Writes
+``benchmarks/out/bench_command.json``.
+
+    .venv/bin/python benchmarks/bench_command.py [--seconds S] [--rounds R] [--quick]
 """
 
 from __future__ import annotations
@@ -93,7 +101,8 @@ def make_config(project: Path, name: str, pair: tuple[str, str], n_mu: int) -> P
 
 
 def in_process(config: Path, sample_chunks: int) -> dict:
-    """The backend on ``sample_chunks`` chunks spread over the grid, one thread."""
+    """The backend on ``sample_chunks`` chunks spread over the grid (after a warm-up chunk,
+    the grid's first), one thread."""
     from threadpoolctl import threadpool_limits
 
     from xrmodifier_hpc.backends import make_backend
@@ -166,12 +175,35 @@ def command(config: Path, ranks: int) -> dict:
     }
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """The rounds' medians: the in-process rate, and per rank count the run of the median ratio.
+
+    Returns ``{"in_process": ..., "command": {ranks: run}}`` as one round has them, the
+    in-process points/s the median over the rounds and each run the one whose ratio is the
+    median (its ``ratios_all_rounds`` lists every round's).
+    """
+    rates = [r["in_process"]["points_per_s"] for r in rounds]
+    inproc = dict(rounds[0]["in_process"])
+    inproc["points_per_s"] = float(np.median(rates))
+    inproc["points_per_s_all_rounds"] = rates
+    command = {}
+    for ranks in rounds[0]["command"]:
+        runs = sorted((r["command"][ranks] for r in rounds), key=lambda x: x["ratio_to_in_process"])
+        run = dict(runs[(len(runs) - 1) // 2])
+        run["ratios_all_rounds"] = [r["command"][ranks]["ratio_to_in_process"] for r in rounds]
+        command[ranks] = run
+    return {"in_process": inproc, "command": command}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--seconds", type=float, default=30.0, help="compute time of the 1-rank command"
     )
     parser.add_argument("--quick", action="store_true", help="about 2 s per command")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="in-process sample + both commands, R times"
+    )
     args = parser.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     if not RESPONSES.is_dir():
@@ -198,28 +230,32 @@ def main() -> int:
             "thread_variables": "none (removed from the environment)",
         },
         "target_ratio": TARGET_RATIO,
+        "rounds": args.rounds,
         "pairs": {},
     }
     try:
         for name, pair in PAIRS.items():
             probe = make_config(project, f"{name}_probe", pair, 8)
-            inproc = in_process(probe, 4 if args.quick else 6)
             per_step = THETAS_PER_STEP * N_T_TRUE
-            n_mu = max(2, math.ceil(inproc["points_per_s"] * seconds / per_step))
+            n_mu = max(2, math.ceil(in_process(probe, 4)["points_per_s"] * seconds / per_step))
             config = make_config(project, name, pair, n_mu)
-            runs = {str(r): command(config, r) for r in (1, 2)}
-            for run in runs.values():
-                rate = inproc["points_per_s"]
-                run["ratio_to_in_process"] = run["points_per_s_per_rank"] / rate
-                # CPU seconds of every process, start-up included: what a busy machine's
-                # lost time slices do not change, and spinning threads do
-                run["cpu_ratio_to_in_process"] = run["points"] / run["cpu_s"] / rate
+            rounds = []
+            for _ in range(args.rounds):
+                inproc = in_process(config, 4 if args.quick else min(12, n_mu - 1))
+                runs = {str(r): command(config, r) for r in (1, 2)}
+                for run in runs.values():
+                    rate = inproc["points_per_s"]
+                    run["ratio_to_in_process"] = run["points_per_s_per_rank"] / rate
+                    # CPU seconds of every process, start-up included: what a busy machine's
+                    # lost time slices do not change, and spinning threads do
+                    run["cpu_ratio_to_in_process"] = run["points"] / run["cpu_s"] / rate
+                rounds.append({"in_process": inproc, "command": runs})
             report["pairs"][name] = {
                 "reference": pair[0],
                 "target": pair[1],
                 "grid_points": n_mu * per_step,
-                "in_process": inproc,
-                "command": runs,
+                **median_round(rounds),
+                "rounds": rounds,
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -239,6 +275,7 @@ def main() -> int:
                 f"{'':22} {'mpiexec -n ' + r if r != '1' else 'one process':16} "
                 f"{run['points']:>7} {run['wall_s']:>7.1f} {run['points_per_s_per_rank']:>11.0f} "
                 f"{run['ratio_to_in_process']:>6.2f} {run['cpu_ratio_to_in_process']:>9.2f}"
+                f"  (rounds: {', '.join(f'{x:.2f}' for x in run['ratios_all_rounds'])})"
             )
             for line in run["threads_log"]:
                 print(f"{'':40} threads: {line}")

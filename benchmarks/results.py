@@ -309,8 +309,18 @@ def section_command(data: dict[str, Any]) -> list[str]:
         "spreads thinner.",
         "",
     ]
+    n_rounds = data.get("rounds", 1)
+    if n_rounds > 1:
+        lines[0] += (
+            f" A virtual machine's speed drifts by 10–20% from minute to minute, so this was "
+            f"measured in {n_rounds} rounds, each an in-process sample of the same grid just "
+            "before its two commands, each ratio within its round: the in-process rate is "
+            "the median of the rounds', each command row the round of the median ratio (every "
+            "round's ratio listed below the table)."
+        )
     rows = []
-    threads_lines = []
+    threads_lines: list[str] = []
+    round_lines: list[str] = []
     for e in data["pairs"].values():
         ip = e["in_process"]
         label = f"{e['reference']} ref, {e['target']} target"
@@ -338,6 +348,9 @@ def section_command(data: dict[str, Any]) -> list[str]:
             )
             for line in run.get("threads_log", []):
                 threads_lines.append(f"- {label}, {how}: `threads: {line}`")
+            if len(run.get("ratios_all_rounds", [])) > 1:
+                every = ", ".join(f"{x:.2f}" for x in run["ratios_all_rounds"])
+                round_lines.append(f"- {label}, {how}: ratio in each round {every}")
     lines += _table(
         [
             "responses",
@@ -353,6 +366,8 @@ def section_command(data: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+    if round_lines:
+        lines += ["", "Every round:", "", *round_lines]
     lines += ["", "What each rank chose:", "", *threads_lines]
     return lines
 

@@ -319,6 +319,13 @@ COMMAND = {
         }
     },
 }
+COMMAND_ROUNDS = json.loads(json.dumps(COMMAND))
+COMMAND_ROUNDS["rounds"] = 3
+COMMAND_ROUNDS["pairs"]["acis_ref_epn_target"]["command"]["2"]["ratios_all_rounds"] = [
+    0.703,
+    0.81,
+    0.69,
+]
 
 
 def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path: Path) -> None:
@@ -342,6 +349,11 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     # absent: the part says how to produce it, the sections keep their numbers
     alone = results.render(_write(tmp_path / "alone", bench_backend=BACKEND), MACHINE)
     assert "Not measured yet: `.venv/bin/python benchmarks/bench_command.py`" in alone
+    assert "Every round:" not in page
+    # in rounds: said so, every round's ratio listed
+    rounds = results.render(_write(tmp_path / "rounds", bench_command=COMMAND_ROUNDS), MACHINE)
+    assert "measured in 3 rounds" in rounds
+    assert "- acis ref, epn target, mpiexec -n 2: ratio in each round 0.70, 0.81, 0.69" in rounds
 
 
 def test_backend_cost_model_is_rendered_when_present(results, tmp_path: Path) -> None:

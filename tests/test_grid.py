@@ -12,6 +12,8 @@ from xrmodifier_hpc.config.grid import (
     Grid,
     chunk_ranges,
     contiguous_runs,
+    latin_hypercube,
+    offgrid_design,
     pending_chunks,
     point_rng,
     rank_chunks,
@@ -99,3 +101,31 @@ def test_point_streams_depend_only_on_seed_point_and_domain():
     assert not np.array_equal(a, point_rng(7, 124).random(5))
     assert not np.array_equal(a, point_rng(8, 123).random(5))
     assert not np.array_equal(a, point_rng(7, 123, MOCK_STREAM).random(5))
+
+
+def test_latin_hypercube_puts_one_point_in_each_stratum_of_every_axis():
+    u = latin_hypercube(37, 4, np.random.default_rng(2))
+    assert u.shape == (37, 4) and np.all((u >= 0) & (u < 1))
+    for axis in range(4):
+        assert sorted(np.floor(u[:, axis] * 37).astype(int).tolist()) == list(range(37))
+    again = latin_hypercube(37, 4, np.random.default_rng(2))
+    assert np.array_equal(u, again)
+
+
+def test_offgrid_design_is_inside_the_grid_in_groups_sharing_the_key_axes():
+    bounds = np.array([[0.8, 3.0], [0.15, 0.8], [-0.3, 0.3], [1.0, 12.0]])
+    log_axes = [False, True, False, True]
+    theta, t_true = offgrid_design(bounds, log_axes, 50, 7, [True, True, False, False], 8)
+    assert theta.shape == (50, 3) and t_true.shape == (50,)
+    assert np.all((theta > bounds[:3, 0]) & (theta < bounds[:3, 1]))
+    assert np.all((t_true > 1.0) & (t_true < 12.0))
+    groups = np.arange(50) // 8
+    for g in range(groups.max() + 1):
+        members = theta[groups == g]
+        assert np.all(members[:, :2] == members[0, :2])  # mu, sigma shared
+    assert np.unique(theta[:, 2]).size == 50 and np.unique(t_true).size == 50
+    # log axes are uniform in log: T_true's strata are equal in ln T
+    strata = np.floor((np.log(t_true) - np.log(1.0)) / np.log(12.0) * 50).astype(int)
+    assert sorted(strata.tolist()) == list(range(50))
+    again = offgrid_design(bounds, log_axes, 50, 7, [True, True, False, False], 8)
+    assert np.array_equal(theta, again[0]) and np.array_equal(t_true, again[1])

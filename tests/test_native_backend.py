@@ -499,3 +499,47 @@ def test_key_params_are_the_non_linear_ones(family, options, expected):
         low = np.tile([0.8, 0.15, -0.3], n // 3)
         high = np.tile([3.0, 0.8, 0.3], n // 3)
     assert modifier.key_params(low, high) == expected
+
+
+def test_a_batch_of_more_thetas_than_the_cache_holds_fits_each_as_alone(acis, bremss_model):
+    """Off-grid batches hold hundreds of thetas, each with its own ln(s'/s) table; the theta
+    cache (8) hands its buffers back as it drops thetas, so every theta's modified profile
+    is taken while its table is still its own: bitwise what each point gives alone."""
+    from xrmodifier_hpc.backends.native import THETA_CACHE_SIZE
+
+    rng = np.random.default_rng(8)
+    n = 3 * THETA_CACHE_SIZE + 1
+    theta = np.column_stack(
+        [rng.uniform(1.0, 3.0, n), rng.uniform(0.2, 0.6, n), rng.uniform(-0.3, 0.3, n)]
+    )
+    t_true = rng.uniform(1.0, 9.0, n)
+    index = np.arange(n)
+    st = settings(mode="asimov", fit_tgrid=np.geomspace(0.5, 40.0, 48))
+    backend = NativeBackend(acis, bremss_model, GAUSSIAN, st)
+    together = backend.run(theta, t_true, index)
+    assert len(backend._log_ratio_buffers) + len(backend._theta_cache) >= THETA_CACHE_SIZE
+    for i in (0, 5, n // 2, n - 1):
+        alone = NativeBackend(acis, bremss_model, GAUSSIAN, st).run(
+            theta[i : i + 1], t_true[i : i + 1], index[i : i + 1]
+        )
+        for name in ("t_fit_orig", "t_fit_mod", "err_mod", "curve_mod"):
+            assert getattr(together, name)[i].tobytes() == getattr(alone, name)[0].tobytes()
+
+
+def test_a_derived_backend_shares_the_fitter_and_fits_as_a_new_one(acis, bremss_model):
+    st = settings(fit_tgrid=np.geomspace(0.5, 40.0, 48))
+    grid_backend = NativeBackend(acis, bremss_model, GAUSSIAN, st)
+    derived = grid_backend.derive(mode="asimov", stream=7, curves=False)
+    assert derived is not None and derived.fitter is grid_backend.fitter
+    fresh = NativeBackend(
+        acis, bremss_model, GAUSSIAN, dataclasses.replace(st, mode="asimov", stream=7, curves=False)
+    )
+    theta = np.repeat([BUMP], 3, axis=0)
+    t_true, index = np.array([2.0, 4.5, 7.0]), np.arange(3)
+    a, b = derived.run(theta, t_true, index), fresh.run(theta, t_true, index)
+    for name in ("t_fit_orig", "t_fit_mod", "err_orig", "err_mod", "status", "norm"):
+        assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+    assert a.curve_mod is None
+    # a setting the fitter depends on: no sharing, the caller builds a new backend
+    assert grid_backend.derive(band=(0.3, 8.0)) is None
+    assert grid_backend.derive(exposure=1e3, mode="asimov") is None

@@ -372,3 +372,26 @@ def test_atable_out_of_range_and_broken_tables(tmp_path):
         hdul.writeto(mult)
     with pytest.raises(ModelError, match="ADDMODEL"):
         load_model(f"atable{{{mult}}}")
+
+
+def test_flux_function_is_photon_flux_one_temperature_at_a_time(responses_dir):
+    """The fitters' per-temperature flux, fixed factors computed once and only the rows that
+    reach the band, gives photon_flux's bits; bins that are runs of a grid (not one run)
+    are integrated from each edge once, as the contiguous grid is."""
+    from xrmodifier_hpc.io.ogip import Instrument
+
+    inst = Instrument.load(
+        responses_dir / "xmm_epn_src.arf", responses_dir / "xmm_epn_ff20_dY9.rmf"
+    )
+    model = parse_model("wabs*bremss")
+    rows = np.r_[100:400, 420:900]  # two runs
+    flux_at = model.flux_function(inst.energ_lo[rows], inst.energ_hi[rows], {"nH": 0.05})
+    for kt in (0.3, 1.7, 13.55, 40.0):
+        whole = model.photon_flux(inst.energ_lo, inst.energ_hi, np.array([kt]), {"nH": 0.05})
+        assert flux_at(kt).tobytes() == whole[0, rows].tobytes()
+    with pytest.raises(ModelError, match="kT = 500 is outside"):
+        flux_at(500.0)
+    with pytest.raises(ModelError, match="no value given for parameter 'nH'"):
+        model.flux_function(inst.energ_lo, inst.energ_hi, {})
+    with pytest.raises(ModelError, match="outside its allowed range"):
+        model.flux_function(inst.energ_lo, inst.energ_hi, {"nH": -1.0})

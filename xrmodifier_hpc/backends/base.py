@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -318,6 +318,23 @@ class Backend(ABC):
         PointResults
             Fits of ``n`` points x ``realisations``.
         """
+
+    def derive(self, **overrides: Any) -> Backend | None:
+        """Make a backend with some simulation settings replaced, sharing what it can.
+
+        Parameters
+        ----------
+        **overrides
+            Fields of :class:`SimulationSettings` to replace.
+
+        Returns
+        -------
+        Backend or None
+            None here (build a new one with ``make_backend``); a backend whose set-up does
+            not depend on those settings returns one sharing it (the native backend shares
+            its fitter). Close it as any backend; closing it leaves this one usable.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release scratch files or external processes."""

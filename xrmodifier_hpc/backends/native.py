@@ -47,6 +47,7 @@ fit temperature per theta shared by its T_true points, and the fit refinement.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import zlib
@@ -115,11 +116,12 @@ EXACT_CHUNK = 256
 
 
 class _LRU(OrderedDict):
-    """A small least-recently-used cache."""
+    """A small least-recently-used cache; ``evicted(value)`` is called for each value dropped."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, evicted: Callable[[Any], None] | None = None) -> None:
         super().__init__()
         self.size = size
+        self.evicted = evicted
 
     def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
         if key in self:
@@ -128,7 +130,9 @@ class _LRU(OrderedDict):
         value = make()
         self[key] = value
         if len(self) > self.size:
-            self.popitem(last=False)
+            _, dropped = self.popitem(last=False)
+            if self.evicted is not None:
+                self.evicted(dropped)
         return value
 
 
@@ -398,6 +402,14 @@ class SpectrumFitter:
         self.area = np.asarray(instrument.area, dtype=np.float64)[self.rows]
         self.xgrid = LocalPolyGrid.build(np.log(self.tgrid))
 
+        # the model on the rows that reach the band only (each bin's flux depends on its own
+        # edges), its parts that do not depend on the temperature computed once
+        self._flux_at = model.flux_function(
+            instrument.energ_lo[self.rows],
+            instrument.energ_hi[self.rows],
+            self.params,
+            temperature_param,
+        )
         self._flux_cache = _LRU(T_CACHE_SIZE)
         self._fold_cache = _LRU(T_CACHE_SIZE)
         self._total_cache = _LRU(T_CACHE_SIZE)
@@ -481,11 +493,7 @@ class SpectrumFitter:
         t = float(t)
 
         def make() -> np.ndarray:
-            inst = self.instrument
-            f = self.model.photon_flux(
-                inst.energ_lo, inst.energ_hi, np.array([t]), self.params, self.temperature_param
-            )[0]
-            return self.exposure * f[self.rows]
+            return self.exposure * self._flux_at(t)
 
         return self._flux_cache.get_or(t, make)
 
@@ -838,6 +846,7 @@ class _ThetaTerms:
     amplitudes: np.ndarray
     log_ratio: Any
     log_totals: Any
+    buffer: np.ndarray  # the flat float64 buffer ``log_ratio`` is a view of (numpy engine)
 
 
 class NativeBackend(Backend):
@@ -853,9 +862,14 @@ class NativeBackend(Backend):
         The ARF modifier family.
     settings : SimulationSettings
         Exposure, band, realisations, seed, fit grid, counts/norm, mode, engine.
+    fitter : SpectrumFitter, optional
+        The fitter of another native backend of the same instrument, model and fit settings
+        (:meth:`derive`), shared with it; by default one is built.
     """
 
     name = "native"
+    #: the settings :meth:`derive` may change: the fitter does not depend on them
+    DERIVABLE = frozenset({"mode", "realisations", "seed", "stream", "curves", "counts", "norm"})
 
     def __init__(
         self,
@@ -863,6 +877,7 @@ class NativeBackend(Backend):
         model: Model,
         modifier: Modifier,
         settings: SimulationSettings,
+        fitter: SpectrumFitter | None = None,
     ) -> None:
         self.instrument = instrument
         self.model = model
@@ -871,18 +886,20 @@ class NativeBackend(Backend):
         params = {
             k: v for k, v in settings.source_params.items() if k != settings.temperature_param
         }
-        self.fitter = SpectrumFitter(
-            instrument,
-            model,
-            params,
-            tuple(settings.band),
-            settings.exposure,
-            settings.fit_tgrid,
-            temperature_param=settings.temperature_param,
-            engine=settings.engine,
-            device=settings.device,
-            min_counts=settings.min_counts,
-        )
+        if fitter is None:
+            fitter = SpectrumFitter(
+                instrument,
+                model,
+                params,
+                tuple(settings.band),
+                settings.exposure,
+                settings.fit_tgrid,
+                temperature_param=settings.temperature_param,
+                engine=settings.engine,
+                device=settings.device,
+                min_counts=settings.min_counts,
+            )
+        self.fitter = fitter
         f = self.fitter
         self._safe_templates = np.maximum(f.templates, TEMPLATE_FLOOR)
         self._log_safe_templates = np.log(self._safe_templates)
@@ -897,7 +914,13 @@ class NativeBackend(Backend):
         self._irregular_t, self._irregular_c = np.nonzero(~float32_ok)
         #: the response by channel (n_chan, K), for the exact path's channel gathers
         self._response_t = np.ascontiguousarray(f._response.T)
-        self._theta_cache = _LRU(THETA_CACHE_SIZE)
+        #: flat float64 buffers of n_T x n_chan for the thetas' ln(s'/s) tables, handed back by
+        #: the theta cache as it drops a theta: memory touched once (on a virtual machine a
+        #: fresh page costs ~3 us on first touch, more than the arithmetic of a table)
+        self._log_ratio_buffers: list[np.ndarray] = []
+        self._theta_cache = _LRU(
+            THETA_CACHE_SIZE, lambda tt: self._log_ratio_buffers.append(tt.buffer)
+        )
         self._key_cache = _LRU(KEY_CACHE_SIZE)
         self._streams = _PointStreams(settings.seed, settings.stream)
         #: work done so far, for the benchmarks' cost model: multiply-adds of the basis folds
@@ -910,6 +933,8 @@ class NativeBackend(Backend):
         #: temperature -> its position on the axis
         self._t_axis = {t: a for a, t in enumerate(axis)} if len(axis) <= T_CACHE_SIZE // 2 else {}
         self._axis_original_folds: np.ndarray | None = None
+        #: float32 scratch of ``_log_ratio`` (3, n_T, n_chan_key), reused between thetas
+        self._scratch32: np.ndarray | None = None
 
     def version(self) -> str:
         """Give the version string recorded in artefacts' provenance.
@@ -920,6 +945,30 @@ class NativeBackend(Backend):
             ``native <package version> (engine <numpy|torch>)``.
         """
         return f"native {__version__} (engine {self.settings.engine})"
+
+    def derive(self, **overrides: Any) -> NativeBackend | None:
+        """Make a backend with some settings replaced that shares this one's fitter.
+
+        The response restricted to the band, the source fluxes and the templates on the fit
+        grid are computed once for both (``simulate``'s off-grid check points reuse the
+        grid's: ``mode="asimov"``, their own ``stream``).
+
+        Parameters
+        ----------
+        **overrides
+            New values of settings in :attr:`DERIVABLE` (mode, realisations, seed, stream,
+            curves, counts, norm).
+
+        Returns
+        -------
+        NativeBackend or None
+            The new backend; None when a setting the fitter depends on would change (build a
+            new backend then).
+        """
+        if not set(overrides) <= self.DERIVABLE:
+            return None
+        settings = dataclasses.replace(self.settings, **overrides)
+        return NativeBackend(self.instrument, self.model, self.modifier, settings, self.fitter)
 
     # ---- per key and per theta -------------------------------------------------------------
 
@@ -1043,31 +1092,41 @@ class NativeBackend(Backend):
         self.modifier.apply(self.instrument.e_mid, self.instrument.area, theta[None, :])
         key, amps = self.modifier.linear_form(theta)
         kt = self._key(key)
-        log_ratio, log_totals = self._log_ratio(kt, amps)
-        return _ThetaTerms(kt, amps, f.to_engine(log_ratio), f.to_engine(log_totals))
+        size = f.templates.size
+        buffer = self._log_ratio_buffers.pop() if self._log_ratio_buffers else np.empty(size)
+        log_ratio, log_totals = self._log_ratio(kt, amps, buffer)
+        return _ThetaTerms(kt, amps, f.to_engine(log_ratio), f.to_engine(log_totals), buffer)
 
-    def _log_ratio(self, kt: _KeyTerms, amps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _log_ratio(
+        self, kt: _KeyTerms, amps: np.ndarray, buffer: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ln s'/s on the key's channels (n_T, n_chan_key), ln S' (n_T,)), float64.
 
-        float32 (a compensated log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere.
+        float32 (a compensated log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere. The
+        table is written into the start of ``buffer`` (flat, at least n_T x n_chan_key).
         """
         f = self.fitter
         n_t, n_chan = f.templates.shape
         ratio = kt.ratio
-        log_ratio = np.zeros(ratio.shape[1:])
+        log_ratio = buffer[: ratio.shape[1] * ratio.shape[2]].reshape(ratio.shape[1:])
         totals = kt.totals_base + amps @ kt.delta_totals_base
         low = np.zeros(0, dtype=np.int64)
         if ratio.size:
-            z = np.multiply(ratio[0], np.float32(amps[0]))
+            # three float32 scratch arrays kept between thetas: fresh ones of this size cost
+            # more in page faults than the arithmetic (measured 4x on a virtual machine)
+            if self._scratch32 is None or self._scratch32.shape[1:] != ratio.shape[1:]:
+                self._scratch32 = np.empty((3, *ratio.shape[1:]), dtype=np.float32)
+            z, u, e = self._scratch32
+            np.multiply(ratio[0], np.float32(amps[0]), out=z)
             for j in range(1, amps.size):
                 z += np.float32(amps[j]) * ratio[j]
             # the lowest 1 + z can reach, from the key's extremes of each ratio
             lowest = 1.0 + sum(min(a * lo, a * hi) for a, lo, hi in zip(amps, *kt.ratio_range))
-            u = z + np.float32(1.0)
+            np.add(z, np.float32(1.0), out=u)
             # ln(1 + z) = ln(u) - e / u to ~1 ulp, where u = fl(1 + z) and e = (u - 1) - z is
             # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1.
             # e / u is taken as e: the difference, e z / u, is within 1 ulp of ln(1 + z) ~ z
-            e = u - np.float32(1.0)
+            np.subtract(u, np.float32(1.0), out=e)
             e -= z
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.log(u, out=u)
@@ -1257,12 +1316,24 @@ class NativeBackend(Backend):
         states = self._streams.states(index) if s.mode != "asimov" and words is None else None
         groups, inverse = np.unique(theta, axis=0, return_inverse=True)
         inverse = inverse.ravel()
-        per_theta: list[tuple[np.ndarray, _ThetaTerms]] = []
+        # the true temperatures of each key's points, folded together when the key is first
+        # met (thetas that share a key, e.g. off-grid points of one (mu, sigma) with their
+        # own T_true, then share the fixed-shape blocks of ``_folds``)
+        key_of = [self.modifier.linear_form(groups[g])[0] for g in range(groups.shape[0])]
+        key_temps: dict[tuple[float, ...], list[float]] = {}
+        for g, t in zip(inverse[ok].tolist(), t_true[ok].tolist()):
+            key_temps.setdefault(key_of[g], []).append(t)
+        # each theta's term of the modified profiles, sum_j d_j ln(s'_j / s_j), is taken as
+        # soon as its spectra are drawn: its ln(s'/s) table is then no longer needed (the
+        # theta cache recycles it), however many thetas the batch holds
+        extra = np.zeros((n, n_real, n_t))
+        per_theta: list[tuple[np.ndarray, Any]] = []
         for g in range(groups.shape[0]):
             members = np.flatnonzero((inverse == g) & ok)
             if members.size == 0:
                 continue
             tt = self._theta(groups[g])
+            self._folds(tt.key, np.array(key_temps[key_of[g]]))
             mu = self._expected(tt, t_true[members]) * norms[members, None]
             mu = np.maximum(mu, 0.0)  # negative RMF elements can leave a channel below zero
             if s.mode == "asimov":
@@ -1281,7 +1352,18 @@ class NativeBackend(Backend):
                     counts = poisson_rows(lam, uniforms)
                 data[members] = counts.reshape(-1, n_real, n_chan)
                 self.work["poisson"] += members.size * n_real * n_chan
-            per_theta.append((members, tt))
+            # a point on the grid's T_true axis sits at its temperature's axis position (a
+            # theta's points then share one product), any other at its index modulo the block
+            on_axis = np.array([t in self._t_axis for t in t_true[members].tolist()], bool)
+            grid_points, others = members[on_axis], members[~on_axis]
+            axis_slots = np.array([self._t_axis[t] for t in t_true[grid_points].tolist()], int)
+            narrow = max(1, BLOCK_ROWS // n_real)
+            for group, slots, per_block in (
+                (grid_points, axis_slots, len(self._t_axis)),
+                (others, index[others] % narrow, narrow),
+            ):
+                self._blocked_cross(data, group, slots, per_block, tt.log_ratio, tt.key.chan, extra)
+            per_theta.append((members, tt.log_totals))
 
         totals, const = data_terms(data, integers=s.mode != "asimov")
         live = np.flatnonzero(ok)
@@ -1300,22 +1382,10 @@ class NativeBackend(Backend):
                 log_totals,
                 (totals[live].ravel(), const[live].ravel()),
             ).reshape(-1, n_real, n_t)
-        extra = np.zeros((n, n_real, n_t))
-        for members, tt in per_theta:
-            # a point on the grid's T_true axis sits at its temperature's axis position (a
-            # theta's points then share one product), any other at its index modulo the block
-            on_axis = np.array([t in self._t_axis for t in t_true[members].tolist()], bool)
-            grid_points, others = members[on_axis], members[~on_axis]
-            axis_slots = np.array([self._t_axis[t] for t in t_true[grid_points].tolist()], int)
-            narrow = max(1, BLOCK_ROWS // n_real)
-            for group, slots, per_block in (
-                (grid_points, axis_slots, len(self._t_axis)),
-                (others, index[others] % narrow, narrow),
-            ):
-                self._blocked_cross(data, group, slots, per_block, tt.log_ratio, tt.key.chan, extra)
+        for members, theta_log_totals in per_theta:
             curves_mod[members] = cstat_from_cross(
                 (cross[members] + extra[members]).reshape(-1, n_t),
-                f.to_numpy(tt.log_totals),
+                f.to_numpy(theta_log_totals),
                 (totals[members].ravel(), const[members].ravel()),
             ).reshape(-1, n_real, n_t)
 

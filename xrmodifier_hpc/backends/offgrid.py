@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xrmodifier_hpc.backends import make_backend
+from xrmodifier_hpc.backends import Backend, make_backend
 from xrmodifier_hpc.config import Config
 from xrmodifier_hpc.config.grid import OFFGRID_STREAM
 
@@ -50,6 +50,7 @@ def simulate_offgrid(
     t_true: np.ndarray,
     index: np.ndarray,
     progress: Callable[[int], None] | None = None,
+    grid_backend: Backend | None = None,
 ) -> OffgridFits:
     """Fit noise-free T1 and T1' at the given off-grid points with the configured backend.
 
@@ -67,6 +68,10 @@ def simulate_offgrid(
     progress : callable, optional
         Called with the number of points finished after each chunk of
         ``[simulation] chunk_size`` points.
+    grid_backend : Backend, optional
+        The backend that simulated the grid, still open: what it can share with the check
+        points' backend (:meth:`Backend.derive`: the native backend's response, fluxes and
+        templates) is not built again. Left open.
 
     Returns
     -------
@@ -86,9 +91,9 @@ def simulate_offgrid(
     if n == 0:  # a rank without a share builds no backend
         return OffgridFits(t_fit_orig, t_fit_mod, status)
     chunk = max(1, cfg.simulation.chunk_size)
-    with make_backend(
-        cfg, mode="asimov", realisations=1, stream=OFFGRID_STREAM, curves=False
-    ) as backend:
+    settings = {"mode": "asimov", "realisations": 1, "stream": OFFGRID_STREAM, "curves": False}
+    derived = grid_backend.derive(**settings) if grid_backend is not None else None
+    with derived if derived is not None else make_backend(cfg, **settings) as backend:
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
             res = backend.run(theta[sl], t_true[sl], index[sl])

@@ -32,7 +32,7 @@ HELDOUT_REFERENCE = (
     "interpolator leave-one-out from grid neighbours"
 )
 #: what the off-grid errors are measured against
-OFFGRID_TRUTH = "asimov (noise-free) fits at scrambled-Sobol points strictly inside the grid"
+OFFGRID_TRUTH = "asimov (noise-free) fits at Latin-hypercube points strictly inside the grid"
 
 
 @dataclass(frozen=True)

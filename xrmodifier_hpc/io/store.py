@@ -904,7 +904,7 @@ def _create_offgrid(f: h5py.File, n: int, d: int) -> h5py.Group:
         mode="asimov",
         realisations=1,
         stream=OFFGRID_STREAM,
-        design="scrambled Sobol strictly inside the grid (config.grid.offgrid_design)",
+        design="Latin hypercube strictly inside the grid (config.grid.offgrid_design)",
     )
     return g
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -262,7 +262,7 @@ def bremss_density(energy: np.ndarray, kt: np.ndarray, seams: str = "xspec") -> 
 def trapezoid_bins(density_at: callable, e_lo: np.ndarray, e_hi: np.ndarray) -> np.ndarray:
     """Integrate ``density_at(E)`` over each bin with the two-point (trapezoid) rule.
 
-    Where the bins are contiguous the density is evaluated once at the ``n_E + 1`` edges.
+    Each distinct edge is evaluated once (``n_E + 1`` of them where the bins are contiguous).
 
     Parameters
     ----------
@@ -282,7 +282,10 @@ def trapezoid_bins(density_at: callable, e_lo: np.ndarray, e_hi: np.ndarray) -> 
         edges = np.append(e_lo, e_hi[-1])
         f = density_at(edges)
         return 0.5 * (f[..., :-1] + f[..., 1:]) * (e_hi - e_lo)
-    return 0.5 * (density_at(e_lo) + density_at(e_hi)) * (e_hi - e_lo)
+    # runs of contiguous bins (a response's rows that reach a band): each edge once
+    edges, at = np.unique(np.concatenate([e_lo, e_hi]), return_inverse=True)
+    f = density_at(edges)
+    return 0.5 * (f[..., at[: e_lo.size]] + f[..., at[e_lo.size :]]) * (e_hi - e_lo)
 
 
 def mm83_cross_section(energy: np.ndarray, band: np.ndarray | None = None) -> np.ndarray:
@@ -1071,6 +1074,77 @@ class Model:
         if not np.all(np.isfinite(flux)):
             raise ModelError(f"model {self.expression!r} gave non-finite values")
         return flux
+
+    def flux_function(
+        self,
+        e_lo: np.ndarray,
+        e_hi: np.ndarray,
+        params: Mapping[str, float],
+        temperature_param: str = "kT",
+    ) -> Callable[[float], np.ndarray]:
+        """Prepare :meth:`photon_flux` on fixed bins as a function of the temperature alone.
+
+        The components without ``temperature_param`` (``wabs`` in ``wabs*bremss``) are
+        evaluated once, here; each call evaluates the others at one temperature. The product
+        is taken in the expression's order within each of the two groups, the fixed factors
+        first (for two factors the same bits as :meth:`photon_flux`).
+
+        Parameters
+        ----------
+        e_lo, e_hi : numpy.ndarray
+            Shape ``(n_E,)``: lower and upper bin edges in keV.
+        params : mapping of str to float
+            Every other parameter's (frozen) value by name.
+        temperature_param : str, optional
+            The parameter on the temperature axis.
+
+        Returns
+        -------
+        callable
+            ``f(t)`` -> shape ``(n_E,)`` photons cm^-2 s^-1 per bin at norm 1 for the
+            temperature ``t`` (keV); raises ModelError for a temperature outside the model's
+            range or a non-finite result.
+
+        Raises
+        ------
+        ModelError
+            As :meth:`photon_flux`, for the frozen parameters (checked once, here).
+        """
+        e_lo = np.asarray(e_lo, dtype=np.float64)
+        e_hi = np.asarray(e_hi, dtype=np.float64)
+        lo, hi = self.param_range(temperature_param)
+        frozen = {k: float(v) for k, v in params.items() if k != temperature_param}
+        missing = [n for n in self.param_names if n != temperature_param and n not in frozen]
+        if missing:
+            raise ModelError(f"no value given for parameter {missing[0]!r}")
+        self.check_params(frozen)
+        fixed = np.ones(e_lo.size)
+        varying = []
+        for comp in self.components:
+            if temperature_param in comp.param_names:
+                varying.append(comp)
+            else:
+                values = {n: np.array([frozen[n]]) for n in comp.param_names}
+                fixed *= comp.evaluate(e_lo, e_hi, values)[0]
+
+        def at(t: float) -> np.ndarray:
+            t = float(t)
+            if not (math.isfinite(t) and lo <= t <= hi):
+                raise ModelError(
+                    f"{temperature_param} = {t:g} is outside the model's range {lo:g}-{hi:g}"
+                )
+            flux = fixed.copy()
+            for comp in varying:
+                values = {
+                    n: np.array([t if n == temperature_param else frozen[n]])
+                    for n in comp.param_names
+                }
+                flux *= comp.evaluate(e_lo, e_hi, values)[0]
+            if not np.all(np.isfinite(flux)):
+                raise ModelError(f"model {self.expression!r} gave non-finite values")
+            return flux
+
+        return at
 
 
 def parse_model(

@@ -283,15 +283,15 @@ def _simulate(
             writer.close()
         if mode == "shards":
             mpi.on_root(comm, lambda: shard_files.merge_shards(cfg, grid))
+        total_computed = mpi.allsum(comm, computed)
+        complete = mpi.on_root(comm, lambda: _is_complete(plan, cfg, mode))
+        summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
+        summary.merged_shards = merged
+        _finish_message(summary, mode, shard)
+        if mode != "array":  # the check points share what they can with the grid's backend
+            _write_offgrid(cfg, comm, grid, grid_backend=backend)
     finally:
         backend.close()
-    total_computed = mpi.allsum(comm, computed)
-    complete = mpi.on_root(comm, lambda: _is_complete(plan, cfg, mode))
-    summary = _summary(cfg, plan, total_computed, time.monotonic() - t0, size, complete)
-    summary.merged_shards = merged
-    _finish_message(summary, mode, shard)
-    if mode != "array":
-        _write_offgrid(cfg, comm, grid)
     return summary
 
 
@@ -523,7 +523,13 @@ def _size_threads(cfg: Config, comm: Any) -> None:
     )
 
 
-def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) -> None:
+def _write_offgrid(
+    cfg: Config,
+    comm: Any,
+    grid: Grid,
+    configured: bool = True,
+    grid_backend: Backend | None = None,
+) -> None:
     """Fit the ``[emulator] offgrid_points`` check points noise-free and store them in grid.h5.
 
     Collective: whole chunks of points are dealt round-robin to the ranks (a point is always
@@ -531,7 +537,8 @@ def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) 
     gathers and writes. Does nothing unless grid.h5 is complete and holds another number of
     check points than the config asks (``offgrid_points`` is not part of the simulation
     fingerprint: changing it only redoes this step). ``configured`` is False when the thread
-    pools still need sizing (a run that found every grid point done).
+    pools still need sizing (a run that found every grid point done); ``grid_backend`` the
+    grid's backend, still open, when this run built one (see ``simulate_offgrid``).
     """
     n = cfg.emulator.offgrid_points
     if n == 0 or not mpi.on_root(comm, lambda: _offgrid_missing(cfg.grid_path, n)):
@@ -554,7 +561,9 @@ def _write_offgrid(cfg: Config, comm: Any, grid: Grid, configured: bool = True) 
         log.info("off-grid check: %d noise-free points over %d rank(s)", n, size)
         label = "off-grid check" + (" (rank 0's share)" if size > 1 else "")
         progress = Progress(mine.size, interactive=detect().interactive, label=label)
-    fits = simulate_offgrid(cfg, theta[mine], t_true[mine], mine, progress and progress.update)
+    fits = simulate_offgrid(
+        cfg, theta[mine], t_true[mine], mine, progress and progress.update, grid_backend
+    )
     if progress is not None:
         progress.close()
     mpi.wait_politely(comm)
