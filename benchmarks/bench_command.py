@@ -4,7 +4,8 @@ On both real response pairs of ``../shared/responses`` (Chandra ACIS reference w
 EPIC-pn target, and EPIC-pn reference with the ACIS target; simulate works on the target),
 with the settings and grid shape of ``bench_backend.py`` (1 realisation, 128 fit temperatures
 0.3–40 keV, band 0.5–7 keV, 2e4 counts, curves on, 6 sigma x 6 A per mu value, T_true 40 values
-1–12 keV fastest; the number of mu values sizes the grid):
+1–12 keV fastest; the number of mu values sizes the grid) and the chunk size of
+``xrmodifier init``'s config (512), as a user's run has them:
 
 1. in process: the configured backend on a sample of the same grid's chunks (a chunk every
    few, spread over the grid), one thread (threadpoolctl), CPU time after a warm-up chunk:
@@ -52,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrmodifier_hpc.config import set_key
+from xrmodifier_hpc.config import load_config, set_key
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -90,7 +91,6 @@ def make_config(project: Path, name: str, pair: tuple[str, str], n_mu: int) -> P
         ("simulation", "band", "[0.5, 7.0]"),
         ("simulation", "fit_tgrid", "{ logspace = [0.3, 40.0, 128] }"),
         ("simulation", "curves", "true"),
-        ("simulation", "chunk_size", str(THETAS_PER_STEP * N_T_TRUE)),
         ("paths", "workdir", f'"run_{name}"'),
     )
     for section, key, value in edits:
@@ -241,7 +241,11 @@ def main() -> int:
             config = make_config(project, name, pair, n_mu)
             rounds = []
             for _ in range(args.rounds):
-                inproc = in_process(config, 4 if args.quick else min(12, n_mu - 1))
+                # a quarter of the grid's chunks: long enough that a drift of the machine's
+                # speed within the round weighs on both sides alike
+                chunk = load_config(config).simulation.chunk_size
+                n_chunks = math.ceil(n_mu * per_step / chunk)
+                inproc = in_process(config, 4 if args.quick else max(12, n_chunks // 4))
                 runs = {str(r): command(config, r) for r in (1, 2)}
                 for run in runs.values():
                     rate = inproc["points_per_s"]
