@@ -917,10 +917,9 @@ class NativeBackend(Backend):
         #: flat float64 buffers of n_T x n_chan for the thetas' ln(s'/s) tables, handed back by
         #: the theta cache as it drops a theta: memory touched once (on a virtual machine a
         #: fresh page costs ~3 us on first touch, more than the arithmetic of a table)
-        self._log_ratio_buffers: list[np.ndarray] = []
-        self._theta_cache = _LRU(
-            THETA_CACHE_SIZE, lambda tt: self._log_ratio_buffers.append(tt.buffer)
-        )
+        buffers: list[np.ndarray] = []  # (no reference back to the backend: no cycle)
+        self._log_ratio_buffers = buffers
+        self._theta_cache = _LRU(THETA_CACHE_SIZE, lambda tt: buffers.append(tt.buffer))
         self._key_cache = _LRU(KEY_CACHE_SIZE)
         self._streams = _PointStreams(settings.seed, settings.stream)
         #: work done so far, for the benchmarks' cost model: multiply-adds of the basis folds
