@@ -19,6 +19,11 @@ with the settings and grid shape of ``bench_backend.py`` (1 realisation, 128 fit
    processes is recorded too (not lowered by time slices lost to others, but raised by
    threads that spin against each other).
 
+The two-rank command is also compared with the in-process sample run twice at once, one
+process per core (``in_process_pair``): a second busy core slows the first where cores share
+caches, memory bandwidth and a power budget, which no software choice of the command changes;
+that ratio says what the command itself costs.
+
 A virtual machine's speed drifts by 10-20% from one minute to the next (measured here: the
 same in-process run at 5,900 and 7,200 points/s a minute apart), so the two are measured in
 ``--rounds`` rounds (default 3), each in-process sample just before its commands, and each
@@ -140,6 +145,30 @@ def in_process(config: Path, sample_chunks: int) -> dict:
     }
 
 
+def in_process_pair(config: Path, sample_chunks: int) -> dict:
+    """:func:`in_process` in two processes at once, one per core: what two ranks' cores give.
+
+    On a machine whose cores share caches, memory and a power budget, a second busy core
+    slows the first; the two-rank command is also compared with this.
+    """
+    cmd = [sys.executable, __file__, "--in-process", str(config), str(sample_chunks)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    runs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{err}")
+        runs.append(json.loads(out))
+    return {
+        "points_per_s": float(np.mean([r["points_per_s"] for r in runs])),
+        "points_per_s_each": [r["points_per_s"] for r in runs],
+        "points": runs[0]["points"],
+    }
+
+
 def command(config: Path, ranks: int) -> dict:
     """``xrmodifier simulate CONFIG --overwrite`` with ``ranks`` ranks, no thread variables."""
     cmd = [XRMODIFIER, "simulate", str(config), "--overwrite"]
@@ -186,16 +215,26 @@ def median_round(rounds: list[dict]) -> dict:
     inproc = dict(rounds[0]["in_process"])
     inproc["points_per_s"] = float(np.median(rates))
     inproc["points_per_s_all_rounds"] = rates
+    pair_rates = [r["in_process_pair"]["points_per_s"] for r in rounds if "in_process_pair" in r]
+    if pair_rates:
+        inproc["points_per_s_two_at_once"] = float(np.median(pair_rates))
     command = {}
     for ranks in rounds[0]["command"]:
         runs = sorted((r["command"][ranks] for r in rounds), key=lambda x: x["ratio_to_in_process"])
         run = dict(runs[(len(runs) - 1) // 2])
         run["ratios_all_rounds"] = [r["command"][ranks]["ratio_to_in_process"] for r in rounds]
+        pair = [r["command"][ranks].get("ratio_to_in_process_pair") for r in rounds]
+        if all(x is not None for x in pair):
+            run["ratio_to_in_process_pair"] = float(np.median(pair))
+            run["ratios_to_in_process_pair_all_rounds"] = pair
         command[ranks] = run
     return {"in_process": inproc, "command": command}
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--in-process"]:  # one of in_process_pair's two processes
+        print(json.dumps(in_process(Path(sys.argv[2]), int(sys.argv[3]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--seconds", type=float, default=30.0, help="compute time of the 1-rank command"
@@ -245,15 +284,20 @@ def main() -> int:
                 # speed within the round weighs on both sides alike
                 chunk = load_config(config).simulation.chunk_size
                 n_chunks = math.ceil(n_mu * per_step / chunk)
-                inproc = in_process(config, 4 if args.quick else max(12, n_chunks // 4))
+                sample = 4 if args.quick else max(12, n_chunks // 4)
+                inproc = in_process(config, sample)
                 runs = {str(r): command(config, r) for r in (1, 2)}
+                two = in_process_pair(config, sample)
                 for run in runs.values():
                     rate = inproc["points_per_s"]
                     run["ratio_to_in_process"] = run["points_per_s_per_rank"] / rate
                     # CPU seconds of every process, start-up included: what a busy machine's
                     # lost time slices do not change, and spinning threads do
                     run["cpu_ratio_to_in_process"] = run["points"] / run["cpu_s"] / rate
-                rounds.append({"in_process": inproc, "command": runs})
+                runs["2"]["ratio_to_in_process_pair"] = (
+                    runs["2"]["points_per_s_per_rank"] / two["points_per_s"]
+                )
+                rounds.append({"in_process": inproc, "in_process_pair": two, "command": runs})
             report["pairs"][name] = {
                 "reference": pair[0],
                 "target": pair[1],
@@ -280,6 +324,11 @@ def main() -> int:
                 f"{run['points']:>7} {run['wall_s']:>7.1f} {run['points_per_s_per_rank']:>11.0f} "
                 f"{run['ratio_to_in_process']:>6.2f} {run['cpu_ratio_to_in_process']:>9.2f}"
                 f"  (rounds: {', '.join(f'{x:.2f}' for x in run['ratios_all_rounds'])})"
+                + (
+                    f"; to two in process at once {run['ratio_to_in_process_pair']:.2f}"
+                    if "ratio_to_in_process_pair" in run
+                    else ""
+                )
             )
             for line in run["threads_log"]:
                 print(f"{'':40} threads: {line}")
