@@ -548,6 +548,18 @@ def _brief(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _write_rows(ds: h5py.Dataset, start: int, values: np.ndarray) -> None:
+    """Write ``values`` (n, ...) into rows [start, start + n) of ``ds``, of its own dtype.
+
+    The HDF5 calls h5py's ``ds[a:b] = values`` makes, without its selection machinery
+    (~0.1 ms per call, ten calls per chunk: 3-4% of a fast response's run).
+    """
+    values = np.ascontiguousarray(values)
+    file_space = ds.id.get_space()
+    file_space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
+    ds.id.write(h5py.h5s.create_simple(values.shape), file_space, values)
+
+
 class ResultWriter:
     """Writes results of grid points into an open grid or shard file, then marks them done.
 
@@ -623,15 +635,13 @@ class ResultWriter:
             runs.append((self._local(a, b), row, b - a))
             row += b - a
         for name in self.names:
-            ds = self._datasets[name]
             values = np.asarray(arrays[name]).astype(self._dtypes[name], copy=False)
             for lo, r0, n in runs:
-                ds[lo : lo + n] = values[r0 : r0 + n]
+                _write_rows(self._datasets[name], lo, values[r0 : r0 + n])
         if not self.parallel:
             self.file.flush()
-        done = self._datasets["done"]
         for lo, _, n in runs:
-            done[lo : lo + n] = True
+            _write_rows(self._datasets["done"], lo, np.ones(n, dtype=bool))
         if not self.parallel:
             self.file.flush()
 
