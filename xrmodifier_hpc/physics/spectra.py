@@ -1053,24 +1053,33 @@ class Model:
         e_lo = np.asarray(e_lo, dtype=np.float64)
         e_hi = np.asarray(e_hi, dtype=np.float64)
         t = np.atleast_1d(np.asarray(temperature, dtype=np.float64))
+        self._check_temperatures(t, temperature_param)
+        frozen = self._frozen(params, temperature_param)
+        values = {n: np.full(t.size, frozen[n]) for n in frozen}
+        values[temperature_param] = t
+        flux = np.ones((t.size, e_lo.size))
+        for comp in self.components:
+            flux *= comp.evaluate(e_lo, e_hi, {n: values[n] for n in comp.param_names})
+        return self._finite(flux)
+
+    def _check_temperatures(self, t: np.ndarray, temperature_param: str) -> None:
         lo, hi = self.param_range(temperature_param)
         bad = ~np.isfinite(t) | (t < lo) | (t > hi)
         if bad.any():
             raise ModelError(
                 f"{temperature_param} = {t[bad][0]:g} is outside the model's range {lo:g}-{hi:g}"
             )
-        values: dict[str, np.ndarray] = {}
+
+    def _frozen(self, params: Mapping[str, float], temperature_param: str) -> dict[str, float]:
+        """Every parameter but the temperature, as floats; refuses a missing or bad one."""
         for name in self.param_names:
-            if name == temperature_param:
-                values[name] = t
-            elif name in params:
-                values[name] = np.full(t.size, float(params[name]))
-            else:
+            if name != temperature_param and name not in params:
                 raise ModelError(f"no value given for parameter {name!r}")
-        self.check_params({k: float(v) for k, v in params.items() if k != temperature_param})
-        flux = np.ones((t.size, e_lo.size))
-        for comp in self.components:
-            flux *= comp.evaluate(e_lo, e_hi, {n: values[n] for n in comp.param_names})
+        frozen = {k: float(v) for k, v in params.items() if k != temperature_param}
+        self.check_params(frozen)
+        return frozen
+
+    def _finite(self, flux: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(flux)):
             raise ModelError(f"model {self.expression!r} gave non-finite values")
         return flux
@@ -1112,12 +1121,7 @@ class Model:
         """
         e_lo = np.asarray(e_lo, dtype=np.float64)
         e_hi = np.asarray(e_hi, dtype=np.float64)
-        lo, hi = self.param_range(temperature_param)
-        frozen = {k: float(v) for k, v in params.items() if k != temperature_param}
-        missing = [n for n in self.param_names if n != temperature_param and n not in frozen]
-        if missing:
-            raise ModelError(f"no value given for parameter {missing[0]!r}")
-        self.check_params(frozen)
+        frozen = self._frozen(params, temperature_param)
         fixed = np.ones(e_lo.size)
         varying = []
         for comp in self.components:
@@ -1128,21 +1132,16 @@ class Model:
                 fixed *= comp.evaluate(e_lo, e_hi, values)[0]
 
         def at(t: float) -> np.ndarray:
-            t = float(t)
-            if not (math.isfinite(t) and lo <= t <= hi):
-                raise ModelError(
-                    f"{temperature_param} = {t:g} is outside the model's range {lo:g}-{hi:g}"
-                )
+            kt = np.array([float(t)])
+            self._check_temperatures(kt, temperature_param)
             flux = fixed.copy()
             for comp in varying:
                 values = {
-                    n: np.array([t if n == temperature_param else frozen[n]])
+                    n: kt if n == temperature_param else np.array([frozen[n]])
                     for n in comp.param_names
                 }
                 flux *= comp.evaluate(e_lo, e_hi, values)[0]
-            if not np.all(np.isfinite(flux)):
-                raise ModelError(f"model {self.expression!r} gave non-finite values")
-            return flux
+            return self._finite(flux)
 
         return at
 
