@@ -12,11 +12,11 @@ from xrmodifier_hpc.config.grid import (
     Grid,
     chunk_ranges,
     contiguous_runs,
+    deal_chunks,
     latin_hypercube,
     offgrid_design,
     pending_chunks,
     point_rng,
-    rank_chunks,
 )
 
 
@@ -65,10 +65,34 @@ def test_chunks_cover_every_point_once_and_ranks_partition_them(n, chunk):
     np.testing.assert_array_equal(covered, np.arange(n))
     assert all(0 < b - a <= chunk for a, b in chunks)
     for size in (1, 2, 3, 5):
-        dealt = [rank_chunks(n, chunk, r, size) for r in range(size)]
+        dealt = [deal_chunks(chunks, r, size) for r in range(size)]
         assert sorted(c for d in dealt for c in d) == chunks
-        for r, d in enumerate(dealt):  # round-robin: rank r gets chunks r, r + size, ...
-            assert d == chunks[r::size]
+        assert all(d == sorted(d) for d in dealt)
+        assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
+
+
+def _runs(dealt: list[tuple[int, int]]) -> int:
+    return sum(1 for i, c in enumerate(dealt) if i == 0 or dealt[i - 1][1] != c[0])
+
+
+@pytest.mark.parametrize("n_chunks, size", [(1000, 2), (1000, 3), (37, 2), (16, 4), (3, 2)])
+def test_ranks_take_a_few_long_runs_in_turns(n_chunks, size):
+    chunks = chunk_ranges(n_chunks * 10, 10)
+    dealt = [deal_chunks(chunks, r, size, runs=8) for r in range(size)]
+    turns = max(1, min(8, n_chunks // size))
+    # at most `turns` runs each (neighbouring chunks stay together) ...
+    assert all(_runs(d) <= turns for d in dealt)
+    # ... taking turns along the grid: every rank's k-th run ends before any (k+1)-th starts
+    if n_chunks >= 8 * size:
+        starts = []
+        for d in dealt:
+            assert _runs(d) == 8
+            starts.append([c[0] for i, c in enumerate(d) if i == 0 or d[i - 1][1] != c[0]])
+        for k in range(7):
+            assert max(s[k] for s in starts) < min(s[k + 1] for s in starts)
+    # one run each when asked
+    one = [deal_chunks(chunks, r, size, runs=1) for r in range(size)]
+    assert [c for d in one for c in d] == chunks
 
 
 def test_pending_chunks_keep_chunks_with_any_point_not_done():

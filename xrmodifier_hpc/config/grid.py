@@ -173,26 +173,57 @@ def chunk_ranges(n_points: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_size, n_points)) for s in range(0, n_points, chunk_size)]
 
 
-def rank_chunks(n_points: int, chunk_size: int, rank: int, size: int) -> list[tuple[int, int]]:
-    """Return the chunks rank ``rank`` of ``size`` evaluates: contiguous chunks dealt round-robin.
+#: runs of chunks each rank takes (:func:`deal_chunks`)
+RUNS_PER_RANK = 8
+
+
+def deal_chunks(
+    chunks: Sequence[tuple[int, int]], rank: int, size: int, runs: int = RUNS_PER_RANK
+) -> list[tuple[int, int]]:
+    """Return the chunks rank ``rank`` of ``size`` evaluates: a few long runs of ``chunks``.
+
+    Each rank gets ``len(chunks) // size`` chunks, one more for the first
+    ``len(chunks) % size`` ranks, in ``runs`` runs of consecutive chunks (fewer where there are
+    fewer chunks), the ranks' runs taking turns along the grid: run 1 of rank 0, run 1 of
+    rank 1, ..., run 2 of rank 0, ...
+
+    Long runs rather than chunks dealt one by one: neighbouring chunks share their modifier
+    parameters (T_true runs fastest on the grid), so a rank that holds both builds their
+    modified response once; dealt chunk by chunk, two ranks built every response that a
+    chunk boundary splits (EPIC-pn grid of ``benchmarks/bench_command.py``: 1,021 responses
+    over two ranks against 729 on one). Several runs rather than one: the cost of a point
+    drifts along the grid (the modified responses of some (mu, sigma) reach more channels),
+    and one half of the grid took 12% longer than the other there; turns of ``runs`` runs
+    divide that imbalance by about ``runs``.
 
     Parameters
     ----------
-    n_points : int
-        Number of points.
-    chunk_size : int
-        Points per chunk.
+    chunks : sequence of tuple of int
+        ``(start, stop)`` pairs in increasing order (e.g. :func:`pending_chunks`).
     rank : int
         This rank, ``0 <= rank < size``.
     size : int
         Number of ranks.
+    runs : int
+        Runs per rank, at least 1.
 
     Returns
     -------
     list of tuple of int
-        ``(start, stop)`` pairs: chunks ``rank``, ``rank + size``, ... of :func:`chunk_ranges`.
+        This rank's chunks, in increasing order; every chunk goes to exactly one rank.
     """
-    return chunk_ranges(n_points, chunk_size)[rank::size]
+    n = len(chunks)
+    turns = max(1, min(runs, n // size))
+    counts = [n // size + (1 if r < n % size else 0) for r in range(size)]
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for turn in range(turns):
+        for r in range(size):
+            take = counts[r] // turns + (1 if turn < counts[r] % turns else 0)
+            if r == rank:
+                out.extend(chunks[pos : pos + take])
+            pos += take
+    return out
 
 
 def pending_chunks(chunks: Sequence[tuple[int, int]], done: np.ndarray) -> list[tuple[int, int]]:

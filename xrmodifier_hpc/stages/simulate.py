@@ -10,8 +10,12 @@ Three ways to write, one result (bitwise: point k always draws from ``point_rng(
   of n into its own file; ``xrmodifier merge`` (:mod:`~xrmodifier_hpc.stages.merge`) joins
   the shards afterwards.
 
-Work is dealt as contiguous chunks (``simulation.chunk_size`` points) round-robin over the
-ranks; on resume only the chunks with points not yet done are dealt. Rank 0 shows progress for
+Work is cut into chunks of ``simulation.chunk_size`` consecutive points; under
+``mpiexec -n K`` each rank takes a few long runs of the chunks still to do, in turns along
+the grid (:func:`~xrmodifier_hpc.config.grid.deal_chunks`), so neighbouring points that
+share a modified response stay on one rank; ``--shards`` and Slurm array shards keep their
+chunks dealt round-robin (shard i of n: chunks i, i + n, ...; a shard file lists them). On
+resume only the chunks with points not yet done are dealt. Rank 0 shows progress for
 all ranks (ranks send it a count after each chunk). An exception on any rank prints the
 error with the rank and aborts the whole MPI job rather than leaving the others waiting; a
 UserError that every rank meets in the same collective step ends the run cleanly (exit 2).
@@ -40,7 +44,13 @@ import numpy as np
 from xrmodifier_hpc.backends import Backend, PointResults, make_backend
 from xrmodifier_hpc.backends.offgrid import simulate_offgrid
 from xrmodifier_hpc.config import Config, load_config
-from xrmodifier_hpc.config.grid import Grid, chunk_ranges, offgrid_design, pending_chunks
+from xrmodifier_hpc.config.grid import (
+    Grid,
+    chunk_ranges,
+    deal_chunks,
+    offgrid_design,
+    pending_chunks,
+)
 from xrmodifier_hpc.errors import UserError
 from xrmodifier_hpc.io import shards as shard_files
 from xrmodifier_hpc.io import store
@@ -266,7 +276,7 @@ def _simulate(
         done, merged = mpi.on_root(comm, lambda: _prepare(cfg, grid, plan, meta))
         target = plan.targets[rank if mode == "shards" else 0]
         todo = pending_chunks(target.chunks, done)
-        mine = todo if mode == "shards" else todo[rank::size]
+        mine = todo if mode == "shards" else deal_chunks(todo, rank, size)
         channel = ProgressChannel(comm, plan.pending, plan.total - plan.pending, env)
         parallel_file = mode != "shards" and comm is not None
         writer = None
