@@ -15,9 +15,10 @@ How a batch is computed (see backends/base.py for the contract):
   energy rows where ``b_j`` is not negligible, and shared by every amplitude (every A of one
   (mu, sigma)).
 - The modified fit needs ``ln s'_j(T)`` on the fit grid: ``ln s' = ln s + ln(1 + z)`` with
-  ``z = sum_j a_j delta_j / s``. ``ln(1 + z)`` is computed in float32 (a compensated log1p,
-  ~1 ulp), in float64 wherever ``s`` is not safely positive (negative RMF elements) or
-  ``1 + z < 1/2``. Against an all-float64 computation this moves T1' by < 1e-5 (relative),
+  ``z = sum_j a_j delta_j / s``, the ratios ``delta_j / s`` held in float32. ``ln(1 + z)``
+  is one compiled pass (physics.log1p: a series within 2e-9 of log1p), from float64 folds
+  wherever ``s`` is not safely positive (negative RMF elements) or ``1 + z < 1/2``. Against
+  an all-float64 computation the float32 ratios move T1' by < 1e-5 (relative),
   the delta-C = 1 interval ends by < 1e-4 of the interval, C(T) by < 3e-4 (``grid.h5`` stores
   C in float32; the conformance tests allow 0.5); T1 and the fakeit spectra are unchanged.
   The profile's one data-model term is then ``sum_j d_j ln s_j + sum_j d_j ln(1 + z_j)``: the
@@ -41,7 +42,7 @@ Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson dr
 noticed channel: ~30 ns each with physics.poisson, numpy's sampler took 40-80 ns, on
 EPIC-pn's 1305 channels), the two profile products (2 x channels x fit temperatures
 multiply-adds), the
-per-key basis folds shared by the points of one (mu, sigma), one float32 log per channel and
+per-key basis folds shared by the points of one (mu, sigma), one ln(1 + z) per channel and
 fit temperature per theta shared by its T_true points, and the fit refinement.
 """
 
@@ -81,6 +82,7 @@ from xrmodifier_hpc.physics.fitstat import (
     data_terms,
     fit_profiles,
 )
+from xrmodifier_hpc.physics.log1p import log1p_combination
 from xrmodifier_hpc.physics.modifiers import Modifier
 from xrmodifier_hpc.physics.poisson import poisson_rows, poisson_rows_pcg64
 from xrmodifier_hpc.physics.spectra import Model, ModelError
@@ -933,7 +935,7 @@ class NativeBackend(Backend):
         self._t_axis = {t: a for a, t in enumerate(axis)} if len(axis) <= T_CACHE_SIZE // 2 else {}
         self._axis_original_folds: np.ndarray | None = None
         #: float32 scratch of ``_log_ratio`` (3, n_T, n_chan_key), reused between thetas
-        self._scratch32: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
 
     def version(self) -> str:
         """Give the version string recorded in artefacts' provenance.
@@ -1101,8 +1103,9 @@ class NativeBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ln s'/s on the key's channels (n_T, n_chan_key), ln S' (n_T,)), float64.
 
-        float32 (a compensated log1p) where s'/s = 1 + z > MIN_RATIO, float64 elsewhere. The
-        table is written into the start of ``buffer`` (flat, at least n_T x n_chan_key).
+        ``ln(1 + z)`` from the float32 ratio tables (:func:`physics.log1p.log1p_combination`,
+        within 2e-9) where s'/s = 1 + z > MIN_RATIO, from float64 folds elsewhere. The table
+        is written into the start of ``buffer`` (flat, at least n_T x n_chan_key).
         """
         f = self.fitter
         n_t, n_chan = f.templates.shape
@@ -1111,29 +1114,19 @@ class NativeBackend(Backend):
         totals = kt.totals_base + amps @ kt.delta_totals_base
         low = np.zeros(0, dtype=np.int64)
         if ratio.size:
-            # three float32 scratch arrays kept between thetas: fresh ones of this size cost
-            # more in page faults than the arithmetic (measured 4x on a virtual machine)
-            if self._scratch32 is None or self._scratch32.shape[1:] != ratio.shape[1:]:
-                self._scratch32 = np.empty((3, *ratio.shape[1:]), dtype=np.float32)
-            z, u, e = self._scratch32
-            np.multiply(ratio[0], np.float32(amps[0]), out=z)
-            for j in range(1, amps.size):
-                z += np.float32(amps[j]) * ratio[j]
+            # z = sum_j a_j ratio_j in a scratch array kept between thetas: a fresh one of
+            # this size costs more in page faults than the arithmetic (measured 4x on a
+            # virtual machine)
+            if self._scratch is None or self._scratch.size < log_ratio.size:
+                self._scratch = np.empty(log_ratio.size)
+            z = self._scratch[: log_ratio.size]
+            log1p_combination(ratio, amps, log_ratio, z)
+            self.work["log_ratio"] += log_ratio.size
             # the lowest 1 + z can reach, from the key's extremes of each ratio
             lowest = 1.0 + sum(min(a * lo, a * hi) for a, lo, hi in zip(amps, *kt.ratio_range))
-            np.add(z, np.float32(1.0), out=u)
-            # ln(1 + z) = ln(u) - e / u to ~1 ulp, where u = fl(1 + z) and e = (u - 1) - z is
-            # its rounding error, exact in float32 (Sterbenz: u >= 1/2); z itself where u = 1.
-            # e / u is taken as e: the difference, e z / u, is within 1 ulp of ln(1 + z) ~ z
-            np.subtract(u, np.float32(1.0), out=e)
-            e -= z
-            with np.errstate(divide="ignore", invalid="ignore"):
-                np.log(u, out=u)
-            np.subtract(u, e, out=log_ratio)
-            self.work["log_ratio"] += u.size
             if lowest <= MIN_RATIO:
                 at = np.flatnonzero(z <= MIN_RATIO - 1.0)
-                low = (at // z.shape[1]) * n_chan + at % z.shape[1] + kt.chan.start
+                low = (at // log_ratio.shape[1]) * n_chan + at % log_ratio.shape[1] + kt.chan.start
         if kt.irregular.size:
             mod = kt.irregular_templates + amps @ kt.irregular_delta
             safe = np.maximum(mod, TEMPLATE_FLOOR)

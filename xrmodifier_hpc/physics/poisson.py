@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
+
+from xrmodifier_hpc.physics.compiled import compiled as _compiled
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,6 @@ SPARE_UNIFORMS = 64
 LANES = 16
 #: LLVM may reassociate and contract the inversion's sums (values are checked finite first)
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
-def _compiled(**options: Any) -> Callable[[Callable], Callable]:
-    """Compile with numba, cached on disk where numba finds a writable place for its cache.
-
-    numba caches beside the module, else in the user's cache directory (``NUMBA_CACHE_DIR``
-    overrides); where neither is writable (a read-only image and home) it refuses to cache:
-    the kernels are then compiled in each process instead (~1.5 s) rather than failing.
-    """
-
-    def decorate(function: Callable) -> Callable:
-        try:
-            return numba.njit(cache=True, nogil=True, **options)(function)
-        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-            log.debug("numba cannot cache %s here (%s): compiling per process", function, exc)
-            return numba.njit(cache=False, nogil=True, **options)(function)
-
-    return decorate
 
 
 _INV_K = np.array([0.0] + [1.0 / k for k in range(1, K_MAX + 1)])
