@@ -30,11 +30,14 @@ same in-process run at 5,900 and 7,200 points/s a minute apart), so the two are 
 ratio is taken within its round; the table gives the median round (``rounds`` in the JSON
 holds them all).
 
-The grid is sized from a first in-process probe so that the 1-rank command computes for
-about ``--seconds`` (default 30 s: a command also pays fixed seconds, interpreter start-up and
-imports, reading the responses, the off-grid check points, recorded as ``outside_run_s``,
-which a real grid of hours spreads thin); the whole benchmark takes about 7 minutes on 2
-free cores. Each rank's ``threads:`` log line is recorded. Writes
+The grid is sized from a first in-process probe so that each rank computes for about
+``--seconds`` (default 30 s): the two-rank command gets a grid of twice the points (the same
+mu range, twice as many mu values), as a user gives more ranks more work. A command also
+pays fixed seconds per rank, interpreter start-up and imports, reading the responses, its
+share of the off-grid check points (recorded as ``outside_run_s``), which a real grid of
+hours spreads thin; on the same grid, two ranks would pay them over half the seconds of
+computing. The in-process samples take the one-rank grid. The whole benchmark takes about
+15 minutes on 2 free cores. Each rank's ``threads:`` log line is recorded. Writes
 ``benchmarks/out/bench_command.json``.
 
     .venv/bin/python benchmarks/bench_command.py [--seconds S] [--rounds R] [--quick]
@@ -278,6 +281,8 @@ def main() -> int:
             per_step = THETAS_PER_STEP * N_T_TRUE
             n_mu = max(2, math.ceil(in_process(probe, 4)["points_per_s"] * seconds / per_step))
             config = make_config(project, name, pair, n_mu)
+            # each rank computes about `seconds`: the two-rank command gets twice the points
+            configs = {1: config, 2: make_config(project, f"{name}_2_ranks", pair, 2 * n_mu)}
             rounds = []
             for _ in range(args.rounds):
                 # a quarter of the grid's chunks: long enough that a drift of the machine's
@@ -286,7 +291,7 @@ def main() -> int:
                 n_chunks = math.ceil(n_mu * per_step / chunk)
                 sample = 4 if args.quick else max(12, n_chunks // 4)
                 inproc = in_process(config, sample)
-                runs = {str(r): command(config, r) for r in (1, 2)}
+                runs = {str(r): command(configs[r], r) for r in (1, 2)}
                 two = in_process_pair(config, sample)
                 for run in runs.values():
                     rate = inproc["points_per_s"]
@@ -302,6 +307,7 @@ def main() -> int:
                 "reference": pair[0],
                 "target": pair[1],
                 "grid_points": n_mu * per_step,
+                "grid_points_by_ranks": {str(r): r * n_mu * per_step for r in configs},
                 **median_round(rounds),
                 "rounds": rounds,
             }

@@ -309,6 +309,12 @@ def section_command(data: dict[str, Any]) -> list[str]:
         "spreads thinner.",
         "",
     ]
+    if all("grid_points_by_ranks" in e for e in data["pairs"].values()):
+        lines[0] += (
+            " Each rank computes about the same seconds: the two-rank command's grid has "
+            "twice the points of the one-rank command's (as a user gives more ranks more "
+            "work); the in-process samples are taken from the one-rank grid."
+        )
     n_rounds = data.get("rounds", 1)
     if n_rounds > 1:
         lines[0] += (

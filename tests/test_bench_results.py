@@ -359,6 +359,12 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     # beside two in-process samples at once: what a second busy core leaves
     assert "| acis ref, epn target | in process, 2 at once | 3840 | – | 2010 |" in rounds
     assert "| 5.6 | 1829 | 0.70 (below) | 0.91 | 0.63 |" in rounds
+    assert "twice the points" not in rounds
+    # each rank the same seconds: said so where the JSON records the grids by rank count
+    weak = json.loads(json.dumps(COMMAND_ROUNDS))
+    weak["pairs"]["acis_ref_epn_target"]["grid_points_by_ranks"] = {"1": 20480, "2": 40960}
+    weak_page = results.render(_write(tmp_path / "weak", bench_command=weak), MACHINE)
+    assert "the two-rank command's grid has twice the points" in weak_page
 
 
 def test_backend_cost_model_is_rendered_when_present(results, tmp_path: Path) -> None:
