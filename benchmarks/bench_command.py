@@ -8,7 +8,7 @@ with the settings and grid shape of ``bench_backend.py`` (1 realisation, 128 fit
 ``xrmodifier init``'s config (512), as a user's run has them:
 
 1. in process: the configured backend on a sample of the same grid's chunks (a chunk every
-   few, spread over the grid), one thread (threadpoolctl), CPU time after a warm-up chunk:
+   eight, spread over the grid), one thread (threadpoolctl), CPU time after a warm-up chunk:
    points per second per core, as ``bench_backend.py`` measures them;
 2. the command: ``xrmodifier simulate CONFIG --overwrite`` as one process and under
    ``mpiexec -n 2``, with NO thread variables set (OMP_/OPENBLAS_/MKL_NUM_THREADS removed from
@@ -25,10 +25,13 @@ caches, memory bandwidth and a power budget, which no software choice of the com
 that ratio says what the command itself costs.
 
 A virtual machine's speed drifts by 10-20% from one minute to the next (measured here: the
-same in-process run at 5,900 and 7,200 points/s a minute apart), so the two are measured in
-``--rounds`` rounds (default 3), each in-process sample just before its commands, and each
-ratio is taken within its round; the table gives the median round (``rounds`` in the JSON
-holds them all).
+same in-process run at 5,900 and 7,200 points/s a minute apart; a quarter-grid sample at
+15,600 points/s just before a command that ran at 12,300 in its run, while the same
+command and all of its chunks in process agreed within 3% when run back to back), so the
+two are measured in ``--rounds`` rounds (default 3): in each, an in-process sample (an
+eighth of the grid) before the one-rank command, one between the two commands and one after
+the two-rank command; each command's ratio is to the mean of the samples on either side of
+it. The table gives the median round (``rounds`` in the JSON holds them all).
 
 The grid is sized from a first in-process probe so that each rank computes for about
 ``--seconds`` (default 30 s): the two-rank command gets a grid of twice the points (the same
@@ -285,16 +288,21 @@ def main() -> int:
             configs = {1: config, 2: make_config(project, f"{name}_2_ranks", pair, 2 * n_mu)}
             rounds = []
             for _ in range(args.rounds):
-                # a quarter of the grid's chunks: long enough that a drift of the machine's
-                # speed within the round weighs on both sides alike
+                # an eighth of the grid's chunks before, between and after the two commands:
+                # each command's ratio takes the samples on either side of it (a drift of
+                # the machine's speed during the command then weighs on both sides alike)
                 chunk = load_config(config).simulation.chunk_size
                 n_chunks = math.ceil(n_mu * per_step / chunk)
-                sample = 4 if args.quick else max(12, n_chunks // 4)
-                inproc = in_process(config, sample)
-                runs = {str(r): command(configs[r], r) for r in (1, 2)}
+                sample = 4 if args.quick else max(12, n_chunks // 8)
+                samples = [in_process(config, sample)]
+                runs = {}
+                for r in (1, 2):
+                    runs[str(r)] = command(configs[r], r)
+                    samples.append(in_process(config, sample))
                 two = in_process_pair(config, sample)
-                for run in runs.values():
-                    rate = inproc["points_per_s"]
+                for k, run in enumerate(runs.values()):
+                    rate = float(np.mean([x["points_per_s"] for x in samples[k : k + 2]]))
+                    run["in_process_points_per_s"] = rate
                     run["ratio_to_in_process"] = run["points_per_s_per_rank"] / rate
                     # CPU seconds of every process, start-up included: what a busy machine's
                     # lost time slices do not change, and spinning threads do
@@ -302,6 +310,10 @@ def main() -> int:
                 runs["2"]["ratio_to_in_process_pair"] = (
                     runs["2"]["points_per_s_per_rank"] / two["points_per_s"]
                 )
+                inproc = dict(samples[0])
+                inproc["points_per_s"] = float(np.mean([x["points_per_s"] for x in samples]))
+                inproc["points_per_s_samples"] = [x["points_per_s"] for x in samples]
+                inproc["points"] = sum(x["points"] for x in samples)
                 rounds.append({"in_process": inproc, "in_process_pair": two, "command": runs})
             report["pairs"][name] = {
                 "reference": pair[0],

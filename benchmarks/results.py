@@ -324,6 +324,14 @@ def section_command(data: dict[str, Any]) -> list[str]:
             "the median of the rounds', each command row the round of the median ratio (every "
             "round's ratio listed below the table)."
         )
+        if any("points_per_s_samples" in e["in_process"] for e in data["pairs"].values()):
+            lines[0] = lines[0].replace(
+                "each an in-process sample of the same grid just before its two commands, "
+                "each ratio within its round",
+                "each with in-process samples of the same grid (an eighth of its chunks) "
+                "before, between and after its two commands, each command's ratio to the mean "
+                "of the samples on either side of it",
+            )
     if any("points_per_s_two_at_once" in e["in_process"] for e in data["pairs"].values()):
         lines[0] += (
             " The two-rank command is also compared with the in-process sample run twice at "

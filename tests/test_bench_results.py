@@ -365,6 +365,13 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     weak["pairs"]["acis_ref_epn_target"]["grid_points_by_ranks"] = {"1": 20480, "2": 40960}
     weak_page = results.render(_write(tmp_path / "weak", bench_command=weak), MACHINE)
     assert "the two-rank command's grid has twice the points" in weak_page
+    # samples on either side of each command: said so
+    assert "before, between and after" not in weak_page
+    weak["pairs"]["acis_ref_epn_target"]["in_process"]["points_per_s_samples"] = [1.0, 2.0, 3.0]
+    bracketed = results.render(_write(tmp_path / "bracketed", bench_command=weak), MACHINE)
+    assert "samples of the same grid (an eighth of its chunks) before, between and after" in (
+        bracketed
+    )
 
 
 def test_backend_cost_model_is_rendered_when_present(results, tmp_path: Path) -> None:

@@ -61,6 +61,9 @@ from xrmodifier_hpc.runtime.progress import Progress, ProgressChannel
 from xrmodifier_hpc.runtime.threads import FORWARD_MODEL_REASON, configure_threads
 
 log = logging.getLogger("xrmodifier.simulate")
+
+#: how each mode writes, in the start and summary lines
+WRITTEN = {"single": "one file", "shards": "per-rank shards", "array": "array shard"}
 #: off-grid check points per modified response (they share the family's non-linear
 #: parameters, e.g. the Gaussian's mu and sigma, and differ in the rest and in T_true)
 OFFGRID_GROUP = 8
@@ -172,12 +175,11 @@ class SimulateSummary:
             if self.computed and self.seconds > 0
             else ""
         )
-        written = {"single": "one file", "shards": "per-rank shards", "array": "array shard"}
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
             f"({self.computed} computed now in {self.seconds:.1f} s{rate}, "
             f"{self.n_ranks} rank{'s' if self.n_ranks != 1 else ''}, "
-            f"{written.get(self.mode, self.mode)})"
+            f"{WRITTEN.get(self.mode, self.mode)})"
         )
         return "\n".join([head, *self.messages])
 
@@ -261,12 +263,12 @@ def _simulate(
         where = plan.targets[0].path if mode == "array" else cfg.grid_path
         resumed = plan.total - plan.pending
         log.info(
-            "simulate: %d points into %s (%s, %d rank%s)%s",
+            "simulate: %d points into %s (%d rank%s, %s)%s",
             plan.total,
             where,
-            mode,
             size,
             "s" if size > 1 else "",
+            WRITTEN.get(mode, mode),
             f"; resuming, {resumed} already done" if resumed else "",
         )
 
