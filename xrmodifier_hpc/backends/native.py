@@ -39,7 +39,7 @@ per-key fold of a temperature row at a position fixed by that temperature, so a 
 do not depend on which other points share its batch.
 
 Cost (``benchmarks/bench_backend.py`` counts it): per grid point, the Poisson draws (one per
-noticed channel: ~30 ns each with physics.poisson, numpy's sampler took 40-80 ns, on
+noticed channel: ~20 ns each with physics.poisson, numpy's sampler took 40-80 ns, on
 EPIC-pn's 1305 channels), the two profile products (2 x channels x fit temperatures
 multiply-adds), the
 per-key basis folds shared by the points of one (mu, sigma), one ln(1 + z) per channel and
@@ -105,7 +105,7 @@ THETA_CACHE_SIZE = 8
 KEY_CACHE_SIZE = 4
 #: template floor: a channel the model cannot reach gets this instead of 0 (finite logs)
 TEMPLATE_FLOOR = 1e-300
-#: the float32 path takes template ratios s'/s = 1 + z above this; below, float64
+#: the float32 ratio tables serve s'/s = 1 + z above this; below, float64 folds
 MIN_RATIO = 0.5
 #: templates below this, or |delta / s| above RATIO_MAX, always take the float64 path
 REGULAR_MIN = 1e-290
@@ -934,7 +934,7 @@ class NativeBackend(Backend):
         #: temperature -> its position on the axis
         self._t_axis = {t: a for a, t in enumerate(axis)} if len(axis) <= T_CACHE_SIZE // 2 else {}
         self._axis_original_folds: np.ndarray | None = None
-        #: float32 scratch of ``_log_ratio`` (3, n_T, n_chan_key), reused between thetas
+        #: float64 scratch of ``_log_ratio`` (z, n_T x n_chan_key values), reused between thetas
         self._scratch: np.ndarray | None = None
 
     def version(self) -> str:
