@@ -383,7 +383,13 @@ def section_command(data: dict[str, Any]) -> list[str]:
                 threads_lines.append(f"- {label}, {how}: `threads: {line}`")
             if len(run.get("ratios_all_rounds", [])) > 1:
                 every = ", ".join(f"{x:.2f}" for x in run["ratios_all_rounds"])
-                round_lines.append(f"- {label}, {how}: ratio in each round {every}")
+                line = f"- {label}, {how}: ratio in each round {every}"
+                rates = [
+                    x["command"][ranks].get("points_per_s_per_rank") for x in e.get("rounds", [])
+                ]
+                if rates and all(r is not None for r in rates):
+                    line += f" (points/s per rank {', '.join(f'{r:,.0f}' for r in rates)})"
+                round_lines.append(line)
     lines += _table(
         [
             "responses",

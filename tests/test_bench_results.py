@@ -368,7 +368,15 @@ def test_the_command_benchmark_sits_beside_the_in_process_one(results, tmp_path:
     # samples on either side of each command: said so
     assert "before, between and after" not in weak_page
     weak["pairs"]["acis_ref_epn_target"]["in_process"]["points_per_s_samples"] = [1.0, 2.0, 3.0]
+    weak["pairs"]["acis_ref_epn_target"]["rounds"] = [
+        {"command": {"1": {"points_per_s_per_rank": 2000.0}, "2": {"points_per_s_per_rank": v}}}
+        for v in (1829.0, 2105.5, 1790.0)
+    ]
     bracketed = results.render(_write(tmp_path / "bracketed", bench_command=weak), MACHINE)
+    assert (
+        "mpiexec -n 2: ratio in each round 0.70, 0.81, 0.69 (points/s per rank 1,829, 2,106, 1,790)"
+        in bracketed
+    )
     assert "samples of the same grid (an eighth of its chunks) before, between and after" in (
         bracketed
     )
