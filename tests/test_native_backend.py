@@ -553,3 +553,19 @@ def test_a_derived_backend_shares_the_fitter_and_fits_as_a_new_one(acis, bremss_
     # a setting the fitter depends on: no sharing, the caller builds a new backend
     assert grid_backend.derive(band=(0.3, 8.0)) is None
     assert grid_backend.derive(exposure=1e3, mode="asimov") is None
+
+
+def test_slot_occurrence_counts_earlier_entries_of_the_same_slot():
+    from xrmodifier_hpc.backends.native import _occurrence
+
+    rng = np.random.default_rng(3)
+    for size, n_slots in ((0, 4), (1, 4), (40, 40), (512, 64), (300, 7), (50, 1)):
+        slots = rng.integers(0, n_slots, size)
+        seen: dict[int, int] = {}
+        expected = []
+        for s in slots.tolist():
+            expected.append(seen.get(s, 0))
+            seen[s] = expected[-1] + 1
+        np.testing.assert_array_equal(_occurrence(slots), np.array(expected, dtype=np.int64))
+    # a run of the batch in slot order: all first occurrences
+    np.testing.assert_array_equal(_occurrence(np.arange(64)), np.zeros(64, dtype=np.int64))

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -384,6 +385,58 @@ def test_killed_then_resumed_run_is_identical(project, reference):
     computed = int(resumed.stdout.split("(")[1].split(" computed")[0])
     assert computed == n - int(partial.done.sum()), resumed.stdout
     assert_identical(path, ref)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_mid_run_fails_the_command_saying_so_and_a_rerun_resumes(project, reference, ranks):
+    """SIGTERM to the command (``kill``, ``scancel``, a Slurm time limit; to ``mpiexec`` under
+    MPI, which passes it to the ranks) ends it with exit 143 and a line saying so: Python's
+    default ended it silently and ``mpiexec`` then reported 0, a success to a batch script."""
+    config = make_config(project, f"term{ranks}", chunk_size="2")
+    path = load_config(config).grid_path
+    n = 72
+    stopped, proc, err = None, None, ""
+    for attempt, delay in enumerate((0.4, 0.2, 0.1, 0.05, 0.0)):
+        args = [XRMODIFIER, "simulate", str(config)] + (["--overwrite"] if attempt else [])
+        if ranks > 1:
+            args = [_mpiexec(), "-n", str(ranks), *args]
+        proc = subprocess.Popen(
+            args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        # signalled once the run has started (its start line): a single process holds its
+        # file locked, so the done count cannot be watched
+        lines: list[str] = []
+        reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any("points into" in line for line in lines):
+                time.sleep(delay)
+                proc.send_signal(signal.SIGTERM)
+                stopped = True
+                break
+            time.sleep(0.005)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _kill_all(proc)
+            pytest.fail("the command did not end after SIGTERM")
+        reader.join(timeout=30)
+        err = "".join(lines)
+        if stopped and proc.returncode != 0:
+            break  # the signal arrived mid-run: what this test is about
+        stopped = None
+    assert stopped is not None, "the run always finished before the test could signal it"
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "terminated (SIGTERM); rerun the same command" in err, err
+    assert "Traceback" not in err
+    done = _done_count(path)
+    assert done < n
+    resumed = ok(run("simulate", str(config), ranks=ranks))
+    computed = int(resumed.stdout.split("(")[1].split(" computed")[0])
+    assert computed == n - done, resumed.stdout  # nothing saved is computed again
+    assert_identical(path, reference["data"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,11 +10,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from xrmodifier_hpc import __version__
-from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.errors import RESUME_HINT, Terminated, UserError
 from xrmodifier_hpc.runtime.environment import detect
 from xrmodifier_hpc.runtime.threads import THREADS_VAR
 
@@ -516,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``xrmodifier`` command and map its errors to exit codes.
 
     A :class:`~xrmodifier_hpc.errors.UserError` is printed on one line (by rank 0 under MPI)
-    and ends the command with its ``exit_code`` (2); Ctrl-C gives 130.
+    and ends the command with its ``exit_code`` (2); Ctrl-C gives 130, SIGTERM 143 (each
+    with a line saying so).
 
     Parameters
     ----------
@@ -527,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         The exit status: the command's (0 on success), 2 for a user error, 130 when
-        interrupted.
+        interrupted (SIGINT), 143 when terminated (SIGTERM).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -542,15 +546,38 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    previous = _on_sigterm_raise()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         if env.rank == 0 or env.size == 1:
             print(f"xrmodifier: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(f"xrmodifier: terminated (SIGTERM){RESUME_HINT}", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
-        print("xrmodifier: interrupted", file=sys.stderr)
+        print(f"xrmodifier: interrupted{RESUME_HINT}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _on_sigterm_raise() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the old handler.
+
+    Python's default for SIGTERM ends the process at once and silently; under ``mpirun`` the
+    launcher then reported exit 0 for a job that had not finished (found by a new user's
+    trial: ``kill -TERM`` on ``mpirun -n 2 xrmodifier simulate`` mid-run).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,3 +37,23 @@ class ConfigError(UserError):
 
 class ResponseError(UserError):
     """A problem with an OGIP file (ARF, RMF, PHA, table model)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``kill``, ``scancel``, a Slurm time limit, ``mpirun`` passing it on).
+
+    Raised by the CLI's SIGTERM handler so a command ends as it does on Ctrl-C, saying so,
+    with exit status 143 (128 + SIGTERM, as a shell reports a process the signal killed); a
+    batch script or a Slurm ``afterok`` dependency then sees a failure, not a success.
+
+    Attributes
+    ----------
+    exit_code : int
+        The CLI's exit status (143).
+    """
+
+    exit_code = 143
+
+
+#: said after "interrupted" / "terminated": what survives and what to do
+RESUME_HINT = "; rerun the same command: simulate and train continue from what they saved"

@@ -1453,9 +1453,15 @@ class NativeBackend(Backend):
 
 def _occurrence(slots: np.ndarray) -> np.ndarray:
     """For each entry, how many earlier entries share its slot (0, 1, 2, ...)."""
+    slots = np.asarray(slots)
     out = np.zeros(slots.size, dtype=np.int64)
-    seen: dict[int, int] = {}
-    for i, s in enumerate(slots.tolist()):
-        out[i] = seen.get(s, 0)
-        seen[s] = out[i] + 1
+    if slots.size < 2:
+        return out
+    order = np.argsort(slots, kind="stable")  # equal slots keep their order
+    ordered = slots[order]
+    new_run = np.empty(slots.size, dtype=bool)
+    new_run[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    out[order] = np.arange(slots.size) - starts[np.cumsum(new_run) - 1]
     return out

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from xrmodifier_hpc.errors import UserError
+from xrmodifier_hpc.errors import RESUME_HINT, Terminated, UserError
 from xrmodifier_hpc.runtime.environment import JobEnvironment
 
 T = TypeVar("T")
@@ -171,14 +171,16 @@ def abort(comm: Any, exc: BaseException) -> None:
     comm : mpi4py communicator
         The job's communicator (``MPI_Abort`` on it).
     exc : BaseException
-        A UserError (one line, exit 2), KeyboardInterrupt (exit 130) or anything else
-        (traceback, exit 1).
+        A UserError (one line, exit 2), Terminated (SIGTERM, exit 143), KeyboardInterrupt
+        (exit 130) or anything else (traceback, exit 1).
     """
     rank = comm.rank
     if isinstance(exc, UserError):
         text, code = f"xrmodifier: error: rank {rank}: {exc}\n", exc.exit_code
+    elif isinstance(exc, Terminated):
+        text, code = f"xrmodifier: rank {rank}: terminated (SIGTERM){RESUME_HINT}\n", 143
     elif isinstance(exc, KeyboardInterrupt):
-        text, code = f"xrmodifier: rank {rank}: interrupted\n", 130
+        text, code = f"xrmodifier: rank {rank}: interrupted{RESUME_HINT}\n", 130
     else:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         text = f"{tb}xrmodifier: error: rank {rank}: {exc.__class__.__name__}: {exc}\n"
