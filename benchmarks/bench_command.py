@@ -243,7 +243,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--seconds", type=float, default=30.0, help="compute time of the 1-rank command"
+        "--seconds", type=float, default=30.0, help="compute time of each rank's share"
     )
     parser.add_argument("--quick", action="store_true", help="about 2 s per command")
     parser.add_argument(
@@ -286,14 +286,13 @@ def main() -> int:
             config = make_config(project, name, pair, n_mu)
             # each rank computes about `seconds`: the two-rank command gets twice the points
             configs = {1: config, 2: make_config(project, f"{name}_2_ranks", pair, 2 * n_mu)}
+            # an eighth of the grid's chunks before, between and after the two commands:
+            # each command's ratio takes the samples on either side of it (a drift of the
+            # machine's speed during the command then weighs on both sides alike)
+            n_chunks = math.ceil(n_mu * per_step / load_config(config).simulation.chunk_size)
+            sample = 4 if args.quick else max(12, n_chunks // 8)
             rounds = []
             for _ in range(args.rounds):
-                # an eighth of the grid's chunks before, between and after the two commands:
-                # each command's ratio takes the samples on either side of it (a drift of
-                # the machine's speed during the command then weighs on both sides alike)
-                chunk = load_config(config).simulation.chunk_size
-                n_chunks = math.ceil(n_mu * per_step / chunk)
-                sample = 4 if args.quick else max(12, n_chunks // 8)
                 samples = [in_process(config, sample)]
                 runs = {}
                 for r in (1, 2):

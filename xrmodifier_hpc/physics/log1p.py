@@ -24,6 +24,8 @@ from xrmodifier_hpc.physics.compiled import compiled
 #: the series' range of z: |w| = |z / (2 + z)| <= 1/3
 SERIES_LOW = -0.5
 SERIES_HIGH = 1.0
+#: 1 / (2n + 1), n = 0 .. 7: the series' coefficients
+_ODD_INVERSES = tuple(1.0 / (2 * n + 1) for n in range(8))
 
 
 # error_model="numpy": no ZeroDivisionError check per division (2 + z > 0 here), which
@@ -32,18 +34,14 @@ SERIES_HIGH = 1.0
 def _series(z, out):  # pragma: no cover - compiled
     # out[i] = 2 atanh(z[i] / (2 + z[i])) to the w^15 term; z and out must not overlap (the
     # vectorised loop would fall back to one value at a time)
+    c = _ODD_INVERSES
     for i in range(z.size):
         x = z[i]
         w = x / (2.0 + x)
         w2 = w * w
-        p = 1.0 / 15.0
-        p = p * w2 + 1.0 / 13.0
-        p = p * w2 + 1.0 / 11.0
-        p = p * w2 + 1.0 / 9.0
-        p = p * w2 + 1.0 / 7.0
-        p = p * w2 + 1.0 / 5.0
-        p = p * w2 + 1.0 / 3.0
-        p = p * w2 + 1.0
+        p = c[7]
+        for n in range(6, -1, -1):  # Horner; a fixed count, unrolled by the compiler
+            p = p * w2 + c[n]
         out[i] = 2.0 * w * p
 
 

@@ -23,15 +23,12 @@ depend on its batch, but they are not the numbers ``Generator.poisson`` would gi
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 
 import numpy as np
 
 from xrmodifier_hpc.physics.compiled import compiled as _compiled
-
-log = logging.getLogger(__name__)
 
 #: lam from which the transformed rejection (PTRS, valid from 10) is used; inversion below.
 #: Chosen where the two cost about the same (measured with one math.exp per inversion draw,
@@ -87,19 +84,9 @@ def _exp_neg(lam, out, k_bits):  # pragma: no cover - compiled
         t = x * _INV_LN2 + _ROUND
         k = t - _ROUND  # round(x / ln 2), exactly
         r = (k * _LN2_HI - x) + k * _LN2_LO
-        poly = c[13] * r + c[12]
-        poly = poly * r + c[11]
-        poly = poly * r + c[10]
-        poly = poly * r + c[9]
-        poly = poly * r + c[8]
-        poly = poly * r + c[7]
-        poly = poly * r + c[6]
-        poly = poly * r + c[5]
-        poly = poly * r + c[4]
-        poly = poly * r + c[3]
-        poly = poly * r + c[2]
-        poly = poly * r + c[1]
-        poly = poly * r + c[0]
+        poly = c[13]
+        for n in range(12, -1, -1):  # Horner; a fixed count, unrolled by the compiler
+            poly = poly * r + c[n]
         out[i] = poly
         k_bits[i] = t
     # exp(-x) = exp(r) / 2^k: k off the exponent field (the result stays a normal number)
