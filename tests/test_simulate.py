@@ -429,7 +429,7 @@ def test_sigterm_mid_run_fails_the_command_saying_so_and_a_rerun_resumes(project
         stopped = None
     assert stopped is not None, "the run always finished before the test could signal it"
     assert proc.returncode == 143, (proc.returncode, err)
-    assert "terminated (SIGTERM); rerun the same command" in err, err
+    assert "terminated (SIGTERM); rerun the command without --overwrite" in err, err
     assert "Traceback" not in err
     done = _done_count(path)
     assert done < n

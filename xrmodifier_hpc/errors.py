@@ -56,4 +56,7 @@ class Terminated(KeyboardInterrupt):
 
 
 #: said after "interrupted" / "terminated": what survives and what to do
-RESUME_HINT = "; rerun the same command: simulate and train continue from what they saved"
+RESUME_HINT = (
+    "; rerun the command without --overwrite (train: without --restart): simulate and train "
+    "continue from what they saved"
+)

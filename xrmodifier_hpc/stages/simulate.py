@@ -507,7 +507,7 @@ def _finish_message(summary: SimulateSummary, mode: str, shard: Shard | None) ->
             "shard is done run `xrmodifier merge CONFIG`"
         )
     elif not summary.complete:
-        summary.messages.append("NOT complete: rerun the same command to finish")
+        summary.messages.append("NOT complete: rerun it without --overwrite to finish")
 
 
 def _summary(
