@@ -50,6 +50,22 @@ def test_a_kept_scratch_array_gives_the_same_bits():
     np.testing.assert_array_equal(kept, fresh)
 
 
+@pytest.mark.parametrize("amp", [0.3, -0.7, 2.5])
+def test_one_table_takes_the_bits_of_the_general_combination(amp):
+    # J = 1 takes a r inside the pass and bounds z by the table's extremes (given or found);
+    # the general path forms z first: adding a zero second table leaves z's values as they are
+    ratios = _ratios((29, 73), scale=0.8)
+    general = log1p_combination(
+        np.concatenate([ratios, ratios]), np.array([amp, 0.0]), np.empty((29, 73))
+    )
+    found = log1p_combination(ratios, np.array([amp]), np.empty((29, 73)))
+    given = log1p_combination(
+        ratios, np.array([amp]), np.empty((29, 73)), ratio_range=(ratios.min(), ratios.max())
+    )
+    np.testing.assert_array_equal(found, general)
+    np.testing.assert_array_equal(given, general)
+
+
 def test_bad_shapes_and_arrays_are_refused():
     ratios = _ratios((4, 5))
     with pytest.raises(ValueError, match="disagree"):

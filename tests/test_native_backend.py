@@ -255,6 +255,43 @@ def test_interval_is_where_the_profile_rises_by_one(acis, bremss_model):
     assert 0.005 < fit.err[0, 0] / fit.t_fit[0] < 0.05
 
 
+@pytest.mark.parametrize("newton", [True, False], ids=["newton", "bisection"])
+def test_the_compiled_fit_takes_the_steps_of_the_array_passes(acis, bremss_model, newton, monkeypatch):
+    # numpy profiles take a compiled loop over the spectra, torch the array passes: the same
+    # steps, to rounding (the local polynomials' coefficients are summed in another order)
+    from xrmodifier_hpc.physics import fitstat
+
+    if not newton:  # no Newton step: every minimum and crossing by the bisection fallback
+        monkeypatch.setattr(fitstat, "_NEWTON_STEPS", 0)
+        monkeypatch.setattr(fitstat, "_NEWTON_STEPS_CROSSING", 0)
+    grid = np.geomspace(0.3, 40.0, 64)
+    f = SpectrumFitter(acis, bremss_model, {"nH": 0.05}, (0.5, 7.0), 5e4, grid)
+    counts = _spectra(f, np.geomspace(0.4, 30.0, 40), seed=11)
+    curves = np.asarray(f.profiles(counts))
+    n = grid.size
+    rng = np.random.default_rng(2)
+    odd = [
+        np.linspace(5.0, 1.0, n),  # falls to the upper grid end
+        np.linspace(1.0, 5.0, n),  # the lower end
+        np.full(n, 3.0),  # flat: no minimum inside, both interval ends open
+        np.where(np.arange(n) == 20, np.nan, curves[0]),  # not finite
+        -((np.arange(n) - 30.0) ** 2),  # concave
+        (np.arange(n) - 30.0) ** 2 * 1e-4,  # too shallow to reach the level on either side
+    ]
+    curves = np.concatenate([curves, np.array(odd), curves[:20] + rng.normal(0, 0.5, (20, n))])
+    arrays = fitstat._fit_profiles_arrays(curves, f._dev_xgrid, 1.0)
+    compiled = fitstat.fit_profiles(curves, f._dev_xgrid)
+    for name in ("at_bound", "lo_open", "hi_open", "finite", "convex"):
+        np.testing.assert_array_equal(getattr(compiled, name), getattr(arrays, name), name)
+    assert not arrays.finite[40 + 3] and arrays.lo_open[40 + 2] and arrays.hi_open[40 + 5]
+    assert arrays.at_bound[40] and arrays.at_bound[41] and not arrays.convex[40 + 4]
+    ok = arrays.finite
+    for name in ("x", "value", "x_lo", "x_hi"):
+        np.testing.assert_allclose(
+            getattr(compiled, name)[ok], getattr(arrays, name)[ok], rtol=0, atol=1e-11
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # status flags and bad input
 # --------------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ RATIO_MAX = 1e6
 #: the basis folds on the fit grid are float32 (rows scaled to a peak of 1): templates below
 #: this fraction of their row's peak take the float64 path (float32's normal range is 1e-38)
 FLOAT32_REACH = 1e-25
+#: m(E) = 1 + sum_j a_j b_j below this somewhere: the family's own evaluation decides whether
+#: the modified ARF is negative (far above the rounding of the sum, ~1e-16)
+SIGN_CHECK_MARGIN = 1e-9
 #: channels per float64 product of the exact path (bounds the memory)
 EXACT_CHUNK = 256
 
@@ -678,8 +681,35 @@ class SpectrumFitter:
 _INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
 _INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
 _MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
-_M32, _M128 = (1 << 32) - 1, (1 << 128) - 1
-_PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
+_M32 = (1 << 32) - 1
+_PCG_MULT_WORDS = (np.uint64(2549297995355413924), np.uint64(4865540595714422341))
+_LOW32, _SHIFT32 = np.uint64(_M32), np.uint64(32)
+
+
+def _mul64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 128-bit products of uint64 arrays as (high, low) words (32-bit halves)."""
+    a0, a1 = a & _LOW32, a >> _SHIFT32
+    b0, b1 = b & _LOW32, b >> _SHIFT32
+    p01, p10 = a0 * b1, a1 * b0
+    mid = ((a0 * b0) >> _SHIFT32) + (p10 & _LOW32) + (p01 & _LOW32)
+    high = a1 * b1 + (p10 >> _SHIFT32) + (p01 >> _SHIFT32) + (mid >> _SHIFT32)
+    return high, a * b
+
+
+def _mul128(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.uint64, np.uint64]
+) -> tuple[np.ndarray, np.ndarray]:
+    """a x b mod 2^128, numbers as (high, low) uint64 words."""
+    high, low = _mul64(a[1], np.full_like(a[1], b[1]))
+    return high + a[1] * b[0] + a[0] * b[1], low
+
+
+def _add128(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """a + b mod 2^128, numbers as (high, low) uint64 words."""
+    low = a[1] + b[1]
+    return a[0] + b[0] + (low < a[1]).astype(np.uint64), low
 
 
 def _hash_constants(start: int, mult: int, n: int) -> list[int]:
@@ -716,8 +746,13 @@ class _PointStreams:
                     self.fast = False
                     break
 
-    def _states(self, index: np.ndarray) -> list[tuple[int, int]]:
-        """PCG64 (state, inc) of SeedSequence([seed, stream, k]) for each k in ``index``."""
+    def _words(self, index: np.ndarray) -> np.ndarray:
+        """PCG64 state and increment of SeedSequence([seed, stream, k]) for each k in ``index``.
+
+        (n, 4) uint64 [state >> 64, state mod 2^64, inc >> 64, inc mod 2^64]: numpy's seed
+        mixing and PCG64's seeding (state = (inc + seed) x multiplier + inc, mod 2^128),
+        vectorised over the batch in 64-bit halves.
+        """
         u32 = np.uint32
         ha = self._hash_a
         calls = iter(range(16))
@@ -747,15 +782,21 @@ class _PointStreams:
         for i in range(8):
             v = (pool[i % 4] ^ u32(hb[i])) * u32(hb[i + 1])
             words.append((v ^ (v >> u32(16))).astype(np.uint64))
-        w64 = [words[2 * i] | (words[2 * i + 1] << np.uint64(32)) for i in range(4)]
-        out = []
-        for s_hi, s_lo, i_hi, i_lo in zip(*(w.tolist() for w in w64)):
-            initstate = (s_hi << 64) | s_lo
-            inc = (((i_hi << 64) | i_lo) << 1 | 1) & _M128
-            state = inc  # 0 * mult + inc
-            state = (((state + initstate) & _M128) * _PCG_MULT + inc) & _M128
-            out.append((state, inc))
-        return out
+        seed_hi, seed_lo, inc_hi, inc_lo = (
+            words[2 * i] | (words[2 * i + 1] << np.uint64(32)) for i in range(4)
+        )
+        one, shift = np.uint64(1), np.uint64(63)
+        inc_hi, inc_lo = (inc_hi << one) | (inc_lo >> shift), (inc_lo << one) | one
+        state = _add128((inc_hi, inc_lo), (seed_hi, seed_lo))
+        state = _add128(_mul128(state, _PCG_MULT_WORDS), (inc_hi, inc_lo))
+        return np.stack([state[0], state[1], inc_hi, inc_lo], axis=1)
+
+    def _states(self, index: np.ndarray) -> list[tuple[int, int]]:
+        """PCG64 (state, inc) of SeedSequence([seed, stream, k]) for each k in ``index``."""
+        return [
+            ((s_hi << 64) | s_lo, (i_hi << 64) | i_lo)
+            for s_hi, s_lo, i_hi, i_lo in self._words(index).tolist()
+        ]
 
     def states(self, index: np.ndarray) -> list[tuple[int, int] | None]:
         """Compute the PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
@@ -770,13 +811,10 @@ class _PointStreams:
         Returns (n, 4) uint64 [state >> 64, state mod 2^64, inc >> 64, inc mod 2^64], or
         None when the points take point_rng itself (see :meth:`states`).
         """
-        states = self.states(index)
-        if any(st is None for st in states):
+        index = np.asarray(index, dtype=np.int64)
+        if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
             return None
-        m64 = (1 << 64) - 1
-        return np.array(
-            [(st >> 64, st & m64, inc >> 64, inc & m64) for st, inc in states], dtype=np.uint64
-        ).reshape(len(states), 4)
+        return self._words(index)
 
     def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
         """Return the generator of point ``k`` from its :meth:`states` entry.
@@ -833,6 +871,7 @@ class _KeyTerms:
     irregular_delta: np.ndarray  # (J, n_irregular) delta there
     irregular_logs: np.ndarray  # ln max(s, floor) there
     folds: _LRU
+    basis: np.ndarray  # (J, n_E) b_j at every energy of the ARF (for the sign check of m)
     axis_folds: np.ndarray | None = None  # (n_axis, J, n_chan) the folds at the grid's T_true
 
 
@@ -978,7 +1017,8 @@ class NativeBackend(Backend):
 
     def _make_key(self, key: tuple[float, ...]) -> _KeyTerms:
         f = self.fitter
-        basis = self.modifier.linear_basis(self.instrument.e_mid, key)[:, f.rows]  # (J, K)
+        full_basis = self.modifier.linear_basis(self.instrument.e_mid, key)  # (J, n_E)
+        basis = full_basis[:, f.rows]  # (J, K)
         w = basis * f.area
         n_j = w.shape[0]
         moved = np.flatnonzero(
@@ -1055,6 +1095,7 @@ class NativeBackend(Backend):
             irregular_delta=delta_irr,
             irregular_logs=self._log_safe_templates.ravel()[flat],
             folds=_LRU(T_CACHE_SIZE),
+            basis=full_basis,
         )
 
     def _exact_delta(
@@ -1089,10 +1130,13 @@ class NativeBackend(Backend):
 
     def _make_theta(self, theta: np.ndarray) -> _ThetaTerms:
         f = self.fitter
-        # refuses a theta whose modified ARF would be negative anywhere
-        self.modifier.apply(self.instrument.e_mid, self.instrument.area, theta[None, :])
         key, amps = self.modifier.linear_form(theta)
         kt = self._key(key)
+        # a theta whose modified ARF would be negative anywhere is refused (by
+        # ``Modifier.apply``, called wherever m = 1 + sum_j a_j b_j comes near 0: evaluating
+        # the family at every energy per theta cost more than this sum)
+        if float((1.0 + amps @ kt.basis).min(initial=np.inf)) < SIGN_CHECK_MARGIN:
+            self.modifier.apply(self.instrument.e_mid, self.instrument.area, theta[None, :])
         size = f.templates.size
         buffer = self._log_ratio_buffers.pop() if self._log_ratio_buffers else np.empty(size)
         log_ratio, log_totals = self._log_ratio(kt, amps, buffer)
@@ -1114,17 +1158,19 @@ class NativeBackend(Backend):
         totals = kt.totals_base + amps @ kt.delta_totals_base
         low = np.zeros(0, dtype=np.int64)
         if ratio.size:
-            # z = sum_j a_j ratio_j in a scratch array kept between thetas: a fresh one of
-            # this size costs more in page faults than the arithmetic (measured 4x on a
-            # virtual machine)
+            # z = sum_j a_j ratio_j (J > 1) in a scratch array kept between thetas: a fresh
+            # one of this size costs more in page faults than the arithmetic (measured 4x on
+            # a virtual machine)
             if self._scratch is None or self._scratch.size < log_ratio.size:
                 self._scratch = np.empty(log_ratio.size)
             z = self._scratch[: log_ratio.size]
-            log1p_combination(ratio, amps, log_ratio, z)
+            log1p_combination(ratio, amps, log_ratio, z, kt.ratio_range)
             self.work["log_ratio"] += log_ratio.size
             # the lowest 1 + z can reach, from the key's extremes of each ratio
             lowest = 1.0 + sum(min(a * lo, a * hi) for a, lo, hi in zip(amps, *kt.ratio_range))
             if lowest <= MIN_RATIO:
+                if amps.size == 1:  # z was not formed: a_1 ratio_1, as the kernel takes it
+                    np.multiply(ratio.reshape(-1), amps[0], out=z)
                 at = np.flatnonzero(z <= MIN_RATIO - 1.0)
                 low = (at // log_ratio.shape[1]) * n_chan + at % log_ratio.shape[1] + kt.chan.start
         if kt.irregular.size:
@@ -1214,12 +1260,20 @@ class NativeBackend(Backend):
         self._folds(tt.key, temps)
         ts = temps.tolist()
         if tt.key.axis_folds is not None and all(t in self._t_axis for t in ts):
-            # the grid's temperatures: gathered from the per-key table of the whole axis
-            at = [self._t_axis[t] for t in ts]
-            out = self._axis_original()[at]
-            folds = tt.key.axis_folds[at]  # (m, J, n_chan)
+            # the grid's temperatures: gathered from the per-key table of the whole axis (a
+            # run of the axis, as a theta's points on the grid mostly are, without a gather)
+            at = np.array([self._t_axis[t] for t in ts], dtype=np.int64)
+            first = int(at[0])
+            if np.array_equal(at, np.arange(first, first + at.size)):
+                picked: slice | np.ndarray = slice(first, first + at.size)
+                out = self._axis_original()[picked].copy()
+            else:
+                picked = at
+                out = self._axis_original()[picked]
+            folds = tt.key.axis_folds[picked]  # (m, J, n_chan)
+            scratch = np.empty_like(out)
             for j, a in enumerate(tt.amplitudes.tolist()):
-                out += a * folds[:, j]
+                out += np.multiply(folds[:, j], a, out=scratch)
             return out
         out = np.stack([f.fold_original(t) for t in ts])
         folds = np.stack([tt.key.folds[t] for t in ts])  # (m, J, n_chan)
@@ -1326,8 +1380,9 @@ class NativeBackend(Backend):
                 continue
             tt = self._theta(groups[g])
             self._folds(tt.key, np.array(key_temps[key_of[g]]))
-            mu = self._expected(tt, t_true[members]) * norms[members, None]
-            mu = np.maximum(mu, 0.0)  # negative RMF elements can leave a channel below zero
+            mu = self._expected(tt, t_true[members])
+            mu *= norms[members, None]
+            np.maximum(mu, 0.0, out=mu)  # negative RMF elements can leave a channel below 0
             if s.mode == "asimov":
                 data[members] = mu[:, None, :]
             else:
@@ -1337,7 +1392,8 @@ class NativeBackend(Backend):
                     p = points[r]
                     self._streams.generator(index[p], states[p]).random(out=out)
 
-                lam = np.repeat(mu, n_real, axis=0).reshape(members.size, n_real * n_chan)
+                lam = mu if n_real == 1 else np.repeat(mu, n_real, axis=0)
+                lam = lam.reshape(members.size, n_real * n_chan)
                 if words is not None:  # the same draws, the stream generated in compiled code
                     counts = poisson_rows_pcg64(lam, words[members])
                 else:
@@ -1429,24 +1485,35 @@ class NativeBackend(Backend):
         n_t = out.shape[2]
         sub = data[:, :, chan]
         width = sub.shape[2]
-        block_of = _occurrence(slots)
         values_t = xp.permute_dims(log_values, (1, 0))
         rows = per_block * n_real
-        for b in range(int(block_of.max()) + 1):
-            sel = np.flatnonzero(block_of == b)
+        if np.bincount(slots, minlength=per_block).max() <= 1:  # one block (the usual case)
+            blocks = [np.arange(members.size)]
+        else:
+            block_of = _occurrence(slots)
+            blocks = [np.flatnonzero(block_of == b) for b in range(int(block_of.max()) + 1)]
+        direct = xp is np and out.flags.c_contiguous
+        for sel in blocks:
             first = int(members[sel[0]])
-            if (
+            run = (
                 sel.size == per_block
+                and int(members[sel[-1]]) == first + per_block - 1
                 and np.array_equal(members[sel], np.arange(first, first + per_block))
                 and np.array_equal(slots[sel], np.arange(per_block))
-            ):
-                # the block is a run of the batch, in slot order: the same rows, no copy
+            )
+            self.work["profile"] += rows * width * n_t
+            if run and direct:
+                # the block is a run of the batch in slot order: the same rows, no copy, and
+                # its product written in place
+                target = out[first : first + per_block].reshape(rows, n_t)
+                np.matmul(sub[first : first + per_block].reshape(rows, width), values_t, out=target)
+                continue
+            if run:
                 block = sub[first : first + per_block]
             else:
                 block = np.zeros((per_block, n_real, width))
                 block[slots[sel]] = sub[members[sel]]
             product = f.to_engine(block.reshape(rows, width)) @ values_t
-            self.work["profile"] += rows * width * n_t
             cross = f.to_numpy(product).reshape(per_block, n_real, n_t)
             out[members[sel]] = cross[slots[sel]]
 

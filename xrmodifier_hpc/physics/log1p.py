@@ -45,6 +45,28 @@ def _series(z, out):  # pragma: no cover - compiled
         out[i] = 2.0 * w * p
 
 
+@compiled(fastmath={"contract"}, error_model="numpy")
+def _series_scaled(ratio, a, out):  # pragma: no cover - compiled
+    # out[i] = _series of z = a ratio[i] (one table: J = 1), the same bits, without z
+    c = _ODD_INVERSES
+    for i in range(ratio.size):
+        x = a * ratio[i]
+        w = x / (2.0 + x)
+        w2 = w * w
+        p = c[7]
+        for n in range(6, -1, -1):
+            p = p * w2 + c[n]
+        out[i] = 2.0 * w * p
+
+
+@compiled()
+def _exact_outside_scaled(ratio, a, out):  # pragma: no cover - compiled
+    for i in range(ratio.size):
+        x = a * ratio[i]
+        if x < SERIES_LOW or x > SERIES_HIGH:
+            out[i] = math.log1p(x)
+
+
 @compiled(fastmath={"contract"})
 def _combine(ratios, amplitudes, z):  # pragma: no cover - compiled
     # z[i] = sum_j amplitudes[j] ratios[j, i], in float64, j in order
@@ -65,7 +87,11 @@ def _exact_outside(z, out):  # pragma: no cover - compiled
 
 
 def log1p_combination(
-    ratios: np.ndarray, amplitudes: np.ndarray, out: np.ndarray, z: np.ndarray | None = None
+    ratios: np.ndarray,
+    amplitudes: np.ndarray,
+    out: np.ndarray,
+    z: np.ndarray | None = None,
+    ratio_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Write ``ln(1 + sum_j a_j r_j)`` into ``out``, elementwise.
 
@@ -78,8 +104,12 @@ def log1p_combination(
     out : numpy.ndarray
         float64, C-contiguous, of the shape ``ratios.shape[1:]``; overwritten.
     z : numpy.ndarray, optional
-        Scratch: float64, C-contiguous, at least ``out.size`` values, not overlapping
-        ``out`` (a caller that keeps one spares the page faults of a fresh array).
+        Scratch for J > 1: float64, C-contiguous, at least ``out.size`` values, not
+        overlapping ``out`` (a caller that keeps one spares the page faults of a fresh
+        array). With one table (J = 1) z is never formed: ``a_1 r_1`` is taken in the pass.
+    ratio_range : tuple of numpy.ndarray, optional
+        ((J,), (J,)) the least and greatest value of each table, when the caller knows them
+        (with one table they bound z without a pass over it).
 
     Returns
     -------
@@ -99,14 +129,26 @@ def log1p_combination(
         raise ValueError(
             f"ratios {ratios.shape}, amplitudes {amplitudes.shape}, out {out.shape} disagree"
         )
-    if z is None:
-        z = np.empty(out.size)
-    for name, a in (("out", out), ("z", z)):
-        if a.dtype != np.float64 or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous float64")
-    if z.size < out.size or np.shares_memory(z, out):
-        raise ValueError("z must hold out.size values and not overlap out")
-    flat, z = out.reshape(-1), z.reshape(-1)[: out.size]
+    if out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous float64")
+    if z is not None:
+        if z.dtype != np.float64 or not z.flags.c_contiguous:
+            raise ValueError("z must be C-contiguous float64")
+        if z.size < out.size or np.shares_memory(z, out):
+            raise ValueError("z must hold out.size values and not overlap out")
+    flat = out.reshape(-1)
+    if amplitudes.size == 1 and ratios.flags.c_contiguous:
+        # one table: z = a r in the pass itself (the same bits as forming z first); its
+        # least and greatest value are a times the table's (rounding is monotonic)
+        table, a = ratios.reshape(-1), float(amplitudes[0])
+        _series_scaled(table, a, flat)
+        if table.size:
+            lo, hi = ratio_range if ratio_range is not None else (table.min(), table.max())
+            low, high = sorted((a * float(np.min(lo)), a * float(np.max(hi))))
+            if low < SERIES_LOW or high > SERIES_HIGH:
+                _exact_outside_scaled(table, a, flat)
+        return out
+    z = (np.empty(out.size) if z is None else z).reshape(-1)[: out.size]
     _combine(ratios.reshape(amplitudes.size, -1), amplitudes, z)
     _series(z, flat)
     if z.size and (z.min() < SERIES_LOW or z.max() > SERIES_HIGH):

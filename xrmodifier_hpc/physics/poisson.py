@@ -131,24 +131,41 @@ def _inversion(lam, u, out, big, ex):  # pragma: no cover - compiled
     k = np.empty(LANES)
     n_big = 0
     filled = 0
-    for i in range(lam.size):
-        x = lam[i]
-        if not (x >= 0.0 and x <= LAM_MAX):
-            return -1 - i
-        if x >= PTRS_MIN:
-            big[n_big] = i
-            n_big += 1
-            continue
-        slot[filled] = i
-        mean[filled] = x
-        uu[filled] = u[i]
-        p0[filled] = ex[i]
-        filled += 1
-        if filled == LANES:
-            _settle(mean, uu, p0, p, f, k)
+    n = lam.size
+    for g in range(0, n, LANES):
+        stop = min(g + LANES, n)
+        if filled == 0 and stop - g == LANES:
+            # LANES channels in a row that all take the inversion (the usual case) settle in
+            # place; each channel's count depends on its own lam and u alone, so the grouping
+            # never changes a draw
+            plain = True
             for q in range(LANES):
-                out[slot[q]] = k[q]
-            filled = 0
+                x = lam[g + q]
+                if not (x >= 0.0 and x < PTRS_MIN):
+                    plain = False
+            if plain:
+                _settle(lam[g:stop], u[g:stop], ex[g:stop], p, f, k)
+                for q in range(LANES):
+                    out[g + q] = k[q]
+                continue
+        for i in range(g, stop):  # the others one by one: gathered into the lanes
+            x = lam[i]
+            if not (x >= 0.0 and x <= LAM_MAX):
+                return -1 - i
+            if x >= PTRS_MIN:
+                big[n_big] = i
+                n_big += 1
+                continue
+            slot[filled] = i
+            mean[filled] = x
+            uu[filled] = u[i]
+            p0[filled] = ex[i]
+            filled += 1
+            if filled == LANES:
+                _settle(mean, uu, p0, p, f, k)
+                for q in range(LANES):
+                    out[slot[q]] = k[q]
+                filled = 0
     if filled:
         for q in range(filled, LANES):  # idle lanes settle at k = 0
             mean[q] = 0.0
