@@ -64,6 +64,18 @@ def test_one_table_takes_the_bits_of_the_general_combination(amp):
     )
     np.testing.assert_array_equal(found, general)
     np.testing.assert_array_equal(given, general)
+    # told which elements have |r| >= 1/2: only those are looked at again (|a| <= 1), with
+    # the same bits; beyond |a| = 1 every element is
+    wide = np.flatnonzero(np.abs(ratios) >= 0.5)
+    told = log1p_combination(ratios, np.array([amp]), np.empty((29, 73)), wide=wide)
+    np.testing.assert_array_equal(told, general)
+    z = amp * ratios.ravel().astype(np.float64)
+    outside = wide[(z[wide] < SERIES_LOW) | (z[wide] > SERIES_HIGH)]
+    if abs(amp) <= 1 and outside.size:  # the list is used: one left off keeps a series value
+        left = log1p_combination(
+            ratios, np.array([amp]), np.empty((29, 73)), wide=np.setdiff1d(wide, outside[:1])
+        )
+        assert left.ravel()[outside[0]] != general.ravel()[outside[0]]
 
 
 def test_bad_shapes_and_arrays_are_refused():

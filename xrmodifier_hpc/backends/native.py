@@ -872,6 +872,7 @@ class _KeyTerms:
     irregular_logs: np.ndarray  # ln max(s, floor) there
     folds: _LRU
     basis: np.ndarray  # (J, n_E) b_j at every energy of the ARF (for the sign check of m)
+    wide: np.ndarray | None  # J = 1: flat indices of ``ratio`` where |ratio| >= 1/2
     axis_folds: np.ndarray | None = None  # (n_axis, J, n_chan) the folds at the grid's T_true
 
 
@@ -1096,6 +1097,10 @@ class NativeBackend(Backend):
             irregular_logs=self._log_safe_templates.ravel()[flat],
             folds=_LRU(T_CACHE_SIZE),
             basis=full_basis,
+            # with one basis function and |A| <= 1, only these elements can take 1 + z
+            # outside the ln(1 + z) series' range or below MIN_RATIO (few: a theta then
+            # looks at them alone, not at the whole table)
+            wide=np.flatnonzero(np.abs(ratio[0]) >= 0.5) if n_j == 1 else None,
         )
 
     def _exact_delta(
@@ -1164,14 +1169,20 @@ class NativeBackend(Backend):
             if self._scratch is None or self._scratch.size < log_ratio.size:
                 self._scratch = np.empty(log_ratio.size)
             z = self._scratch[: log_ratio.size]
-            log1p_combination(ratio, amps, log_ratio, z, kt.ratio_range)
+            log1p_combination(ratio, amps, log_ratio, z, kt.ratio_range, kt.wide)
             self.work["log_ratio"] += log_ratio.size
             # the lowest 1 + z can reach, from the key's extremes of each ratio
             lowest = 1.0 + sum(min(a * lo, a * hi) for a, lo, hi in zip(amps, *kt.ratio_range))
             if lowest <= MIN_RATIO:
-                if amps.size == 1:  # z was not formed: a_1 ratio_1, as the kernel takes it
-                    np.multiply(ratio.reshape(-1), amps[0], out=z)
-                at = np.flatnonzero(z <= MIN_RATIO - 1.0)
+                if kt.wide is not None and abs(amps[0]) <= 1.0:
+                    # z = a_1 ratio_1 (as the kernel takes it) <= MIN_RATIO - 1 = -1/2 needs
+                    # |ratio_1| >= 1/2: only those elements
+                    zw = ratio.reshape(-1)[kt.wide].astype(np.float64) * amps[0]
+                    at = kt.wide[zw <= MIN_RATIO - 1.0]
+                else:
+                    if amps.size == 1:  # z was not formed
+                        np.multiply(ratio.reshape(-1), amps[0], out=z)
+                    at = np.flatnonzero(z <= MIN_RATIO - 1.0)
                 low = (at // log_ratio.shape[1]) * n_chan + at % log_ratio.shape[1] + kt.chan.start
         if kt.irregular.size:
             mod = kt.irregular_templates + amps @ kt.irregular_delta

@@ -60,8 +60,10 @@ def _series_scaled(ratio, a, out):  # pragma: no cover - compiled
 
 
 @compiled()
-def _exact_outside_scaled(ratio, a, out):  # pragma: no cover - compiled
-    for i in range(ratio.size):
+def _exact_outside_scaled(ratio, a, out, at):  # pragma: no cover - compiled
+    # out[i] = log1p(a ratio[i]) where that lies outside the series' range, i in ``at``
+    for n in range(at.size):
+        i = at[n]
         x = a * ratio[i]
         if x < SERIES_LOW or x > SERIES_HIGH:
             out[i] = math.log1p(x)
@@ -92,6 +94,7 @@ def log1p_combination(
     out: np.ndarray,
     z: np.ndarray | None = None,
     ratio_range: tuple[np.ndarray, np.ndarray] | None = None,
+    wide: np.ndarray | None = None,
 ) -> np.ndarray:
     """Write ``ln(1 + sum_j a_j r_j)`` into ``out``, elementwise.
 
@@ -110,6 +113,10 @@ def log1p_combination(
     ratio_range : tuple of numpy.ndarray, optional
         ((J,), (J,)) the least and greatest value of each table, when the caller knows them
         (with one table they bound z without a pass over it).
+    wide : numpy.ndarray, optional
+        With one table: the flat indices (int64, ascending) of every element with
+        ``|r_1| >= 1/2``, when the caller knows them. For ``|a_1| <= 1`` only those can take
+        ``z`` outside the series' range, and only those are looked at again.
 
     Returns
     -------
@@ -146,7 +153,9 @@ def log1p_combination(
             lo, hi = ratio_range if ratio_range is not None else (table.min(), table.max())
             low, high = sorted((a * float(np.min(lo)), a * float(np.max(hi))))
             if low < SERIES_LOW or high > SERIES_HIGH:
-                _exact_outside_scaled(table, a, flat)
+                if wide is None or abs(a) > 1.0:
+                    wide = np.arange(table.size)
+                _exact_outside_scaled(table, a, flat, np.asarray(wide, dtype=np.int64))
         return out
     z = (np.empty(out.size) if z is None else z).reshape(-1)[: out.size]
     _combine(ratios.reshape(amplitudes.size, -1), amplitudes, z)
