@@ -1211,7 +1211,10 @@ class NativeBackend(Backend):
         which temperatures share its batch.
         """
         f = self.fitter
-        missing = [t for t in dict.fromkeys(temps.tolist()) if t not in kt.folds]
+        listed = temps.tolist()
+        if kt.axis_folds is not None and all(t in self._t_axis for t in listed):
+            return  # the whole axis is folded for this key
+        missing = [t for t in dict.fromkeys(listed) if t not in kt.folds]
         if not missing:
             return
         n_j = kt.weights.shape[0]
@@ -1371,8 +1374,7 @@ class NativeBackend(Backend):
         # themselves only where those cannot be had (a seed beyond 32 bits)
         words = self._streams.words(index) if s.mode != "asimov" else None
         states = self._streams.states(index) if s.mode != "asimov" and words is None else None
-        groups, inverse = np.unique(theta, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
+        groups, inverse = _unique_rows(theta)
         # the true temperatures of each key's points, folded together when the key is first
         # met (thetas that share a key, e.g. off-grid points of one (mu, sigma) with their
         # own T_true, then share the fixed-shape blocks of ``_folds``)
@@ -1527,6 +1529,26 @@ class NativeBackend(Backend):
             product = f.to_engine(block.reshape(rows, width)) @ values_t
             cross = f.to_numpy(product).reshape(per_block, n_real, n_t)
             out[members[sel]] = cross[slots[sel]]
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` of (n, d) rows that come in runs.
+
+    A batch of grid points holds a few thetas, each in a run of points: the distinct rows
+    are found among the first of each run (sorting every row cost ~1 us per point).
+    Returns the distinct rows (m, d), in np.unique's order, and each row's position in them
+    (n,).
+    """
+    n = rows.shape[0]
+    if n == 0:
+        return rows[:0].copy(), np.zeros(0, dtype=np.int64)
+    new_run = np.ones(n, dtype=bool)
+    if n > 1:
+        # a row differs from the one before where any value does (NaN: always, as np.unique)
+        np.any(rows[1:] != rows[:-1], axis=1, out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    groups, run_group = np.unique(rows[starts], axis=0, return_inverse=True)
+    return groups, run_group.ravel()[np.cumsum(new_run) - 1]
 
 
 def _occurrence(slots: np.ndarray) -> np.ndarray:
