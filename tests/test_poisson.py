@@ -102,11 +102,12 @@ def test_distribution_single_lam(lam):
 
 
 def _spectrum(n: int) -> np.ndarray:
-    """A smooth spectrum from 0.01 to 200 counts: a steep continuum and a line."""
+    """A smooth spectrum from 0.01 to 5 PTRS_MIN counts: a steep continuum and a line."""
     e = np.linspace(0.5, 7.0, n)
-    lam = 0.01 + 200.0 * np.exp(-(e - 0.5) / 0.5) + 40.0 * np.exp(-0.5 * ((e - 6.4) / 0.1) ** 2)
+    top = 5.0 * poisson.PTRS_MIN
+    lam = 0.01 + top * np.exp(-(e - 0.5) / 0.5) + 40.0 * np.exp(-0.5 * ((e - 6.4) / 0.1) ** 2)
     lam[[10, 11]] = [np.nextafter(poisson.PTRS_MIN, 0.0), poisson.PTRS_MIN]  # both sides
-    assert lam.min() < 0.02 and 150 < lam.max() < 250
+    assert lam.min() < 0.02 and 0.75 * top < lam.max() < 1.25 * top
     assert 10 < np.count_nonzero(lam >= poisson.PTRS_MIN) < n - 10
     return lam
 
