@@ -256,7 +256,9 @@ def test_interval_is_where_the_profile_rises_by_one(acis, bremss_model):
 
 
 @pytest.mark.parametrize("newton", [True, False], ids=["newton", "bisection"])
-def test_the_compiled_fit_takes_the_steps_of_the_array_passes(acis, bremss_model, newton, monkeypatch):
+def test_the_compiled_fit_takes_the_steps_of_the_array_passes(
+    acis, bremss_model, newton, monkeypatch
+):
     # numpy profiles take a compiled loop over the spectra, torch the array passes: the same
     # steps, to rounding (the local polynomials' coefficients are summed in another order)
     from xrmodifier_hpc.physics import fitstat
@@ -571,6 +573,32 @@ def test_a_batch_of_more_thetas_than_the_cache_holds_fits_each_as_alone(acis, br
         )
         for name in ("t_fit_orig", "t_fit_mod", "err_mod", "curve_mod"):
             assert getattr(together, name)[i].tobytes() == getattr(alone, name)[0].tobytes()
+
+
+class _DeepGaussian(type(GAUSSIAN)):
+    """The Gaussian family without its A > -1 check: m can go negative."""
+
+    name = "deep_gaussian"
+
+    def check_values(self, name, values):
+        pass
+
+
+@pytest.mark.parametrize("amp", [-1.5, -1.0 - 1e-12])
+def test_a_theta_that_makes_the_arf_negative_is_refused(acis, bremss_model, amp):
+    # the backend screens m = 1 + A b with the key's basis and lets the family decide near 0
+    from xrmodifier_hpc.physics.modifiers import ModifierError
+
+    deep = _DeepGaussian()
+    backend = NativeBackend(acis, bremss_model, deep, settings(mode="asimov"))
+    peak = float(acis.e_mid[np.argmax(acis.area)])  # an energy of the ARF: b = 1 there
+    ok = backend.run(np.array([[peak, 0.3, -0.999]]), np.array([4.0]), np.array([0]))
+    assert np.isfinite(ok.t_fit_mod).all()
+    with pytest.raises(ModifierError, match="makes the ARF negative"):
+        backend.run(np.array([[peak, 0.3, amp]]), np.array([4.0]), np.array([1]))
+    # just above -1 m stays positive: near 0 but allowed (the family's own evaluation decides)
+    near = backend.run(np.array([[peak, 0.3, -1.0 + 1e-12]]), np.array([4.0]), np.array([2]))
+    assert near.t_fit_mod.shape == (1, 1)
 
 
 def test_a_derived_backend_shares_the_fitter_and_fits_as_a_new_one(acis, bremss_model):

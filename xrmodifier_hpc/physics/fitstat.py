@@ -1,5 +1,9 @@
 """C-stat kernels for many spectra at once, written once against the array API (numpy, torch).
 
+The refinement of many profiles (:func:`fit_profiles`) is also compiled for numpy arrays: the
+same steps one spectrum at a time (numba), ~0.5-1.3 us per spectrum instead of ~5 us of array
+passes over a batch; torch arrays take the array passes.
+
 Statistic: XSPEC's ``cstat`` without background (Cash 1979 as modified by Castor),
 
     C = 2 sum_j [ m_j - d_j + d_j (ln d_j - ln m_j) ]      (the bracket is m_j where d_j = 0)
@@ -371,7 +375,7 @@ class _Poly:
         self.d2_rows = [k * (k - 1) * self.rows[k] for k in range(2, m)]
 
     def take(self, which: Any, xp: Any) -> _Poly:
-        """The polynomials ``which`` (an index array) alone, in that order."""
+        """Keep the polynomials ``which`` (an index array) alone, in that order."""
         out = object.__new__(_Poly)
         out.rows = [xp.take(r, which, axis=0) for r in self.rows]
         out.d1_rows = [xp.take(r, which, axis=0) for r in self.d1_rows]
@@ -713,8 +717,8 @@ def _minimum_in(p, d1, d2, h, scan, newton_steps, bisect_steps, tol):  # pragma:
 
 
 @compiled(error_model="numpy")
-def _crossing(p, d1, x0, a, b, target, rising, need, newton_steps, bisect_steps, tol):  # pragma: no cover
-    # _bisect for one polynomial
+def _crossing(p, d1, x0, a, b, target, rising, need, newton_steps, bisect_steps, tol):
+    # _bisect for one polynomial (compiled: no coverage)
     lo, hi = a, b
     x = 0.5 * (lo + hi)
     step = b - a
@@ -803,14 +807,32 @@ def _fit_rows(curves, x, start, coef, level, scan, steps, out, flags):  # pragma
             j_hi = last
         _local_poly(safe, start, coef, j_lo, p, d1, d2[: m - 2])
         x_lo = _crossing(
-            p, d1, x[j_lo], x[j_lo], min(x[j_lo + 1], best_x), target, False, not lo_open,
-            newton_crossing, bisect, tol,
+            p,
+            d1,
+            x[j_lo],
+            x[j_lo],
+            min(x[j_lo + 1], best_x),
+            target,
+            False,
+            not lo_open,
+            newton_crossing,
+            bisect,
+            tol,
         )
         i_hi = min(max(j_hi - 1, 0), last - 1)
         _local_poly(safe, start, coef, i_hi, p, d1, d2[: m - 2])
         x_hi = _crossing(
-            p, d1, x[i_hi], max(x[i_hi], best_x), x[j_hi], target, True, not hi_open,
-            newton_crossing, bisect, tol,
+            p,
+            d1,
+            x[i_hi],
+            max(x[i_hi], best_x),
+            x[j_hi],
+            target,
+            True,
+            not hi_open,
+            newton_crossing,
+            bisect,
+            tol,
         )
         out[r, 0], out[r, 1] = best_x, best_v
         out[r, 2] = x[0] if lo_open else x_lo
