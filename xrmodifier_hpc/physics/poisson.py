@@ -6,7 +6,7 @@ fakeit draws one Poisson count per noticed channel; on XMM EPIC-pn (1305 channel
 draws here follow the same distribution exactly, from uniforms of the point's own generator,
 in a fraction of that time:
 
-- ``lam < PTRS_MIN`` (100): inversion by sequential search (Devroye 1986, "Non-Uniform Random
+- ``lam < PTRS_MIN`` (40): inversion by sequential search (Devroye 1986, "Non-Uniform Random
   Variate Generation", section X.3.3): with one uniform ``u`` per channel, the count is the
   smallest ``k`` with ``u < F(k)``, the Poisson CDF built by ``p_k = p_(k-1) lam / k`` from
   ``p_0 = exp(-lam)`` (a whole row's in one vectorised loop, within ~1 ulp of math.exp);
@@ -31,12 +31,14 @@ import numpy as np
 from xrmodifier_hpc.physics.compiled import compiled as _compiled
 
 #: lam from which the transformed rejection (PTRS, valid from 10) is used; inversion below.
-#: Chosen where the two cost about the same, measured on rows of 1305 equal lam (uniforms
-#: and the vectorised exp included, LANES = 24): inversion 21, 27, 33, 39-41, 46-48 ns per
-#: draw at lam = 30, 45, 60, 80, 100; PTRS 47-52 ns from lam = 45 to 140. On recorded
-#: EPIC-pn rows (15% of their channels at lam >= 40) the mean draw took 18.8-20.6 ns with
-#: the switch at 40, 15.7 at 100
-PTRS_MIN = 100.0
+#: Chosen where the two cost about the same when it was set (one math.exp per inversion draw:
+#: inversion 21, 26, 34, 43, 49, 59 ns per draw at lam = 5, 10, 20, 30, 40, 50; PTRS 64, 59,
+#: 56, 54, 52 ns at lam = 10, 20, 30, 40, 50). With the vectorised exp and 24 lanes the
+#: inversion now costs 27, 33, 40, 47 ns at lam = 45, 60, 80, 100 against PTRS's 47-52, and a
+#: switch at 100 would take EPIC-pn's mean draw from ~19 to ~16 ns; it stays at 40 because
+#: moving it changes every draw with 40 <= lam < 100 (another realisation of each grid
+#: point, and a grid resumed across versions would mix the two)
+PTRS_MIN = 40.0
 #: largest lam accepted (numpy's own limit is ~9.2e18; beyond ~1e15 counts lose integer
 #: precision in float64 anyway)
 LAM_MAX = 1e15
