@@ -444,6 +444,17 @@ def test_sigterm_mid_run_fails_the_command_saying_so_and_a_rerun_resumes(project
 # --------------------------------------------------------------------------------------------
 
 
+def test_the_summary_line_rates_all_ranks_and_each_rank():
+    from xrmodifier_hpc.stages.simulate import SimulateSummary
+
+    two = SimulateSummary(Path("grid.h5"), "single", 2, 1000, 0, 1000, 4.0, True).describe()
+    assert "(1000 computed now in 4.0 s, 250.0 points/s in all, 125.0 per rank, 2 ranks" in two
+    one = SimulateSummary(Path("grid.h5"), "single", 1, 1000, 0, 1000, 4.0, True).describe()
+    assert "(1000 computed now in 4.0 s, 250.0 points/s, 1 rank, one file)" in one
+    none = SimulateSummary(Path("grid.h5"), "single", 2, 1000, 1000, 0, 0.5, True).describe()
+    assert "points/s" not in none
+
+
 def test_progress_log_lines_have_count_rate_and_eta(caplog):
     from xrmodifier_hpc.runtime.progress import Progress
 

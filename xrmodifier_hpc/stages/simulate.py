@@ -167,14 +167,15 @@ class SimulateSummary:
         -------
         str
             One line ``PATH: D/N points done (C computed now in S s, R points/s, K ranks,
-            HOW)`` (no rate when nothing was computed; HOW: one file, per-rank shards or array
-            shard), then one line per message.
+            HOW)`` (no rate when nothing was computed; with K > 1 ranks ``R points/s in all,
+            R/K per rank``; HOW: one file, per-rank shards or array shard), then one line per
+            message.
         """
-        rate = (
-            f", {self.computed / self.seconds:.1f} points/s"
-            if self.computed and self.seconds > 0
-            else ""
-        )
+        rate = ""
+        if self.computed and self.seconds > 0:
+            rate = f", {self.computed / self.seconds:.1f} points/s"
+            if self.n_ranks > 1:
+                rate += f" in all, {self.computed / self.seconds / self.n_ranks:.1f} per rank"
         head = (
             f"{self.path}: {self.already_done + self.computed}/{self.n_points} points done "
             f"({self.computed} computed now in {self.seconds:.1f} s{rate}, "
