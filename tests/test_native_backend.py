@@ -620,6 +620,21 @@ def test_a_derived_backend_shares_the_fitter_and_fits_as_a_new_one(acis, bremss_
     assert grid_backend.derive(exposure=1e3, mode="asimov") is None
 
 
+def test_distinct_thetas_of_a_batch_are_np_unique_of_its_rows():
+    from xrmodifier_hpc.backends.native import _unique_rows
+
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        n = int(rng.integers(0, 60))
+        thetas = rng.integers(0, 4, (int(rng.integers(1, 6)), 3)).astype(float)
+        runs = rng.integers(0, thetas.shape[0], max(n // 3, 1))
+        rows = thetas[np.repeat(runs, rng.integers(1, 5, runs.size))][:n]  # runs, revisited
+        groups, inverse = _unique_rows(rows)
+        ref_groups, ref_inverse = np.unique(rows, axis=0, return_inverse=True)
+        np.testing.assert_array_equal(groups, ref_groups)
+        np.testing.assert_array_equal(inverse, ref_inverse.ravel())
+
+
 def test_slot_occurrence_counts_earlier_entries_of_the_same_slot():
     from xrmodifier_hpc.backends.native import _occurrence
 

@@ -798,12 +798,14 @@ class _PointStreams:
             for s_hi, s_lo, i_hi, i_lo in self._words(index).tolist()
         ]
 
+    def _computable(self, index: np.ndarray) -> bool:
+        """Tell whether every point of ``index`` gets its state here (else point_rng)."""
+        return self.fast and not (index.size and (index.min() < 0 or index.max() > _M32))
+
     def states(self, index: np.ndarray) -> list[tuple[int, int] | None]:
         """Compute the PCG64 (state, inc) of each point of ``index`` (None: use point_rng)."""
         index = np.asarray(index, dtype=np.int64)
-        if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
-            return [None] * index.size
-        return self._states(index)
+        return self._states(index) if self._computable(index) else [None] * index.size
 
     def words(self, index: np.ndarray) -> np.ndarray | None:
         """Give the PCG64 states of the points ``index`` as words for the compiled sampler.
@@ -812,9 +814,7 @@ class _PointStreams:
         None when the points take point_rng itself (see :meth:`states`).
         """
         index = np.asarray(index, dtype=np.int64)
-        if not self.fast or (index.size and (index.min() < 0 or index.max() > _M32)):
-            return None
-        return self._words(index)
+        return self._words(index) if self._computable(index) else None
 
     def generator(self, k: int, state: tuple[int, int] | None) -> np.random.Generator:
         """Return the generator of point ``k`` from its :meth:`states` entry.
@@ -1426,7 +1426,7 @@ class NativeBackend(Backend):
                 self._blocked_cross(data, group, slots, per_block, tt.log_ratio, tt.key.chan, extra)
             per_theta.append((members, tt.log_totals))
 
-        totals, const = data_terms(data, integers=s.mode != "asimov")
+        totals, const = data_terms(data)
         live = np.flatnonzero(ok)
         cross = np.zeros((n, n_real, n_t))
         wide = max(1, WIDE_BLOCK_ROWS // n_real)
@@ -1510,7 +1510,6 @@ class NativeBackend(Backend):
             first = int(members[sel[0]])
             run = (
                 sel.size == per_block
-                and int(members[sel[-1]]) == first + per_block - 1
                 and np.array_equal(members[sel], np.arange(first, first + per_block))
                 and np.array_equal(slots[sel], np.arange(per_block))
             )

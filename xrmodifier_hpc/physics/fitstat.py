@@ -126,16 +126,14 @@ def _integer_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return total.reshape(shape), dlogd.reshape(shape)
 
 
-def data_terms(counts: Any, integers: bool = False) -> tuple[Any, Any]:
+def data_terms(counts: Any) -> tuple[Any, Any]:
     """Compute the data-only terms of the profiled C-stat of spectra ``counts``.
 
     Parameters
     ----------
     counts : array
-        (..., n_chan) counts per noticed channel (numpy or torch).
-    integers : bool
-        Accepted for callers that know the counts are Poisson draws; integer-valued numpy
-        counts below 2^15 take a table of k ln k whatever it says.
+        (..., n_chan) counts per noticed channel (numpy or torch); integer-valued numpy
+        counts below 2^15 take a table of k ln k (the same values, one compiled pass).
 
     Returns
     -------
@@ -748,14 +746,13 @@ def _crossing(p, d1, x0, a, b, target, rising, need, newton_steps, bisect_steps,
 
 
 @compiled(error_model="numpy")
-def _fit_rows(curves, x, start, coef, level, scan, steps, out, flags):  # pragma: no cover
+def _fit_rows(curves, x, start, coef, level, scan, steps, tol, out, flags):  # pragma: no cover
     # one spectrum at a time, the steps of _fit_profiles_arrays; out (n, 4): x, value, x_lo,
-    # x_hi; flags (n, 6): at_bound, lo_open, hi_open, finite, convex (0/1)
+    # x_hi; flags (n, 5): at_bound, lo_open, hi_open, finite, convex
     n, n_nodes = curves.shape
     last = n_nodes - 1
     m = coef.shape[2]
     newton, newton_crossing, bisect = steps[0], steps[1], steps[2]
-    tol = 1e-12
     p = np.empty(m)
     d1 = np.empty(m - 1)
     d2 = np.empty(max(m - 2, 1))
@@ -791,17 +788,14 @@ def _fit_rows(curves, x, start, coef, level, scan, steps, out, flags):  # pragma
         t_best = best_x - x[kb]
         eps = 1e-4 * (x[kb + 1] - x[kb])
         convex = (_horner(d1, t_best + eps) - _horner(d1, t_best - eps)) > 0
-        j_lo, j_hi = 0, -1
+        # the last node at or below kb, and the first above it, that reach the level
+        j_lo, j_hi, lo_open = 0, -1, True
         for j in range(n_nodes):
             if safe[j] >= target:
                 if j <= kb:
-                    j_lo = j
+                    j_lo, lo_open = j, False
                 elif j_hi < 0:
                     j_hi = j
-        lo_open = True
-        for j in range(kb + 1):
-            if safe[j] >= target:
-                lo_open = False
         hi_open = j_hi < 0
         if hi_open:
             j_hi = last
@@ -859,6 +853,7 @@ def _fit_profiles_compiled(curves: np.ndarray, grid: _DeviceGrid, level: float) 
         float(level),
         _SCAN_FRACTIONS,
         steps,
+        _NEWTON_TOL,
         out,
         flags,
     )

@@ -31,12 +31,13 @@ _ODD_INVERSES = tuple(1.0 / (2 * n + 1) for n in range(8))
 # error_model="numpy": no ZeroDivisionError check per division (2 + z > 0 here), which
 # would keep the loop from being vectorised
 @compiled(fastmath={"contract"}, error_model="numpy")
-def _series(z, out):  # pragma: no cover - compiled
-    # out[i] = 2 atanh(z[i] / (2 + z[i])) to the w^15 term; z and out must not overlap (the
-    # vectorised loop would fall back to one value at a time)
+def _series(ratio, a, out):  # pragma: no cover - compiled
+    # out[i] = 2 atanh(z / (2 + z)) to the w^15 term, z = a ratio[i] (a = 1: z itself, the
+    # same bits); ratio and out must not overlap (the vectorised loop would fall back to one
+    # value at a time)
     c = _ODD_INVERSES
-    for i in range(z.size):
-        x = z[i]
+    for i in range(ratio.size):
+        x = a * ratio[i]
         w = x / (2.0 + x)
         w2 = w * w
         p = c[7]
@@ -45,22 +46,8 @@ def _series(z, out):  # pragma: no cover - compiled
         out[i] = 2.0 * w * p
 
 
-@compiled(fastmath={"contract"}, error_model="numpy")
-def _series_scaled(ratio, a, out):  # pragma: no cover - compiled
-    # out[i] = _series of z = a ratio[i] (one table: J = 1), the same bits, without z
-    c = _ODD_INVERSES
-    for i in range(ratio.size):
-        x = a * ratio[i]
-        w = x / (2.0 + x)
-        w2 = w * w
-        p = c[7]
-        for n in range(6, -1, -1):
-            p = p * w2 + c[n]
-        out[i] = 2.0 * w * p
-
-
 @compiled()
-def _exact_outside_scaled(ratio, a, out, at):  # pragma: no cover - compiled
+def _exact_outside(ratio, a, out, at):  # pragma: no cover - compiled
     # out[i] = log1p(a ratio[i]) where that lies outside the series' range, i in ``at``
     for n in range(at.size):
         i = at[n]
@@ -78,14 +65,6 @@ def _combine(ratios, amplitudes, z):  # pragma: no cover - compiled
         a = amplitudes[j]
         for i in range(z.size):
             z[i] += a * ratios[j, i]
-
-
-@compiled()
-def _exact_outside(z, out):  # pragma: no cover - compiled
-    for i in range(z.size):
-        x = z[i]
-        if x < SERIES_LOW or x > SERIES_HIGH:
-            out[i] = math.log1p(x)
 
 
 def log1p_combination(
@@ -148,18 +127,18 @@ def log1p_combination(
         # one table: z = a r in the pass itself (the same bits as forming z first); its
         # least and greatest value are a times the table's (rounding is monotonic)
         table, a = ratios.reshape(-1), float(amplitudes[0])
-        _series_scaled(table, a, flat)
+        _series(table, a, flat)
         if table.size:
             lo, hi = ratio_range if ratio_range is not None else (table.min(), table.max())
             low, high = sorted((a * float(np.min(lo)), a * float(np.max(hi))))
             if low < SERIES_LOW or high > SERIES_HIGH:
                 if wide is None or abs(a) > 1.0:
                     wide = np.arange(table.size)
-                _exact_outside_scaled(table, a, flat, np.asarray(wide, dtype=np.int64))
+                _exact_outside(table, a, flat, np.asarray(wide, dtype=np.int64))
         return out
     z = (np.empty(out.size) if z is None else z).reshape(-1)[: out.size]
     _combine(ratios.reshape(amplitudes.size, -1), amplitudes, z)
-    _series(z, flat)
+    _series(z, 1.0, flat)
     if z.size and (z.min() < SERIES_LOW or z.max() > SERIES_HIGH):
-        _exact_outside(z, flat)
+        _exact_outside(z, 1.0, flat, np.arange(z.size))
     return out
