@@ -620,6 +620,44 @@ def test_a_derived_backend_shares_the_fitter_and_fits_as_a_new_one(acis, bremss_
     assert grid_backend.derive(exposure=1e3, mode="asimov") is None
 
 
+def test_a_new_backend_has_its_kernels_ready_so_the_first_batch_compiles_nothing(responses_dir):
+    # in a fresh process (numba's dispatchers start empty): building the backend compiles or
+    # loads every kernel a batch calls, so simulate's first progress line is not the compile
+    script = """
+import json, numpy as np
+from xrmodifier_hpc.backends.native import NativeBackend
+from xrmodifier_hpc.backends.base import SimulationSettings
+from xrmodifier_hpc.io.ogip import Instrument
+from xrmodifier_hpc.physics import fitstat, log1p, poisson
+from xrmodifier_hpc.physics.modifiers import get_modifier
+from xrmodifier_hpc.physics.spectra import parse_model
+import sys
+d = sys.argv[1]
+inst = Instrument.load(d + "/chandra_acis_9774.arf", d + "/chandra_acis_9774.rmf")
+kernels = [poisson._rows_pcg64, log1p._series, log1p._exact_outside,
+           fitstat._integer_sums, fitstat._fit_rows]
+fresh = [len(k.signatures) for k in kernels]
+settings = SimulationSettings(exposure=5e4, band=(0.5, 7.0), realisations=1, seed=1,
+    fit_tgrid=np.geomspace(0.5, 40.0, 32), counts=2e4, source_params={"nH": 0.05})
+backend = NativeBackend(inst, parse_model("wabs*bremss"), get_modifier("gaussian"), settings)
+built = [len(k.signatures) for k in kernels]
+backend.run(np.array([[1.5, 0.3, 5.0], [1.5, 0.3, -0.5]]), np.array([3.0, 3.0]), np.arange(2))
+print(json.dumps([fresh, built, [len(k.signatures) for k in kernels]]))
+"""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(responses_dir)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    fresh, built, after_run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh == [0] * 5
+    assert all(n >= 1 for n in built)
+    assert after_run == built
+
+
 def test_distinct_thetas_of_a_batch_are_np_unique_of_its_rows():
     from xrmodifier_hpc.backends.native import _unique_rows
 

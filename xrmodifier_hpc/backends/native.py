@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
+import time
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -116,6 +117,8 @@ FLOAT32_REACH = 1e-25
 #: m(E) = 1 + sum_j a_j b_j below this somewhere: the family's own evaluation decides whether
 #: the modified ARF is negative (far above the rounding of the sum, ~1e-16)
 SIGN_CHECK_MARGIN = 1e-9
+#: loading the compiled kernels took longer than this: numba compiled them (said once)
+KERNELS_SAID_AFTER_S = 2.0
 #: channels per float64 product of the exact path (bounds the memory)
 EXACT_CHUNK = 256
 
@@ -976,6 +979,26 @@ class NativeBackend(Backend):
         self._axis_original_folds: np.ndarray | None = None
         #: float64 scratch of ``_log_ratio`` (z, n_T x n_chan_key values), reused between thetas
         self._scratch: np.ndarray | None = None
+        self._load_kernels()
+
+    def _load_kernels(self) -> None:
+        """Compile (or load from numba's cache) the kernels a batch calls, on tiny inputs.
+
+        With the argument types of :meth:`run`, so the first batch compiles nothing: the
+        first time ever that is ~10 s, which ``simulate``'s first progress line had counted
+        as computing (a new user saw "ETA 14m00s" for an 18 s run).
+        """
+        f = self.fitter
+        start = time.perf_counter()
+        poisson_rows_pcg64(np.ones((1, 1)), np.ones((1, 4), dtype=np.uint64))
+        two = np.full((1, 1, 1), 2.0, dtype=np.float32)  # z = 2: the series and log1p both
+        log1p_combination(two, np.ones(1), np.empty((1, 1)), None, (two[0, 0], two[0, 0]))
+        data_terms(np.zeros((1, 1, 2)))
+        if isinstance(f._dev_xgrid.x, np.ndarray):  # the numpy engine's compiled fit
+            fit_profiles(np.zeros((1, f.tgrid.size)), f._dev_xgrid)
+        seconds = time.perf_counter() - start
+        if seconds > KERNELS_SAID_AFTER_S:
+            log.info("numba compiled the kernels in %.1f s (once: cached for later runs)", seconds)
 
     def version(self) -> str:
         """Give the version string recorded in artefacts' provenance.
